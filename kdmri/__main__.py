@@ -1,0 +1,5 @@
+import sys
+
+from kdmri.cli import main
+
+sys.exit(main())

@@ -1,0 +1,281 @@
+"""The ``kdmri`` command line: one subcommand per pipeline stage.
+
+Every Snakemake rule calls one subcommand. Settings that determine a job's result arrive
+as ``--spec``: JSON text, or ``@file`` to read it from a file (the Snakefile builds it
+with :mod:`kdmri.config`, so the rule re-runs exactly when its spec changes). A user's
+mistake prints one line ``kdmri: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kdmri import __version__
+from kdmri.errors import KdmriError
+
+
+def _spec(text: str) -> dict:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise KdmriError(f"{path}: spec file not found")
+        text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KdmriError(f"--spec is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise KdmriError("--spec must be a JSON object")
+    return value
+
+
+def _setup_torch(args) -> None:
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- subcommands
+def cmd_prepare(args) -> int:
+    from kdmri.data.prepare import prepare_dataset
+
+    info = prepare_dataset(args.name, _spec(args.spec), args.out_dir, progress=not args.quiet)
+    counts = ", ".join(f"{s} {v['slices']}" for s, v in info["splits"].items())
+    _log(f"prepared {args.name}: {counts} slices ({info['slices_per_s']:.0f} slices/s)")
+    return 0
+
+
+def cmd_mask(args) -> int:
+    from kdmri.data.store import store_info
+    from kdmri.masks import create_mask_func, load_mask, save_mask
+
+    spec = _spec(args.spec)
+    shape = tuple(store_info(args.like)["keys"]["target"][0][1:])
+    if spec.get("file"):
+        mask = load_mask(spec["file"], shape)
+        params = {"kind": "file", "file": spec["file"]}
+    else:
+        func = create_mask_func(spec["kind"], spec["acceleration"], spec.get("center_fraction", 0.08))
+        mask = func(shape, seed=args.seed)
+        params = dict(func.params(), seed=args.seed)
+    save_mask(mask, args.out, params)
+    _log(f"mask {args.out}: {shape}, {mask.mean():.3f} of k-space sampled "
+         f"(effective acceleration {1 / max(mask.mean(), 1e-12):.2f})")
+    return 0
+
+
+def cmd_undersample(args) -> int:
+    from kdmri.config import SPLITS
+    from kdmri.data.prepare import undersample_store
+    from kdmri.data.store import store_info
+    from kdmri.masks import load_mask
+
+    data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+    shape = tuple(store_info(data_dir / "train.h5")["keys"]["target"][0][1:])
+    mask = load_mask(args.mask, shape)
+    for split in SPLITS:
+        undersample_store(data_dir / f"{split}.h5", mask, out_dir / f"{split}.h5")
+    _log(f"undersampled {data_dir} with {args.mask} -> {out_dir}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from kdmri.device import select_device
+    from kdmri.train import Trainer
+
+    _setup_torch(args)
+    spec = _spec(args.spec)
+    device, slot = select_device(args.device, log=_log)
+    try:
+        inputs = Path(args.inputs_dir)
+        trainer = Trainer(spec, inputs / "train.h5", inputs / "val.h5", args.out_dir,
+                          cache_dir=args.cache_dir, init=args.init, device=device, log=_log)
+        result = trainer.run()
+    finally:
+        if slot is not None:
+            slot.release()
+    best = result["best"]
+    _log(f"done: best epoch {best['epoch']} val_psnr {best['val_psnr']:.2f} dB -> {args.out_dir}")
+    return 0
+
+
+def cmd_cache_teacher(args) -> int:
+    from kdmri.device import select_device
+    from kdmri.inference import cache_teacher
+
+    _setup_torch(args)
+    spec = _spec(args.spec)
+    device, slot = select_device(args.device, log=_log)
+    try:
+        inputs = Path(args.inputs_dir)
+        cache_teacher(args.teacher, spec["teacher_net"], spec["pairs"],
+                      {s: inputs / f"{s}.h5" for s in ("train", "val")}, args.out_dir, device)
+    finally:
+        if slot is not None:
+            slot.release()
+    _log(f"teacher cache -> {args.out_dir}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from kdmri.data.store import write_store
+    from kdmri.device import select_device
+    from kdmri.inference import latency_ms, run_model, zero_filled_output
+    from kdmri.io import write_json
+    from kdmri.models import count_parameters
+    from kdmri.train import load_model
+
+    _setup_torch(args)
+    info: dict = {"model": args.model}
+    if args.model == "zf":
+        result = zero_filled_output(args.inputs)
+        info.update(params=0, latency_ms=0.0, device="none")
+    else:
+        device, slot = select_device(args.device, log=_log)
+        try:
+            model, ckpt = load_model(args.model)
+            result = run_model(model, args.inputs, device)
+            shape = result["output"].shape[1:]
+            info.update(params=count_parameters(model), device=str(device),
+                        latency_ms=latency_ms(model, shape, device, repeats=args.repeats),
+                        trained_on=ckpt.get("device"), best_epoch=ckpt.get("epoch"))
+        finally:
+            if slot is not None:
+                slot.release()
+    write_store(args.out, {"output": result["output"], "volume": result["volume"],
+                           "slice": result["slice"]},
+                attrs={"volume_names": result["volume_names"].tolist()})
+    info["torch_threads"] = torch.get_num_threads()
+    write_json(args.info, info)
+    _log(f"predicted {len(result['output'])} slices -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kdmri.evaluate import evaluate, write_csv
+
+    frame = evaluate(args.inputs, args.predictions)
+    meta = _spec(args.meta)
+    if args.predict_info:
+        info = json.loads(Path(args.predict_info).read_text())
+        meta.update(params=info.get("params"), latency_ms=info.get("latency_ms"))
+    for i, (key, value) in enumerate(meta.items()):
+        frame.insert(i, key, value)
+    write_csv(frame, args.out)
+    _log(f"{args.out}: PSNR {frame['psnr'].mean():.2f} dB, SSIM {frame['ssim'].mean():.4f} "
+         f"over {len(frame)} slices")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdmri",
+        description="Knowledge distillation for MRI reconstruction and restoration (KD-MRI).",
+    )
+    parser.add_argument("--version", action="version", version=f"kdmri {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def device_args(p):
+        p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    p = add("prepare", cmd_prepare, "read a dataset once and write its train/val/test stores")
+    p.add_argument("--name", required=True, help="dataset name (used in tables)")
+    p.add_argument("--spec", required=True, help="dataset settings as JSON (or @file)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("mask", cmd_mask, "make (or load) the undersampling mask of one acceleration")
+    p.add_argument("--spec", required=True, help="mask settings as JSON: kind, acceleration, ...")
+    p.add_argument("--like", required=True, help="a store whose image size the mask takes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="mask .npy (a .json sidecar is written beside it)")
+
+    p = add("undersample", cmd_undersample, "write the zero-filled input stores of every split")
+    p.add_argument("--data-dir", required=True, help="folder with train/val/test target stores")
+    p.add_argument("--mask", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = add("train", cmd_train, "train one model (teacher, student, attention or imitation stage)")
+    p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.config.model_spec)")
+    p.add_argument("--inputs-dir", required=True, help="folder with train.h5 and val.h5 inputs")
+    p.add_argument("--cache-dir", default=None, help="teacher cache folder (distillation stages)")
+    p.add_argument("--init", default=None, help="model.pt to start from")
+    p.add_argument("--out-dir", required=True)
+    device_args(p)
+
+    p = add("cache-teacher", cmd_cache_teacher, "store the frozen teacher's outputs and attention maps")
+    p.add_argument("--teacher", required=True, help="teacher model.pt")
+    p.add_argument("--spec", required=True, help="JSON with teacher_net and pairs")
+    p.add_argument("--inputs-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+    device_args(p)
+
+    p = add("predict", cmd_predict, "run a model (or zf) over a test store and time it")
+    p.add_argument("--model", required=True, help="model.pt, or zf for the zero-filled baseline")
+    p.add_argument("--inputs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--info", required=True, help="JSON file for parameters, latency, device")
+    p.add_argument("--repeats", type=int, default=20, help="timed forward passes for latency")
+    device_args(p)
+
+    p = add("evaluate", cmd_evaluate, "per-slice PSNR, SSIM, NMSE, HFEN of one model")
+    p.add_argument("--inputs", required=True, help="test input store (targets)")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--meta", default="{}", help="JSON columns to add (task, dataset, model, ...)")
+    p.add_argument("--predict-info", default=None, help="predict's JSON (params, latency)")
+    p.add_argument("--out", required=True)
+
+    for register in _EXTRA_COMMANDS:
+        register(add)
+    return parser
+
+
+#: Other modules register subcommands here: functions taking ``add(name, func, help)``.
+_EXTRA_COMMANDS: list = []
+
+
+def _register_optional() -> None:
+    for module in ("kdmri.tables", "kdmri.figures", "kdmri.provenance", "kdmri.bench"):
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if hasattr(mod, "register_cli") and mod.register_cli not in _EXTRA_COMMANDS:
+            _EXTRA_COMMANDS.append(mod.register_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register_optional()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KdmriError as exc:
+        print(f"kdmri: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdmri: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The one config schema: loading, validation with defaults, and what each job needs.
+
+The schema (``kdmri/schemas/config.schema.yaml``, also at ``workflow/schemas/``) gives every
+key a type, a description and a default and rejects unknown keys. :func:`load_config`
+validates a YAML file (or a dict) and fills the defaults; the Snakefile and the CLI both
+call it. :func:`model_spec` resolves, for one trained model, exactly the settings that
+affect it: the Snakefile passes it to ``kdmri train`` and uses it as the rule's params, so
+a change re-runs only the jobs it touches.
+
+This module must not import torch: the Snakefile imports it on every invocation.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from kdmri.errors import KdmriError
+
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+TASKS = ("recon", "sr")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How a trained model is made: which training stage, started from which model."""
+
+    stage: str
+    init: str | None = None
+
+
+#: Stages: which network is trained and which loss terms it uses.
+STAGES = {
+    "teacher": ("teacher", ("reconstruction",)),
+    "student": ("student", ("reconstruction",)),
+    "attention": ("student", ("attention",)),
+    "imitation": ("student", ("reconstruction", "imitation")),
+}
+
+#: Every trained model by name. ``zf`` (zero-filled input) is evaluated but not trained.
+MODELS = {
+    "teacher": ModelRecipe("teacher"),
+    "student": ModelRecipe("student"),
+    "attention": ModelRecipe("attention"),
+    "kd": ModelRecipe("imitation", init="attention"),
+    "kd_imitation": ModelRecipe("imitation"),
+    "kd_attention": ModelRecipe("student", init="attention"),
+}
+EVALUATED = ("zf", "teacher", "student", "kd", "kd_imitation", "kd_attention")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    while "$ref" in node:
+        ref = node["$ref"]
+        target = root
+        for part in ref.lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _fill_defaults(node: dict, instance: Any, root: dict) -> None:
+    node = _resolve(node, root)
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        sub_resolved = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        elif key not in instance and "default" in sub_resolved:
+            instance[key] = copy.deepcopy(sub_resolved["default"])
+        if key in instance:
+            _fill_defaults(sub, instance[key], root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in node.get("properties", {}):
+                _fill_defaults(extra, value, root)
+
+
+def _format_error(error: jsonschema.ValidationError, source: str) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(allowed))
+        key = ".".join([*map(str, error.absolute_path), unexpected[0]]) if unexpected else where
+        hint = f"; allowed keys here: {allowed}" if allowed else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    if error.validator == "required":
+        return f"{source}: key '{where}': {error.message}"
+    if error.validator == "enum":
+        return f"{source}: key '{where}': expected one of {error.validator_value}, found {error.instance!r}"
+    if error.validator == "type":
+        return (
+            f"{source}: key '{where}': expected {error.validator_value}, "
+            f"found {type(error.instance).__name__} {error.instance!r}"
+        )
+    return f"{source}: key '{where}': {error.message}"
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` against the schema and return a copy with every default filled.
+
+    Raises :class:`KdmriError` with one line naming the key, what was expected and found.
+    """
+    if not isinstance(config, dict):
+        raise KdmriError(f"{source}: expected a mapping of keys, found {type(config).__name__}")
+    root = schema()
+    validator = jsonschema.Draft202012Validator(root)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise KdmriError(_format_error(jsonschema.exceptions.best_match(errors), source))
+    filled = copy.deepcopy(config)
+    _fill_defaults(root, filled, root)
+    _check_references(filled, source)
+    return filled
+
+
+def _check_references(config: dict, source: str) -> None:
+    for task, settings in config["tasks"].items():
+        for name in settings["datasets"]:
+            if name not in config["datasets"]:
+                raise KdmriError(
+                    f"{source}: key 'tasks.{task}.datasets': unknown dataset {name!r}; "
+                    f"defined datasets: {sorted(config['datasets'])}"
+                )
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdmriError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise KdmriError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate(data if data is not None else {}, source=str(path))
+
+
+def digest(obj: Any) -> str:
+    """A short stable digest of plain data (sorted JSON)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def train_settings(config: dict, task: str, stage: str) -> dict:
+    """Train settings of one stage: global < stages.<stage> < task train < task stages.<stage>."""
+    task_cfg = config["tasks"][task]
+    settings = config["train"]
+    for override in (
+        config["stages"].get(stage, {}),
+        task_cfg.get("train", {}),
+        task_cfg.get("stages", {}).get(stage, {}),
+    ):
+        settings = _merge(settings, override)
+    return settings
+
+
+def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
+    """Everything that determines a trained model's weights, as plain data.
+
+    Data, masks and teacher weights enter through input files; this holds the rest.
+    """
+    if task not in config["tasks"]:
+        raise KdmriError(f"task {task!r} is not configured; configured: {sorted(config['tasks'])}")
+    if model not in MODELS:
+        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
+    recipe = MODELS[model]
+    net_role, terms = STAGES[recipe.stage]
+    task_cfg = config["tasks"][task]
+    weights = {
+        "reconstruction": 1.0,
+        "imitation": 0.0,
+        "attention": 0.0,
+    }
+    if recipe.stage == "imitation":
+        weights = {"reconstruction": config["kd"]["alpha"], "imitation": 1 - config["kd"]["alpha"],
+                   "attention": 0.0}
+    elif recipe.stage == "attention":
+        weights = {"reconstruction": 0.0, "imitation": 0.0,
+                   "attention": config["kd"]["attention_weight"]}
+    spec = {
+        "task": task,
+        "model": model,
+        "stage": recipe.stage,
+        "init": recipe.init,
+        "net": task_cfg[net_role],
+        "loss_weights": {t: weights[t] for t in terms},
+        "train": train_settings(config, task, recipe.stage),
+        "seed": int(seed),
+    }
+    if recipe.stage in ("attention", "imitation"):
+        spec["teacher_net"] = task_cfg["teacher"]
+    if recipe.stage == "attention":
+        spec["pairs"] = task_cfg["pairs"]
+    return spec
+
+
+def teacher_cache_spec(config: dict, task: str) -> dict:
+    """What the teacher cache depends on besides the teacher weights: the layer pairs."""
+    task_cfg = config["tasks"][task]
+    return {"teacher_net": task_cfg["teacher"], "pairs": task_cfg["pairs"],
+            "student_net": task_cfg["student"]}
+
+
+def models_needed(model: str) -> list[str]:
+    """The trained models ``model`` depends on (its init chain), itself last."""
+    chain = [model]
+    while MODELS[chain[0]].init:
+        chain.insert(0, MODELS[chain[0]].init)
+    return chain

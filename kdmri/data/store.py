@@ -1,0 +1,245 @@
+"""HDF5 slice stores.
+
+A store holds per-slice arrays that share their first dim (slices), chunked one slice per
+chunk, plus ``volume`` (int32, index into the ``volume_names`` attribute) and ``slice``
+(int32, index within its volume). The keys in use:
+
+=============  =============================  ===========================================
+key            shape / dtype                  written by
+=============  =============================  ===========================================
+``target``     (N, H, W) float32              prepare (data stores), undersample (inputs)
+``zf``         (N, H, W) complex64            undersample: zero-filled image ``IFFT(m*k)``
+``mask``       (H, W) float32, not per slice  undersample
+``output``     (N, H, W) float32              cache-teacher, predict
+``attention``  (N, P, H*W) float32            cache-teacher: normalised teacher maps
+=============  =============================  ===========================================
+
+Files are written under a temporary name and renamed when complete
+(:func:`kdmri.io.atomic_path`). Reading validates keys, dimensions and finiteness and
+raises :class:`~kdmri.errors.KdmriError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from kdmri.errors import KdmriError
+from kdmri.io import atomic_path
+
+#: Expected number of dims per known key (``mask`` is not per slice).
+KEY_NDIM = {"target": 3, "zf": 3, "output": 3, "attention": 3, "mask": 2, "volume": 1, "slice": 1}
+PER_SLICE_EXEMPT = {"mask"}
+#: Splits load fully into memory below this size (bytes); larger ones are read per batch.
+IN_MEMORY_LIMIT = 4 * 1024**3
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[h5py.File]:
+    if not path.is_file():
+        raise KdmriError(f"{path}: store not found")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise KdmriError(f"{path}: not a readable HDF5 file ({exc})") from None
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def _check_key(path: Path, handle: h5py.File, key: str) -> h5py.Dataset:
+    if key not in handle or not isinstance(handle[key], h5py.Dataset):
+        raise KdmriError(f"{path}: missing key {key!r} (found {sorted(handle.keys())})")
+    ds = handle[key]
+    want = KEY_NDIM.get(key)
+    if want is not None and ds.ndim != want:
+        raise KdmriError(
+            f"{path}: key {key!r} must have {want} dims, found shape {tuple(ds.shape)}"
+        )
+    return ds
+
+
+def _check_values(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise KdmriError(f"{path}: key {key!r} contains NaN or infinite values")
+    return array
+
+
+def store_info(path: str | Path) -> dict:
+    """Keys with shapes and dtypes, the number of slices and the attributes."""
+    path = Path(path)
+    with _open(path) as handle:
+        keys = {k: (tuple(v.shape), str(v.dtype)) for k, v in handle.items()}
+        attrs = {k: _plain(v) for k, v in handle.attrs.items()}
+        n = handle["volume"].shape[0] if "volume" in handle else None
+    return {"keys": keys, "attrs": attrs, "n_slices": n}
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_store(path: str | Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """Read whole arrays of ``keys`` (validated), plus ``volume_names`` from the attributes."""
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with _open(path) as handle:
+            for key in keys:
+                out[key] = _check_values(path, key, _check_key(path, handle, key)[()])
+            out["volume_names"] = np.array(_plain(handle.attrs.get("volume_names", [])))
+            _check_lengths(path, out)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({exc})") from None
+    return out
+
+
+def _check_lengths(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    lengths = {
+        k: v.shape[0] for k, v in arrays.items() if k not in PER_SLICE_EXEMPT | {"volume_names"}
+    }
+    if len(set(lengths.values())) > 1:
+        raise KdmriError(f"{path}: per-slice keys differ in length: {lengths}")
+
+
+def write_store(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+    """Write a complete store atomically (arrays as given; per-slice keys chunked by slice)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            chunks = (1, *value.shape[1:]) if value.ndim >= 2 and key not in PER_SLICE_EXEMPT else None
+            if value.ndim >= 2 and value.shape[0] == 0:
+                chunks = None
+            handle.create_dataset(key, data=value, chunks=chunks)
+        for key, value in (attrs or {}).items():
+            handle.attrs[key] = _attr(value)
+
+
+def _attr(value):
+    """h5py cannot store numpy unicode arrays: store string lists as variable-length str."""
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) and isinstance(
+        np.asarray(value).flat[0], (str, np.str_)
+    ):
+        return np.array([str(v) for v in value], dtype=h5py.string_dtype())
+    return value
+
+
+class StoreWriter:
+    """Append volumes to a new store slice-block by slice-block; renamed into place on close.
+
+    >>> with StoreWriter(path, (64, 64)) as writer:  # doctest: +SKIP
+    ...     writer.add_volume("sub-01", volume)
+    """
+
+    def __init__(self, path: str | Path, image_shape: tuple[int, int], attrs: dict | None = None):
+        self.path = Path(path)
+        self.image_shape = tuple(image_shape)
+        self.attrs = attrs or {}
+        self.names: list[str] = []
+        self._ctx = atomic_path(self.path, suffix=".h5")
+
+    def __enter__(self) -> StoreWriter:
+        tmp = self._ctx.__enter__()
+        self._h5 = h5py.File(tmp, "w")
+        h, w = self.image_shape
+        self._target = self._h5.create_dataset(
+            "target", shape=(0, h, w), maxshape=(None, h, w), dtype="float32", chunks=(1, h, w)
+        )
+        self._volume = self._h5.create_dataset("volume", shape=(0,), maxshape=(None,), dtype="int32")
+        self._slice = self._h5.create_dataset("slice", shape=(0,), maxshape=(None,), dtype="int32")
+        return self
+
+    def add_volume(self, name: str, volume: np.ndarray) -> None:
+        volume = np.asarray(volume, dtype=np.float32)
+        if volume.ndim != 3 or tuple(volume.shape[1:]) != self.image_shape:
+            raise KdmriError(
+                f"volume {name!r}: expected slices of {self.image_shape}, found {volume.shape}"
+            )
+        n0, n = self._target.shape[0], volume.shape[0]
+        for ds in (self._target, self._volume, self._slice):
+            ds.resize(n0 + n, axis=0)
+        self._target[n0:] = volume
+        self._volume[n0:] = len(self.names)
+        self._slice[n0:] = np.arange(n, dtype=np.int32)
+        self.names.append(name)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._h5.attrs["volume_names"] = _attr(self.names)
+                for key, value in self.attrs.items():
+                    self._h5.attrs[key] = _attr(value)
+        finally:
+            self._h5.close()
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Slices of one store as a torch ``Dataset`` that never reopens the file per item.
+
+    The listed per-slice ``keys`` are loaded into memory once when they fit under
+    ``IN_MEMORY_LIMIT`` (the usual case); otherwise one file handle is kept open and
+    batches are read as chunks. :meth:`batch` returns a dict of stacked tensors.
+    ``extra`` holds non-per-slice arrays (e.g. ``mask``) loaded once.
+    """
+
+    def __init__(self, path: str | Path, keys: Iterable[str], extra: Iterable[str] = (),
+                 in_memory: bool | None = None):
+        self.path = Path(path)
+        self.keys = list(keys)
+        info = store_info(self.path)
+        for key in [*self.keys, *extra]:
+            if key not in info["keys"]:
+                raise KdmriError(f"{self.path}: missing key {key!r} (found {sorted(info['keys'])})")
+        nbytes = sum(
+            int(np.prod(info["keys"][k][0])) * np.dtype(info["keys"][k][1]).itemsize
+            for k in self.keys
+        )
+        self.in_memory = nbytes <= IN_MEMORY_LIMIT if in_memory is None else in_memory
+        arrays = read_store(self.path, [*extra, "volume", "slice", *(self.keys if self.in_memory else [])])
+        self.volume = arrays["volume"]
+        self.slice = arrays["slice"]
+        self.volume_names = arrays["volume_names"]
+        self.extra = {k: torch.from_numpy(arrays[k]) for k in extra}
+        self._tensors = {k: torch.from_numpy(arrays[k]) for k in self.keys} if self.in_memory else {}
+        self._handle: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return int(self.volume.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch([index]).items()}
+
+    def batch(self, indices) -> dict[str, torch.Tensor]:
+        if self.in_memory:
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            return {k: v[idx] for k, v in self._tensors.items()}
+        order = np.argsort(indices)
+        sorted_idx = np.asarray(indices)[order]
+        if self._handle is None:
+            self._handle = h5py.File(self.path, "r")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        out = {}
+        for key in self.keys:
+            data = self._handle[key][sorted_idx.tolist()]
+            out[key] = torch.from_numpy(_check_values(self.path, key, data)[inverse])
+        return out
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state

@@ -1,0 +1,17 @@
+"""Distillation: feature capture by module path and the KD-MRI losses."""
+
+from kdmri.distill.hooks import FeatureHooks
+from kdmri.distill.losses import (
+    LOSS_TERMS,
+    attention_map,
+    attention_transfer_loss,
+    imitation_objective,
+)
+
+__all__ = [
+    "FeatureHooks",
+    "LOSS_TERMS",
+    "attention_map",
+    "attention_transfer_loss",
+    "imitation_objective",
+]

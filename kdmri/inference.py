@@ -1,0 +1,91 @@
+"""Running a trained network over a store: predictions, teacher cache and latency."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdmri.config import digest
+from kdmri.data.store import SliceDataset, write_store
+from kdmri.distill.hooks import FeatureHooks
+from kdmri.distill.losses import attention_map
+from kdmri.errors import KdmriError
+from kdmri.mri import real_image
+from kdmri.train import load_model, make_batch
+
+
+@torch.no_grad()
+def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
+              batch_size: int = 16, feature_paths: list[str] | None = None,
+              amp: bool = False) -> dict[str, np.ndarray]:
+    """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store, and optionally
+    the normalised attention maps ``(N, P, H*W)`` of the modules at ``feature_paths``."""
+    dataset = SliceDataset(store, keys=["zf"], extra=["mask"])
+    model = model.to(device).eval()
+    outputs, maps = [], []
+    with FeatureHooks(model, feature_paths or []) as hooks:
+        for idx in np.array_split(np.arange(len(dataset)), max(1, -(-len(dataset) // batch_size))):
+            if idx.size == 0:
+                continue
+            batch = make_batch(dataset.batch(idx)["zf"], dataset.extra["mask"], None, device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16,
+                                enabled=amp and device.type == "cuda"):
+                out = model(batch.image, batch.kspace, batch.mask)
+            outputs.append(out[:, 0].float().cpu())
+            if feature_paths:
+                maps.append(torch.stack([attention_map(f) for f in hooks.pop()], 1).cpu())
+    result = {"output": torch.cat(outputs).numpy(), "volume": dataset.volume,
+              "slice": dataset.slice, "volume_names": dataset.volume_names}
+    if feature_paths:
+        result["attention"] = torch.cat(maps).numpy()
+    return result
+
+
+def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[int]],
+                  inputs: dict[str, Path], out_dir: str | Path, device: torch.device) -> None:
+    """Run the frozen teacher once per split; store outputs and the paired attention maps."""
+    teacher, _ = load_model(teacher_ckpt, expect_net=teacher_net, role="teacher")
+    paths = [p for t_conv, _ in pairs for p in teacher.feature_paths(t_conv)]
+    for split, store in inputs.items():
+        result = run_model(teacher, store, device, feature_paths=paths)
+        write_store(
+            Path(out_dir) / f"{split}.h5",
+            {"output": result["output"], "attention": result["attention"],
+             "volume": result["volume"], "slice": result["slice"]},
+            attrs={"teacher_net": digest(teacher_net), "pairs": np.asarray(pairs),
+                   "volume_names": result["volume_names"].tolist()},
+        )
+
+
+def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
+    """The zero-filled baseline ``zf``: the real image of the zero-filled input."""
+    dataset = SliceDataset(store, keys=["zf"])
+    zf = dataset.batch(np.arange(len(dataset)))["zf"]
+    return {"output": real_image(zf).numpy(), "volume": dataset.volume, "slice": dataset.slice,
+            "volume_names": dataset.volume_names}
+
+
+@torch.no_grad()
+def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
+               repeats: int = 20, batch_size: int = 1) -> float:
+    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices."""
+    if repeats < 1:
+        raise KdmriError("latency needs at least one repeat")
+    model = model.to(device).eval()
+    zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
+    mask = torch.ones(shape)
+    batch = make_batch(zf, mask, None, device)
+    times = []
+    for i in range(repeats + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(batch.image, batch.kspace, batch.mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1000 / batch_size)
+    return float(np.median(times))

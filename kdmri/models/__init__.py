@@ -1,0 +1,45 @@
+"""Network families by name: DC-CNN for reconstruction, VDSR for super-resolution.
+
+Every model is called as ``model(image, kspace, mask)`` with ``image`` the real input
+``(N, 1, H, W)``, ``kspace`` the measured complex k-space ``(N, 1, H, W)`` and ``mask``
+broadcastable to it (VDSR ignores the last two). Every model names the module whose
+output is the activation after its k-th convolution via ``feature_paths(k)`` (1-based,
+one path per cascade for DC-CNN), which is all distillation needs to know.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from kdmri.errors import KdmriError
+from kdmri.models.dccnn import DCCNN
+from kdmri.models.vdsr import VDSR
+
+MODEL_FAMILIES: dict[str, type[nn.Module]] = {"dccnn": DCCNN, "vdsr": VDSR}
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Build a network from ``{"family": name, **constructor arguments}``."""
+    spec = dict(spec)
+    family = spec.pop("family", None)
+    if family not in MODEL_FAMILIES:
+        raise KdmriError(
+            f"unknown model family {family!r}; expected one of {sorted(MODEL_FAMILIES)}"
+        )
+    cls = MODEL_FAMILIES[family]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise KdmriError(
+            f"model family {family!r} has no option(s) {unknown}; expected some of {sorted(allowed)}"
+        )
+    return cls(**spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["DCCNN", "VDSR", "MODEL_FAMILIES", "build_model", "count_parameters"]

@@ -1,0 +1,44 @@
+"""DC-CNN (Schlemper et al.): cascades of a residual plain CNN and hard data consistency."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdmri.models.blocks import activation_index, plain_cnn
+from kdmri.mri import data_consistency
+
+
+class Cascade(nn.Module):
+    def __init__(self, convs: int, channels: int):
+        super().__init__()
+        self.cnn = plain_cnn(1, 1, convs, channels)
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
+        return data_consistency(image + self.cnn(image), kspace, mask)
+
+
+class DCCNN(nn.Module):
+    """``cascades`` x (CNN of ``convs`` 3x3 convs with ``channels`` features + DC).
+
+    Teacher of the paper: ``DCCNN(5, 5, 32)`` = 141,765 parameters;
+    student: ``DCCNN(5, 3, 32)`` = 49,285.
+
+    >>> model = DCCNN(cascades=2, convs=3, channels=8)
+    >>> model.feature_paths(2)
+    ['cascades.0.cnn.3', 'cascades.1.cnn.3']
+    """
+
+    def __init__(self, cascades: int = 5, convs: int = 5, channels: int = 32):
+        super().__init__()
+        self.convs = convs
+        self.cascades = nn.ModuleList(Cascade(convs, channels) for _ in range(cascades))
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
+        for cascade in self.cascades:
+            image = cascade(image, kspace, mask)
+        return image
+
+    def feature_paths(self, conv: int) -> list[str]:
+        index = activation_index(conv, self.convs)
+        return [f"cascades.{c}.cnn.{index}" for c in range(len(self.cascades))]

@@ -1,0 +1,68 @@
+"""MRI operators on torch tensors: centred orthonormal FFTs, undersampling, data consistency.
+
+Conventions: images are ``(..., H, W)``; the last two dims are spatial, H is the
+frequency-encode (read-out) direction and W the phase-encode direction, so a Cartesian
+mask samples whole columns. k-space is complex64 with the zero frequency at the centre.
+Masks are real ``(H, W)`` (or broadcastable to the data, e.g. ``(1, W)``) with values 0/1
+and broadcast over any leading batch dims. Nothing here ever promotes to float64.
+
+Images are real-valued magnitude images; a complex image is mapped back to a real one
+with :func:`real_image` (the real part), the single place where that choice is made.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_spatial(x: torch.Tensor, name: str) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
+
+
+def fft2c(image: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2-D FFT over the last two dims; real input is promoted to complex64."""
+    _check_spatial(image, "image")
+    if not image.is_complex():
+        image = image.to(torch.complex64)
+    shifted = torch.fft.ifftshift(image, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
+
+
+def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2-D inverse FFT over the last two dims (complex in, complex out)."""
+    _check_spatial(kspace, "kspace")
+    if not kspace.is_complex():
+        kspace = kspace.to(torch.complex64)
+    shifted = torch.fft.ifftshift(kspace, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.ifft2(shifted, norm="ortho"), dim=(-2, -1))
+
+
+def real_image(image: torch.Tensor) -> torch.Tensor:
+    """The real image that kdmri's networks and metrics see for a complex image."""
+    return image.real if image.is_complex() else image
+
+
+def undersample(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Retrospectively undersampled k-space ``m * FFT(image)`` (complex64)."""
+    return fft2c(image) * mask.to(torch.float32)
+
+
+def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
+    """Zero-filled reconstruction: the inverse FFT of the (masked) k-space, complex64."""
+    return ifft2c(kspace)
+
+
+def data_consistency(
+    image: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Hard data consistency: ``k = m * k0 + (1 - m) * FFT(x)``, returned as a real image.
+
+    ``image`` is the network's real prediction ``(..., H, W)``, ``measured`` the measured
+    k-space ``k0`` (zero where not sampled) and ``mask`` the 0/1 sampling mask. Always
+    computed in float32/complex64, also under mixed precision.
+    """
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        m = mask.to(torch.float32)
+        k = m * measured + (1.0 - m) * fft2c(image.float())
+        return real_image(ifft2c(k))

@@ -1,0 +1,403 @@
+"""The one training engine: every stage of every task runs through :class:`Trainer`.
+
+A stage is a weighted sum of named loss terms (``reconstruction``, ``imitation``,
+``attention``), the network it trains and the weights it starts from, all read from a
+model spec (:func:`kdmri.config.model_spec`). The distillation terms read the teacher's
+outputs and attention maps from the teacher cache (:mod:`kdmri.teacher`), so the teacher
+is never run during distillation.
+
+Per epoch: train, validate (loss and PSNR), append a row to ``history.csv``, and write the
+resume checkpoint ``checkpoint/last.pt`` atomically (model, optimiser, scheduler, epoch,
+RNG states, best weights so far, history). Running the same command again after a crash
+resumes from it; a checkpoint written under another spec is refused, naming what differs.
+At the end ``model.pt`` holds the best weights (by validation loss) and ``last.pt`` is
+marked complete (it holds the last weights).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from kdmri import __version__
+from kdmri.config import digest
+from kdmri.data.store import SliceDataset, store_info
+from kdmri.distill.hooks import FeatureHooks
+from kdmri.distill.losses import (
+    attention_transfer_loss,
+    imitation_loss,
+    reconstruction_loss,
+)
+from kdmri.errors import KdmriError
+from kdmri.io import atomic_path, load_torch, save_torch
+from kdmri.metrics import psnr
+from kdmri.models import build_model, count_parameters
+from kdmri.mri import fft2c
+
+MODEL_FORMAT = "kdmri-model/1"
+STATE_FORMAT = "kdmri-train-state/1"
+
+
+@dataclass
+class Batch:
+    """What every network consumes: real input, measured k-space, mask, target (N,1,H,W)."""
+
+    image: torch.Tensor
+    kspace: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor | None = None
+
+
+def make_batch(zf: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None,
+               device: torch.device) -> Batch:
+    """Build a :class:`Batch` from zero-filled complex images ``(N, H, W)``."""
+    zf = zf.to(device, non_blocking=True).unsqueeze(1)
+    return Batch(
+        image=zf.real.contiguous(),
+        kspace=fft2c(zf),
+        mask=mask.to(device),
+        target=None if target is None else target.to(device, non_blocking=True).unsqueeze(1),
+    )
+
+
+def load_model(path: str | Path, expect_net: dict | None = None, role: str = "model"):
+    """Load a ``model.pt`` (weights only) and build its network; check its architecture."""
+    ckpt = load_torch(path)
+    if ckpt.get("format") != MODEL_FORMAT:
+        raise KdmriError(f"{path}: not a kdmri model file (format {ckpt.get('format')!r})")
+    if expect_net is not None and ckpt["net"] != expect_net:
+        raise KdmriError(
+            f"{path}: {role} architecture {ckpt['net']} does not match the config's {expect_net}"
+        )
+    model = build_model(ckpt["net"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+def lr_factor(schedule: dict, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based)."""
+    warmup = schedule.get("warmup_epochs", 0) * steps_per_epoch
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    kind = schedule.get("kind", "constant")
+    if kind == "step":
+        return schedule.get("gamma", 0.1) ** (step // (schedule.get("step_epochs", 1) * steps_per_epoch))
+    if kind == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        floor = schedule.get("min_lr_ratio", 0.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def _spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _spec_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+class Trainer:
+    """Train one model of one stage. See the module docstring."""
+
+    def __init__(self, spec: dict, train_store: str | Path, val_store: str | Path,
+                 out_dir: str | Path, cache_dir: str | Path | None = None,
+                 init: str | Path | None = None, device: torch.device | str = "cpu",
+                 log=None, progress: bool | None = None):
+        self.spec = spec
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.weights = {k: float(v) for k, v in spec["loss_weights"].items() if v}
+        self.settings = spec["train"]
+        self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
+        self.spec_digest = digest(spec)
+
+        distill = {"imitation", "attention"} & set(self.weights)
+        self.train_data = self._data(train_store, cache_dir, "train", distill)
+        self.val_data = self._data(val_store, cache_dir, "val", distill)
+        if len(self.train_data["target"]) == 0:
+            raise KdmriError(f"{train_store}: the training split has no slices")
+
+        torch.manual_seed(spec["seed"])
+        self.model = build_model(spec["net"]).to(self.device)
+        if init is not None:
+            init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
+            self.model.load_state_dict(init_model.state_dict())
+        self.params = count_parameters(self.model)
+        self.feature_paths: list[str] = []
+        if "attention" in self.weights:
+            self.feature_paths = [
+                path for _, s_conv in spec["pairs"] for path in self.model.feature_paths(s_conv)
+            ]
+            n_maps = self.train_data["attention"].shape[1]
+            if n_maps != len(self.feature_paths):
+                raise KdmriError(
+                    f"teacher cache has {n_maps} attention maps per slice, the student's pairs "
+                    f"give {len(self.feature_paths)}"
+                )
+        self.optimizer = self._optimizer()
+        n = len(self.train_data["target"])
+        self.batch_size = int(self.settings["batch_size"])
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self.epochs = int(self.settings["epochs"])
+        total = self.steps_per_epoch * self.epochs
+        schedule = dict(self.settings["schedule"])
+        if schedule.get("kind") == "cosine":
+            schedule["min_lr_ratio"] = schedule.get("min_lr", 0.0) / self.settings["lr"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(schedule, step, self.steps_per_epoch, total)
+        )
+        self.amp = bool(self.settings.get("amp")) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.start_epoch = 0
+
+    # ------------------------------------------------------------------ data
+    def _data(self, store, cache_dir, split, distill) -> dict[str, torch.Tensor]:
+        dataset = SliceDataset(store, keys=["zf", "target"], extra=["mask"])
+        if not dataset.in_memory:
+            raise KdmriError(f"{store}: split too large to hold in memory for training")
+        batch = dataset.batch(np.arange(len(dataset)))
+        data = {
+            "zf": batch["zf"],
+            "target": batch["target"],
+            "mask": dataset.extra["mask"],
+            "volume": torch.from_numpy(dataset.volume.astype(np.int64)),
+        }
+        if distill:
+            if cache_dir is None:
+                raise KdmriError(f"stage {self.spec['stage']!r} needs the teacher cache (--cache)")
+            cache_path = Path(cache_dir) / f"{split}.h5"
+            keys = (["output"] if "imitation" in distill else []) + (
+                ["attention"] if "attention" in distill else []
+            )
+            info = store_info(cache_path)
+            teacher_net = info["attrs"].get("teacher_net")
+            if teacher_net is not None and teacher_net != digest(self.spec["teacher_net"]):
+                raise KdmriError(
+                    f"{cache_path}: cached teacher architecture differs from the config's "
+                    f"teacher {self.spec['teacher_net']}"
+                )
+            cache = SliceDataset(cache_path, keys=keys)
+            if len(cache) != len(dataset):
+                raise KdmriError(
+                    f"{cache_path}: {len(cache)} slices but {store} has {len(dataset)}"
+                )
+            cached = cache.batch(np.arange(len(cache)))
+            data.update({("teacher_output" if k == "output" else k): v for k, v in cached.items()})
+        return data
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        s = self.settings
+        params = self.model.parameters()
+        if s["optimizer"] == "adam":
+            return torch.optim.Adam(params, lr=s["lr"], weight_decay=s["weight_decay"])
+        if s["optimizer"] == "adamw":
+            return torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
+        return torch.optim.SGD(params, lr=s["lr"], momentum=0.9, weight_decay=s["weight_decay"])
+
+    # ------------------------------------------------------------------ losses
+    def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
+        batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device)
+        extra = {k: data[k][idx].to(self.device) for k in ("teacher_output", "attention") if k in data}
+        return batch, extra
+
+    def losses(self, batch: Batch, extra: dict, hooks: FeatureHooks | None):
+        """Named loss terms and their weighted total for one batch."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            prediction = self.model(batch.image, batch.kspace, batch.mask)
+        terms: dict[str, torch.Tensor] = {}
+        prediction = prediction.float()
+        if "reconstruction" in self.weights:
+            terms["reconstruction"] = reconstruction_loss(prediction, batch.target)
+        if "imitation" in self.weights:
+            terms["imitation"] = imitation_loss(prediction, extra["teacher_output"].unsqueeze(1))
+        if "attention" in self.weights:
+            features = hooks.pop()
+            teacher_maps = list(extra["attention"].unbind(1))
+            terms["attention"] = attention_transfer_loss(features, teacher_maps)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, terms, prediction
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, completed: bool) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": STATE_FORMAT,
+            "kdmri_version": __version__,
+            "spec": self.spec,
+            "spec_digest": self.spec_digest,
+            "epoch": epoch,
+            "completed": completed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "best": self.best,
+            "history": self.history,
+        }
+
+    def _try_resume(self) -> None:
+        if not self.ckpt_path.exists():
+            return
+        state = load_torch(self.ckpt_path)
+        if state.get("format") != STATE_FORMAT:
+            raise KdmriError(f"{self.ckpt_path}: not a kdmri training checkpoint")
+        if state.get("completed"):
+            self.log(f"{self.ckpt_path}: previous run had finished; training again from epoch 0")
+            return
+        if state.get("spec_digest") != self.spec_digest:
+            diff = "; ".join(_spec_diff(state.get("spec", {}), self.spec)[:5])
+            raise KdmriError(
+                f"{self.ckpt_path}: checkpoint was written under a different config ({diff}); "
+                "delete it to start this model again"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.best = state["best"]
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+        self.log(f"resuming from {self.ckpt_path} after epoch {self.start_epoch}")
+
+    # ------------------------------------------------------------------ loops
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.spec["seed"] * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_data["target"]), generator=generator)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        order = self._epoch_order(epoch)
+        sums: dict[str, float] = {}
+        n_seen = 0
+        start = time.perf_counter()
+        batches = order.split(self.batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                   disable=not self.progress, file=sys.stderr)
+        with FeatureHooks(self.model, self.feature_paths) as hooks:
+            for b, idx in enumerate(bar):
+                batch, extra = self._batch(self.train_data, idx)
+                total, terms, _ = self.losses(batch, extra, hooks)
+                if not torch.isfinite(total):
+                    raise KdmriError(
+                        f"training loss became {total.item()} at epoch {epoch + 1}, batch {b + 1}; "
+                        f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if self.settings.get("grad_clip"):
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                n = len(idx)
+                n_seen += n
+                sums["loss"] = sums.get("loss", 0.0) + total.item() * n
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.item() * n
+                if self.progress:
+                    bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4g}")
+        seconds = time.perf_counter() - start
+        row = {f"train_{k}": v / n_seen for k, v in sums.items()}
+        row.update(seconds=seconds, samples_per_s=n_seen / seconds)
+        return row
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        data = self.val_data
+        n = len(data["target"])
+        sums: dict[str, float] = {}
+        outputs = []
+        with FeatureHooks(self.model, self.feature_paths) as hooks:
+            for idx in torch.arange(n).split(max(self.batch_size, 16)):
+                batch, extra = self._batch(data, idx)
+                total, terms, prediction = self.losses(batch, extra, hooks)
+                sums["loss"] = sums.get("loss", 0.0) + total.item() * len(idx)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
+                outputs.append(prediction[:, 0].cpu())
+        prediction = torch.cat(outputs).numpy()
+        target = data["target"].numpy()
+        volumes = data["volume"].numpy()
+        val_psnr = float(np.mean([
+            psnr(target[volumes == v], prediction[volumes == v]) for v in np.unique(volumes)
+        ]))
+        row = {f"val_{k}": v / n for k, v in sums.items()}
+        row["val_psnr"] = val_psnr
+        return row
+
+    def run(self) -> dict:
+        """Train (or resume) to the last epoch; write ``model.pt`` and ``history.csv``."""
+        self._try_resume()
+        total_epochs = self.epochs
+        self.log(
+            f"training {self.spec['model']} ({self.spec['stage']} stage, {self.params:,} parameters) "
+            f"on {self.device}: {len(self.train_data['target'])} slices, batch {self.batch_size}, "
+            f"{total_epochs} epochs x {self.steps_per_epoch} steps, losses {self.weights}"
+        )
+        val_every = int(self.settings.get("val_every", 1))
+        for epoch in range(self.start_epoch, total_epochs):
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(self.train_epoch(epoch))
+            if (epoch + 1) % val_every == 0 or epoch + 1 == total_epochs:
+                row.update(self.validate())
+                if self.best is None or row["val_loss"] < self.best["val_loss"]:
+                    self.best = {
+                        "epoch": epoch + 1,
+                        "val_loss": row["val_loss"],
+                        "val_psnr": row["val_psnr"],
+                        "state_dict": {k: v.detach().cpu().clone()
+                                       for k, v in self.model.state_dict().items()},
+                    }
+            self.history.append(row)
+            save_torch(self._state(epoch + 1, completed=False), self.ckpt_path)
+            self.log(
+                f"epoch {epoch + 1}/{total_epochs} loss {row['train_loss']:.5f} "
+                + (f"val_loss {row['val_loss']:.5f} val_psnr {row['val_psnr']:.2f} " if "val_loss" in row else "")
+                + f"{row['samples_per_s']:.0f} slices/s"
+            )
+        self._write_outputs()
+        save_torch(self._state(total_epochs, completed=True), self.ckpt_path)
+        return {"best": {k: v for k, v in self.best.items() if k != "state_dict"},
+                "params": self.params}
+
+    def _write_outputs(self) -> None:
+        model_file = {
+            "format": MODEL_FORMAT,
+            "kdmri_version": __version__,
+            "net": self.spec["net"],
+            "spec": self.spec,
+            "spec_digest": self.spec_digest,
+            "state_dict": self.best["state_dict"],
+            "epoch": self.best["epoch"],
+            "val_loss": self.best["val_loss"],
+            "val_psnr": self.best["val_psnr"],
+            "params": self.params,
+            "device": str(self.device),
+        }
+        save_torch(model_file, self.out_dir / "model.pt")
+        with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)

@@ -1,0 +1,113 @@
+# Validation, grids, wildcard constraints and input functions. Rules stay thin: they call
+# the kdmri CLI; everything a job's result depends on reaches it as --spec JSON, which is
+# also the rule's params, so a changed setting re-runs exactly the jobs it touches.
+import json
+
+from kdmri.config import MODELS, SPLITS, STAGES, model_spec, teacher_cache_spec, validate
+
+# Validate before any key is read: an unknown key or a wrong type stops the run here.
+config = validate(config, source="config")
+
+R = config["results"]
+TRAIN_THREADS = config["resources"]["train_threads"]
+THREADS = config["resources"]["threads"]
+GPU = config["resources"]["gpu"]
+
+
+def acc_str(value):
+    return f"{float(value):g}"
+
+
+def grid():
+    """(task, dataset, acceleration, seed) of every configured study cell."""
+    for task, settings in config["tasks"].items():
+        for dataset in settings["datasets"]:
+            for acc in settings["accelerations"]:
+                for seed in config["seeds"]:
+                    yield task, dataset, acc_str(acc), seed
+
+
+CELLS = list(grid())
+DATASETS = sorted({d for _, d, _, _ in CELLS})
+
+wildcard_constraints:
+    task="recon|sr",
+    dataset="|".join(DATASETS) if DATASETS else "none",
+    acc=r"[0-9]+(\.[0-9]+)?",
+    seed=r"[0-9]+",
+    model="|".join(["zf", *MODELS]),
+    split="train|val|test",
+
+
+def cell(w):
+    return f"{R}/{w.task}/{w.dataset}/acc{w.acc}"
+
+
+def spec_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def train_spec(w):
+    return spec_json(model_spec(config, w.task, w.model, int(w.seed)))
+
+
+def train_inputs(w):
+    recipe = MODELS[w.model]
+    inputs = {"data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]}
+    if recipe.stage in ("attention", "imitation"):
+        inputs["cache"] = [f"{cell(w)}/teacher/seed{w.seed}/cache/{s}.h5" for s in ("train", "val")]
+    if recipe.init:
+        inputs["init"] = f"{cell(w)}/{recipe.init}/seed{w.seed}/model.pt"
+    return inputs
+
+
+def train_options(w, input):
+    options = []
+    if MODELS[w.model].stage in ("attention", "imitation"):
+        options.append(f"--cache-dir {cell(w)}/teacher/seed{w.seed}/cache")
+    if MODELS[w.model].init:
+        options.append(f"--init {input.init}")
+    return " ".join(options)
+
+
+def prediction(w, model):
+    if model == "zf":
+        return f"{cell(w)}/zf/seed{w.seed}/test_pred.h5"
+    return f"{cell(w)}/{model}/seed{w.seed}/test_pred.h5"
+
+
+def metrics_files():
+    return [
+        f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/metrics.csv"
+        for t, d, a, s in CELLS
+        for m in config["models"]
+    ]
+
+
+def trained_models():
+    names = sorted({m for m in config["models"] if m != "zf"})
+    return {
+        f"{t}/{d}/acc{a}/{m}/seed{s}": f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/model.pt"
+        for t, d, a, s in CELLS
+        for m in names
+    }
+
+
+def figure_files():
+    files = []
+    for t, d, a, s in CELLS:
+        files += [
+            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/panel.png",
+            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/curves.png",
+            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/mask.png",
+        ]
+    return files
+
+
+def all_outputs():
+    return [
+        f"{R}/tables/summary.csv",
+        f"{R}/tables/kd_gain.csv",
+        f"{R}/tables/provenance.json",
+        *figure_files(),
+    ]

@@ -1,0 +1,72 @@
+# Figures: reconstruction panel, training curves and mask of every study cell.
+
+
+def panel_inputs(w):
+    return {m: prediction(w, m) for m in config["models"]}
+
+
+rule figure_panel:
+    input:
+        unpack(panel_inputs),
+        test=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/test.h5",
+    output:
+        report(
+            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/panel.png",
+            caption="../report/panel.rst",
+            category="Reconstructions",
+            subcategory="{task} {dataset}",
+            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+        ),
+    params:
+        preds=lambda w, input: " ".join(f"{m}={input[m]}" for m in config["models"]),
+    log:
+        f"{R}/logs/figures/panel_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    threads: 1
+    shell:
+        "kdmri figures --kind panel --inputs {input.test} --pred {params.preds}"
+        " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x (seed {wildcards.seed})'"
+        " --out {output} 2> {log}"
+
+
+def curve_inputs(w):
+    return {m: f"{cell(w)}/{m}/seed{w.seed}/history.csv" for m in config["models"] if m != "zf"}
+
+
+rule figure_curves:
+    input:
+        unpack(curve_inputs),
+    output:
+        report(
+            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            subcategory="{task} {dataset}",
+            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+        ),
+    params:
+        histories=lambda w, input: " ".join(f"{m}={input[m]}" for m in curve_inputs(w)),
+    log:
+        f"{R}/logs/figures/curves_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    threads: 1
+    shell:
+        "kdmri figures --kind curves --history {params.histories}"
+        " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x (seed {wildcards.seed})'"
+        " --out {output} 2> {log}"
+
+
+rule figure_mask:
+    input:
+        rules.mask.output.mask,
+    output:
+        report(
+            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/mask.png",
+            caption="../report/mask.rst",
+            category="Masks",
+            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+        ),
+    log:
+        f"{R}/logs/figures/mask_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    threads: 1
+    shell:
+        "kdmri figures --kind mask --mask {input}"
+        " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x mask' --out {output} 2> {log}"

@@ -1,0 +1,52 @@
+# Training of every model through the one trainer, and the teacher cache.
+# model.pt holds the best weights; checkpoint/last.pt (not a declared output, so Snakemake
+# never deletes it) lets a re-run after a crash resume from the last finished epoch.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
+        history=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/history.csv",
+    params:
+        spec=train_spec,
+        options=lambda w, input: train_options(w, input),
+        device=config["device"],
+    log:
+        f"{R}/logs/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "kdmri train --spec {params.spec:q} --inputs-dir $(dirname {input.data[0]})"
+        " {params.options} --out-dir $(dirname {output.model})"
+        " --device {params.device} --threads {threads} 2> {log}"
+
+
+rule cache_teacher:
+    input:
+        teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/model.pt",
+        data=[f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5" for s in ("train", "val")],
+    output:
+        [f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/cache/{s}.h5" for s in ("train", "val")],
+    params:
+        spec=lambda w: spec_json(teacher_cache_spec(config, w.task)),
+        device=config["device"],
+    log:
+        f"{R}/logs/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "kdmri cache-teacher --teacher {input.teacher} --spec {params.spec:q}"
+        " --inputs-dir $(dirname {input.data[0]}) --out-dir $(dirname {output[0]})"
+        " --device {params.device} --threads {threads} 2> {log}"
