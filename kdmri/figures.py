@@ -1,0 +1,272 @@
+"""Figures: a reconstruction panel, training curves and a mask picture.
+
+``kdmri figures --kind panel|curves|mask ... --out FILE``:
+
+``panel``
+    ``--inputs test.h5 --pred zf=P teacher=P student=P kd=P ...``: one test slice (the
+    one with the median kd PSNR, or the median of the last ``--pred`` model when there is
+    no kd). Top row: the target and every model's image on the grey scale 0..slice
+    maximum; bottom row: each model's absolute error on one shared scale (up to the 99th
+    percentile of all error maps) with one colourbar. PSNR and SSIM of that slice are in
+    the titles, with the data range of the slice's volume maximum as in ``metrics.csv``.
+``curves``
+    ``--history model=history.csv ...``: validation PSNR per epoch of every model, and
+    the training loss on a log scale beside it.
+``mask``
+    ``--mask mask.npy``: the mask and its column profile (sampled fraction per column).
+
+Figures are drawn with matplotlib's Agg backend (set when a figure is first drawn, not on
+import) and written atomically; the format follows the suffix of ``--out`` (PNG default).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kdmri.errors import KdmriError
+from kdmri.io import atomic_path
+
+DPI = 120
+ERROR_PERCENTILE = 99.0
+FORMATS = {"png", "pdf", "svg"}
+
+
+# ---------------------------------------------------------------------- helpers
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str | Path) -> None:
+    """Save ``fig`` atomically to ``out`` (format from the suffix, PNG if none) and close it."""
+    plt = _pyplot()
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".") or "png"
+    if fmt not in FORMATS:
+        plt.close(fig)
+        raise KdmriError(f"{out}: unsupported figure format {fmt!r}; expected {sorted(FORMATS)}")
+    try:
+        with atomic_path(out, suffix=f".{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+def parse_named(items: Sequence[str], option: str) -> dict[str, Path]:
+    """``["a=PATH", ...]`` -> ``{"a": Path}``; names must be unique and files exist."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise KdmriError(f"{option}: expected NAME=PATH, found {item!r}")
+        if name in named:
+            raise KdmriError(f"{option}: name {name!r} given twice")
+        if not Path(path).is_file():
+            raise KdmriError(f"{path}: file not found (given as {option} {name}=...)")
+        named[name] = Path(path)
+    return named
+
+
+# ---------------------------------------------------------------------- panel
+def _volume_max(target: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """Per slice: the maximum of its volume's target (fastMRI's data range)."""
+    out = np.empty(len(volume), dtype=np.float64)
+    for v in np.unique(volume):
+        rows = volume == v
+        out[rows] = target[rows].max()
+    return out
+
+
+def median_slice(target: np.ndarray, output: np.ndarray, volume: np.ndarray) -> int:
+    """Index of the slice with the median PSNR of ``output`` (lower median, stable ties)."""
+    from kdmri.metrics import psnr_slices
+
+    ranges = _volume_max(target, volume)
+    values = np.array([
+        psnr_slices(target[i : i + 1], output[i : i + 1], ranges[i])[0]
+        for i in range(len(target))
+    ])
+    order = np.argsort(values, kind="stable")
+    return int(order[(len(order) - 1) // 2])
+
+
+def read_panel_data(inputs: str | Path, preds: dict[str, Path]) -> dict:
+    """Targets and each model's outputs, checked to cover the same slices in order."""
+    from kdmri.data.store import read_store
+
+    truth = read_store(inputs, ["target", "volume", "slice"])
+    outputs = {}
+    for name, path in preds.items():
+        pred = read_store(path, ["output", "volume", "slice"])
+        if pred["output"].shape != truth["target"].shape or not (
+            np.array_equal(pred["volume"], truth["volume"])
+            and np.array_equal(pred["slice"], truth["slice"])
+        ):
+            raise KdmriError(
+                f"{path}: predictions of {name!r} {pred['output'].shape} do not cover the "
+                f"slices of {inputs} {truth['target'].shape} in the same order"
+            )
+        outputs[name] = pred["output"]
+    return {"truth": truth, "outputs": outputs}
+
+
+def panel_figure(inputs: str | Path, preds: dict[str, Path], out: str | Path,
+                 title: str = "") -> dict:
+    """Draw the reconstruction panel; return the chosen slice and per-model PSNR/SSIM."""
+    from kdmri.metrics import psnr, ssim
+
+    if not preds:
+        raise KdmriError("--pred: give at least one model as NAME=PATH")
+    data = read_panel_data(inputs, preds)
+    truth, outputs = data["truth"], data["outputs"]
+    if len(truth["target"]) == 0:
+        raise KdmriError(f"{inputs}: the store has no slices")
+    chooser = "kd" if "kd" in outputs else list(outputs)[-1]
+    index = median_slice(truth["target"], outputs[chooser], truth["volume"])
+    data_range = float(_volume_max(truth["target"], truth["volume"])[index])
+    target = truth["target"][index].astype(np.float64)
+    images = {name: out_[index].astype(np.float64) for name, out_ in outputs.items()}
+    errors = {name: np.abs(img - target) for name, img in images.items()}
+    scores = {
+        name: (psnr(target[None], img[None], data_range), ssim(target[None], img[None], data_range))
+        for name, img in images.items()
+    }
+    vmax_img = float(target.max()) or 1.0
+    vmax_err = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]),
+                                   ERROR_PERCENTILE)) or 1e-12
+
+    plt = _pyplot()
+    n = len(images) + 1
+    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 5.0), squeeze=False,
+                             layout="constrained")
+    axes[0, 0].imshow(target, cmap="gray", vmin=0, vmax=vmax_img)
+    axes[0, 0].set_title("target", fontsize=9)
+    axes[1, 0].set_visible(False)
+    err_im = None
+    for col, name in enumerate(images, start=1):
+        p, s = scores[name]
+        axes[0, col].imshow(images[name], cmap="gray", vmin=0, vmax=vmax_img)
+        axes[0, col].set_title(f"{name}\n{p:.2f} dB / {s:.4f}", fontsize=9)
+        err_im = axes[1, col].imshow(errors[name], cmap="inferno", vmin=0, vmax=vmax_err)
+        axes[1, col].set_title(f"|{name} - target|", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(err_im, ax=axes[1, 1:].tolist(), shrink=0.9, label="absolute error")
+    names = truth["volume_names"]
+    v = int(truth["volume"][index])
+    where = f"{names[v] if len(names) > v else v}, slice {int(truth['slice'][index])}"
+    fig.suptitle(f"{title} ({where})" if title else where, fontsize=10)
+    _save(fig, out)
+    return {"index": index, "volume": v, "slice": int(truth["slice"][index]),
+            "chosen_by": chooser, "scores": scores}
+
+
+# ---------------------------------------------------------------------- curves
+def read_history(path: str | Path):
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise KdmriError(f"{path}: not a readable CSV file ({exc})") from None
+    missing = [c for c in ("epoch", "train_loss") if c not in frame.columns]
+    if missing:
+        raise KdmriError(
+            f"{path}: history is missing columns {missing} (found {list(frame.columns)})"
+        )
+    return frame
+
+
+def curves_figure(histories: dict[str, Path], out: str | Path, title: str = "") -> None:
+    """Validation PSNR per epoch (left) and training loss, log scale (right), per model."""
+    if not histories:
+        raise KdmriError("--history: give at least one model as NAME=PATH")
+    frames = {name: read_history(path) for name, path in histories.items()}
+    plt = _pyplot()
+    fig, (ax_psnr, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for name, frame in frames.items():
+        if "val_psnr" in frame.columns:
+            val = frame[["epoch", "val_psnr"]].dropna()
+            if len(val):
+                ax_psnr.plot(val["epoch"], val["val_psnr"], marker="o", markersize=3, label=name)
+        loss = frame[["epoch", "train_loss"]].dropna()
+        loss = loss[loss["train_loss"] > 0]
+        ax_loss.plot(loss["epoch"], loss["train_loss"], label=name)
+    ax_psnr.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="validation PSNR")
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    for ax in (ax_psnr, ax_loss):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
+# ---------------------------------------------------------------------- mask
+def mask_figure(mask_path: str | Path, out: str | Path, title: str = "") -> None:
+    """The mask (sampled = white) and the sampled fraction of each column."""
+    from kdmri.masks import effective_acceleration, load_mask
+
+    mask = load_mask(mask_path)
+    plt = _pyplot()
+    fig, (ax_img, ax_prof) = plt.subplots(
+        2, 1, figsize=(4.5, 6), height_ratios=[3, 1], layout="constrained"
+    )
+    ax_img.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax_img.set(xticks=[], yticks=[],
+               title=f"sampled {mask.mean():.3f} (acceleration {effective_acceleration(mask):.2f})")
+    columns = np.arange(mask.shape[1])
+    ax_prof.fill_between(columns, mask.mean(axis=0), step="mid", alpha=0.6)
+    ax_prof.step(columns, mask.mean(axis=0), where="mid", linewidth=0.8)
+    ax_prof.set(xlim=(-0.5, mask.shape[1] - 0.5), ylim=(0, 1.05), xlabel="column (phase encode)",
+                ylabel="sampled fraction")
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
+# ---------------------------------------------------------------------- CLI
+def cmd_figures(args) -> int:
+    def need(option: str, value) -> None:
+        if not value:
+            raise KdmriError(f"figures --kind {args.kind}: {option} is required")
+
+    if args.kind == "panel":
+        need("--inputs", args.inputs)
+        need("--pred", args.pred)
+        info = panel_figure(args.inputs, parse_named(args.pred, "--pred"), args.out, args.title)
+        print(f"panel: slice {info['slice']} of volume {info['volume']} "
+              f"(median {info['chosen_by']} PSNR) -> {args.out}", file=sys.stderr)
+    elif args.kind == "curves":
+        need("--history", args.history)
+        curves_figure(parse_named(args.history, "--history"), args.out, args.title)
+        print(f"curves -> {args.out}", file=sys.stderr)
+    else:
+        need("--mask", args.mask)
+        mask_figure(args.mask, args.out, args.title)
+        print(f"mask -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def register_cli(add) -> None:
+    p = add("figures", cmd_figures, "reconstruction panel, training curves or mask figure")
+    p.add_argument("--kind", required=True, choices=["panel", "curves", "mask"])
+    p.add_argument("--inputs", help="panel: test input store (targets)")
+    p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
+                   help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
+    p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
+    p.add_argument("--mask", help="mask: the mask .npy")
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")

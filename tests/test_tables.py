@@ -1,0 +1,202 @@
+"""Tests for kdmri.tables: summary, KD gain, ablation, Markdown and LaTeX tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from kdmri import tables
+from kdmri.cli import main
+from kdmri.errors import KdmriError
+
+N_SLICES = 30  # 6 volumes x 5 slices
+OFFSETS = {"zf": -4.0, "teacher": 1.0, "student": 0.0, "kd": 0.5}
+PARAMS = {"zf": 0, "teacher": 5_000_000, "student": 1_000, "kd": 1_000,
+          "kd_imitation": 1_000, "kd_attention": 1_000}
+
+
+def metrics_frame(models=("zf", "teacher", "student", "kd"), seeds=(0, 1),
+                  accelerations=(4, 8), offsets=None, noise=None) -> pd.DataFrame:
+    """Per-slice rows; psnr = base(seed, acc, slice) + offset[model] (+ optional noise)."""
+    offsets = {**OFFSETS, "kd_imitation": 0.3, "kd_attention": 0.1, **(offsets or {})}
+    rng = np.random.default_rng(0)
+    rows = []
+    for acc in accelerations:
+        for seed in seeds:
+            base = rng.normal(30.0 - acc / 4, 2.0, N_SLICES)
+            for model in models:
+                extra = noise.get(model, 0.0) if noise else 0.0
+                for i in range(N_SLICES):
+                    rows.append({
+                        "task": "recon", "dataset": "demo", "acceleration": acc,
+                        "model": model, "seed": seed, "params": PARAMS[model],
+                        "latency_ms": 0.0 if model == "zf" else 1.0 + seed,
+                        "volume": f"vol{i // 5}", "slice": i % 5,
+                        "psnr": base[i] + offsets[model] + extra * np.sin(i + seed),
+                        "ssim": 0.8 + offsets[model] / 100, "nmse": 0.01, "hfen": 0.1,
+                    })
+    return pd.DataFrame(rows)
+
+
+def write_metrics(frame: pd.DataFrame, folder) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (model, seed), part in frame.groupby(["model", "seed"]):
+        path = folder / f"{model}_s{seed}.csv"
+        part.to_csv(path, index=False)
+        paths.append(str(path))
+    return paths
+
+
+def test_summary_columns_order_and_values() -> None:
+    frame = metrics_frame().sample(frac=1.0, random_state=3)  # row order must not matter
+    summary = tables.summarise(frame)
+    assert list(summary.columns) == [
+        "task", "dataset", "acceleration", "model", "psnr_mean", "psnr_std", "ssim_mean",
+        "ssim_std", "nmse_mean", "nmse_std", "hfen_mean", "hfen_std", "n_slices", "params",
+        "latency_ms", "n_seeds",
+    ]
+    assert summary["model"].tolist() == ["zf", "teacher", "student", "kd"] * 2
+    assert summary["acceleration"].tolist() == [4] * 4 + [8] * 4
+    row = summary[(summary["model"] == "kd") & (summary["acceleration"] == 8)].iloc[0]
+    part = frame[(frame["model"] == "kd") & (frame["acceleration"] == 8)]
+    assert row["psnr_mean"] == pytest.approx(part["psnr"].mean())
+    assert row["psnr_std"] == pytest.approx(np.std(part["psnr"].to_numpy()))  # ddof=0
+    assert row["n_slices"] == N_SLICES and row["n_seeds"] == 2
+    assert row["params"] == 1_000 and row["latency_ms"] == pytest.approx(1.5)
+
+
+def test_kd_gain_known_answer_and_wilcoxon() -> None:
+    frame = metrics_frame(noise={"kd": 0.1}).sample(frac=1.0, random_state=7)
+    gain = tables.kd_gain(frame)
+    assert list(gain.columns) == [
+        "task", "dataset", "acceleration", "kd_minus_student_psnr", "kd_minus_student_ssim",
+        "teacher_minus_student_psnr", "gap_closed", "wilcoxon_p", "n_seeds",
+        "gap_closed_seed_mean", "gap_closed_seed_std", "kd_minus_student_psnr_seed_std",
+    ]
+    assert len(gain) == 2
+    for _, row in gain.iterrows():
+        assert row["teacher_minus_student_psnr"] == pytest.approx(1.0)
+        assert row["n_seeds"] == 2
+        sub = frame[frame["acceleration"] == row["acceleration"]]
+        kd = sub[sub["model"] == "kd"].sort_values(["seed", "volume", "slice"])
+        st = sub[sub["model"] == "student"].sort_values(["seed", "volume", "slice"])
+        expected_gain = kd["psnr"].mean() - st["psnr"].mean()
+        assert row["kd_minus_student_psnr"] == pytest.approx(expected_gain)
+        assert row["gap_closed"] == pytest.approx(expected_gain / 1.0)
+        assert row["kd_minus_student_ssim"] == pytest.approx(0.005)
+        expected_p = wilcoxon(kd["psnr"].to_numpy(), st["psnr"].to_numpy()).pvalue
+        assert row["wilcoxon_p"] == pytest.approx(expected_p)
+        assert row["wilcoxon_p"] < 0.05
+        seed_gaps = [
+            kd.loc[kd["seed"] == s, "psnr"].mean() - st.loc[st["seed"] == s, "psnr"].mean()
+            for s in (0, 1)
+        ]
+        assert row["gap_closed_seed_mean"] == pytest.approx(np.mean(seed_gaps))
+        assert row["gap_closed_seed_std"] == pytest.approx(np.std(seed_gaps, ddof=1))
+
+
+def test_gap_closed_exactly_half_single_seed() -> None:
+    gain = tables.kd_gain(metrics_frame(seeds=(3,), accelerations=(4,)))
+    row = gain.iloc[0]
+    assert row["gap_closed"] == pytest.approx(0.5)
+    assert row["n_seeds"] == 1
+    assert row["gap_closed_seed_std"] == 0 and row["kd_minus_student_psnr_seed_std"] == 0
+    assert row["wilcoxon_p"] < 1e-4  # 30 equal positive differences
+
+
+def test_kd_gain_needs_all_three_and_pairs_by_key() -> None:
+    frame = metrics_frame(models=("zf", "student", "kd"))
+    assert tables.kd_gain(frame).empty
+    frame = metrics_frame()
+    drop = frame.index[(frame["model"] == "kd") & (frame["slice"] == 0)][:1]
+    with pytest.raises(KdmriError, match="different slices"):
+        tables.kd_gain(frame.drop(drop))
+
+
+def test_no_difference_gives_nan_p() -> None:
+    frame = metrics_frame(offsets={"kd": 0.0})
+    assert tables.kd_gain(frame)["wilcoxon_p"].isna().all()
+
+
+def test_markdown_bold_best_and_underline_second() -> None:
+    summary = tables.summarise(metrics_frame())
+    text = tables.to_markdown(summary)
+    teacher = next(line for line in text.splitlines() if line.startswith("| teacher |"))
+    kd = next(line for line in text.splitlines() if line.startswith("| kd |"))
+    student = next(line for line in text.splitlines() if line.startswith("| student |"))
+    assert teacher.count("**") == 8  # PSNR and SSIM bold at both accelerations
+    assert kd.count("<u>") == 4
+    assert "**" not in student and "<u>" not in student
+    assert "± " in teacher
+    assert "5.00M" in teacher
+    assert "kd: attention stage, then the imitation stage with as many steps as the " \
+           "baseline student" in text
+    assert "### recon / demo" in text
+
+
+def test_latex_escapes_and_marks() -> None:
+    frame = metrics_frame(models=("student", "kd", "kd_attention"), accelerations=(4,))
+    frame["dataset"] = "fast_mri"
+    text = tables.to_latex(tables.summarise(frame))
+    assert r"kd\_attention" in text and r"fast\_mri" in text
+    body = text.replace(r"\_", "")
+    assert "_" not in body
+    assert r"\begin{tabular}" in text and r"\end{tabular}" in text
+    assert r"$\pm$" in text and "±" not in text
+    kd_line = next(line for line in text.splitlines() if line.startswith("kd &"))
+    assert kd_line.count(r"\textbf{") == 2
+    attention = next(line for line in text.splitlines() if line.startswith(r"kd\_attention"))
+    assert attention.count(r"\underline{") == 2
+    for line in text.splitlines():
+        if line.startswith(("student", "kd")):
+            assert line.count("&") == 2 and line.endswith(r"\\")
+    assert text.count("{") == text.count("}")
+
+
+def test_ablation_table() -> None:
+    frame = metrics_frame(models=("teacher", "student", "kd", "kd_imitation", "kd_attention"))
+    result = tables.ablation(frame)
+    assert len(result) == 2
+    assert result["kd_imitation_psnr_gain"].to_numpy() == pytest.approx([0.3, 0.3])
+    assert result["kd_attention_psnr_gain"].to_numpy() == pytest.approx([0.1, 0.1])
+    assert result["kd_psnr_gain"].to_numpy() == pytest.approx([0.5, 0.5])
+    assert list(result.columns[:3]) == ["task", "dataset", "acceleration"]
+    assert not tables.has_ablation(metrics_frame())
+
+
+def test_missing_column_names_file(tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    metrics_frame().drop(columns=["ssim", "hfen"]).to_csv(path, index=False)
+    with pytest.raises(KdmriError, match=r"bad\.csv.*missing columns \['ssim', 'hfen'\]"):
+        tables.read_metrics([path])
+
+
+def test_duplicate_file_refused(tmp_path) -> None:
+    paths = write_metrics(metrics_frame(models=("student",)), tmp_path)
+    with pytest.raises(KdmriError, match="duplicate"):
+        tables.read_metrics([paths[0], paths[0]])
+
+
+def test_cli_end_to_end(tmp_path, capsys) -> None:
+    frame = metrics_frame(models=("zf", "teacher", "student", "kd", "kd_imitation"))
+    paths = write_metrics(frame, tmp_path / "metrics")
+    out = tmp_path / "tables"
+    assert main(["tables", "--metrics", *paths, "--out-dir", str(out)]) == 0
+    for name in ("summary.csv", "summary.md", "summary.tex", "kd_gain.csv", "ablation.csv"):
+        assert (out / name).stat().st_size > 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 10 and summary.columns[0] == "task"
+    gain = pd.read_csv(out / "kd_gain.csv")
+    assert gain["gap_closed"].to_numpy() == pytest.approx([0.5, 0.5])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    # a stale ablation table is removed when its inputs are gone
+    plain = [p for p in paths if "kd_imitation" not in p]
+    assert main(["tables", "--metrics", *plain, "--out-dir", str(out)]) == 0
+    assert not (out / "ablation.csv").exists()
+    bad = tmp_path / "bad.csv"
+    frame.drop(columns=["seed"]).to_csv(bad, index=False)
+    assert main(["tables", "--metrics", str(bad), "--out-dir", str(out)]) == 2
+    assert "bad.csv" in capsys.readouterr().err
