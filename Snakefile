@@ -2,12 +2,19 @@
 #   snakemake --cores all                       the demo study of config/config.yaml
 #   snakemake --cores all --configfile config/test.yaml      a tiny study
 #   snakemake --report results/report.html      the HTML report of the last run
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo study unless --configfile names another study, which then replaces it whole
+# (keys it does not give take the schema's defaults); --config KEY=VALUE overrides either.
+if not workflow.config_settings.configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
 
 
 report: "workflow/report/workflow.rst"

@@ -224,8 +224,7 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
 def teacher_cache_spec(config: dict, task: str) -> dict:
     """What the teacher cache depends on besides the teacher weights: the layer pairs."""
     task_cfg = config["tasks"][task]
-    return {"teacher_net": task_cfg["teacher"], "pairs": task_cfg["pairs"],
-            "student_net": task_cfg["student"]}
+    return {"teacher_net": task_cfg["teacher"], "pairs": task_cfg["pairs"]}
 
 
 def models_needed(model: str) -> list[str]:

@@ -204,6 +204,11 @@ class SliceDataset(torch.utils.data.Dataset):
         for key in [*self.keys, *extra]:
             if key not in info["keys"]:
                 raise KdmriError(f"{self.path}: missing key {key!r} (found {sorted(info['keys'])})")
+            shape, want = info["keys"][key][0], KEY_NDIM.get(key)
+            if want is not None and len(shape) != want:  # also checked when read per batch
+                raise KdmriError(
+                    f"{self.path}: key {key!r} must have {want} dims, found shape {shape}"
+                )
         nbytes = sum(
             int(np.prod(info["keys"][k][0])) * np.dtype(info["keys"][k][1]).itemsize
             for k in self.keys

@@ -26,13 +26,15 @@ class FeatureHooks:
         self.paths = list(paths)
         self._store: dict[str, torch.Tensor] = {}
         self._handles: list = []
-        for path in self.paths:
+        modules = []
+        for path in self.paths:  # resolve every path before registering any hook
             try:
-                module = model.get_submodule(path)
+                modules.append(model.get_submodule(path))
             except AttributeError:
                 raise KdmriError(
                     f"feature layer {path!r} does not exist in {type(model).__name__}"
                 ) from None
+        for path, module in zip(self.paths, modules, strict=True):
             self._handles.append(module.register_forward_hook(self._hook(path)))
 
     def _hook(self, path: str):

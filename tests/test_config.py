@@ -1,0 +1,258 @@
+"""Tests for kdmri.config: schema validation, defaults, descriptions and model specs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdmri.config import (
+    MODELS,
+    load_config,
+    model_spec,
+    models_needed,
+    schema,
+    train_settings,
+    validate,
+)
+from kdmri.errors import KdmriError
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = {"datasets": {"demo": {"format": "demo"}}, "tasks": {"recon": {"datasets": ["demo"]}}}
+
+
+def minimal(**overrides) -> dict:
+    config = copy.deepcopy(MINIMAL)
+    config.update(copy.deepcopy(overrides))
+    return config
+
+
+def test_defaults_filled():
+    config = validate(minimal())
+    assert config["train"]["batch_size"] == 4
+    assert config["train"]["lr"] == 0.001
+    assert config["train"]["optimizer"] == "adam"
+    assert config["train"]["schedule"]["kind"] == "cosine"
+    assert config["kd"] == {"alpha": 0.5, "attention_weight": 1.0}
+    assert config["seeds"] == [0]
+    assert config["datasets"]["demo"]["size"] == 64
+    assert config["datasets"]["demo"]["subjects"] == {"train": 8, "val": 2, "test": 2}
+    recon = config["tasks"]["recon"]
+    assert recon["teacher"] == {"family": "dccnn", "cascades": 5, "convs": 5, "channels": 32}
+    assert recon["student"] == {"family": "dccnn", "cascades": 5, "convs": 3, "channels": 32}
+    assert recon["pairs"] == [[3, 2]]
+    assert recon["mask"] == {"kind": "random", "center_fraction": 0.08, "file": ""}
+    assert config["tasks"]["sr"]["pairs"] == [[6, 4]]
+
+
+def test_validate_does_not_modify_input():
+    config = minimal()
+    before = copy.deepcopy(config)
+    validate(config)
+    assert config == before
+
+
+def test_given_values_are_kept():
+    config = validate(minimal(train={"batch_size": 2, "schedule": {"kind": "step"}}))
+    assert config["train"]["batch_size"] == 2
+    assert config["train"]["epochs"] == 10
+    assert config["train"]["schedule"]["kind"] == "step"
+
+
+def test_mistyped_key_names_the_key():
+    with pytest.raises(KdmriError, match="train.epoch") as info:
+        validate(minimal(train={"epoch": 3}), source="study.yaml")
+    message = str(info.value)
+    assert message.startswith("study.yaml")
+    assert "epochs" in message  # the allowed keys are listed
+    with pytest.raises(KdmriError, match="'learning_rate'"):
+        validate(minimal(learning_rate=0.1))
+
+
+def test_nested_mistyped_key_names_the_full_path():
+    config = minimal()
+    config["tasks"]["recon"]["teacher"] = {"family": "dccnn", "cascade": 5}
+    with pytest.raises(KdmriError, match=r"tasks\.recon\.teacher\.cascade"):
+        validate(config)
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(KdmriError, match="train.batch_size") as info:
+        validate(minimal(train={"batch_size": "four"}))
+    assert "integer" in str(info.value) and "four" in str(info.value)
+    with pytest.raises(KdmriError, match="kd.alpha") as info:
+        validate(minimal(kd={"alpha": "half"}))
+    assert "number" in str(info.value)
+
+
+def test_out_of_range_and_enum_values_raise():
+    with pytest.raises(KdmriError, match="kd.alpha"):
+        validate(minimal(kd={"alpha": 1.5}))
+    with pytest.raises(KdmriError, match="train.optimizer") as info:
+        validate(minimal(train={"optimizer": "lion"}))
+    assert "adam" in str(info.value)
+    with pytest.raises(KdmriError, match="device"):
+        validate(minimal(device="tpu"))
+
+
+def test_unknown_dataset_reference():
+    config = minimal()
+    config["tasks"]["recon"]["datasets"] = ["demo", "knee"]
+    with pytest.raises(KdmriError, match="unknown dataset 'knee'") as info:
+        validate(config)
+    assert "tasks.recon.datasets" in str(info.value) and "demo" in str(info.value)
+
+
+def test_not_a_mapping_raises():
+    with pytest.raises(KdmriError, match="mapping"):
+        validate(["not", "a", "dict"])
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(KdmriError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(KdmriError, match="not valid YAML") as info:
+        load_config(bad)
+    assert str(bad) in str(info.value)
+
+
+# ---------------------------------------------------------------------- the schema itself
+def _resolved(node: dict, root: dict) -> dict:
+    while "$ref" in node:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _undescribed(node, root, where: str) -> list[str]:
+    """Every key (property) without a description, walking properties, items and $defs."""
+    missing = []
+    if not isinstance(node, dict):
+        return missing
+    for key, sub in node.get("properties", {}).items():
+        path = f"{where}.{key}" if where else key
+        if "description" not in _resolved(sub, root):
+            missing.append(path)
+        missing += _undescribed(sub, root, path)
+    for keyword in ("items", "additionalProperties"):
+        if isinstance(node.get(keyword), dict):
+            missing += _undescribed(node[keyword], root, f"{where}[{keyword}]")
+    return missing
+
+
+def test_every_schema_key_has_a_description():
+    root = schema()
+    missing = _undescribed(root, root, "")
+    for name, definition in root["$defs"].items():
+        if definition.get("type") == "object" and "description" not in definition:
+            missing.append(f"$defs.{name}")
+        missing += _undescribed(definition, root, f"$defs.{name}")
+    assert not missing, f"schema keys without a description: {missing}"
+
+
+def test_schema_objects_reject_unknown_keys():
+    root = schema()
+
+    def objects(node, where):
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "object" and "properties" in node:
+            yield where, node
+        for key, sub in node.get("properties", {}).items():
+            yield from objects(sub, f"{where}.{key}")
+        for name, sub in node.get("$defs", {}).items():
+            yield from objects(sub, f"$defs.{name}")
+
+    for where, node in objects(root, "(top)"):
+        assert node.get("additionalProperties") is False, where
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+def test_shipped_configs_validate(name):
+    path = REPO / "config" / name
+    config = load_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert config["results"] == raw["results"]
+    assert config["tasks"]["recon"]["datasets"] == ["demo"]
+    for task, settings in config["tasks"].items():
+        for model in config["models"]:
+            if model in MODELS and settings["datasets"]:
+                assert model_spec(config, task, model, seed=0)["task"] == task
+
+
+# ---------------------------------------------------------------------- model specs
+def test_kd_depends_on_alpha_and_teacher_does_not():
+    base = validate(minimal())
+    other = validate(minimal(kd={"alpha": 0.3}))
+    assert model_spec(base, "recon", "kd", 0) != model_spec(other, "recon", "kd", 0)
+    assert model_spec(other, "recon", "kd", 0)["loss_weights"] == pytest.approx(
+        {"reconstruction": 0.3, "imitation": 0.7}
+    )
+    for model in ("teacher", "student", "attention"):
+        assert model_spec(base, "recon", model, 0) == model_spec(other, "recon", model, 0), model
+
+
+def test_spec_depends_on_seed_and_stage_settings():
+    config = validate(minimal())
+    assert model_spec(config, "recon", "student", 0) != model_spec(config, "recon", "student", 1)
+    changed = validate(minimal(stages={"teacher": {"epochs": 3}}))
+    assert model_spec(changed, "recon", "teacher", 0)["train"]["epochs"] == 3
+    assert model_spec(changed, "recon", "student", 0) == model_spec(config, "recon", "student", 0)
+
+
+def test_imitation_stage_has_student_epochs_by_default():
+    config = validate(minimal())
+    student = model_spec(config, "recon", "student", 0)
+    kd = model_spec(config, "recon", "kd", 0)
+    assert kd["stage"] == "imitation" and kd["init"] == "attention"
+    assert kd["train"]["epochs"] == student["train"]["epochs"]
+    assert kd["train"] == student["train"]  # same budget and settings: a fair comparison
+    shipped = load_config(REPO / "config" / "config.yaml")
+    assert (
+        model_spec(shipped, "recon", "kd", 0)["train"]["epochs"]
+        == model_spec(shipped, "recon", "student", 0)["train"]["epochs"]
+    )
+
+
+def test_spec_contents_per_stage():
+    config = validate(minimal())
+    teacher = model_spec(config, "recon", "teacher", 0)
+    assert teacher["net"] == config["tasks"]["recon"]["teacher"]
+    assert teacher["loss_weights"] == {"reconstruction": 1.0}
+    assert "teacher_net" not in teacher and "pairs" not in teacher
+    attention = model_spec(config, "recon", "attention", 0)
+    assert attention["net"] == config["tasks"]["recon"]["student"]
+    assert attention["loss_weights"] == {"attention": 1.0}
+    assert attention["pairs"] == [[3, 2]]
+    assert attention["teacher_net"] == config["tasks"]["recon"]["teacher"]
+    assert models_needed("kd") == ["attention", "kd"]
+    assert models_needed("teacher") == ["teacher"]
+
+
+def test_train_settings_precedence():
+    config = validate(minimal(
+        train={"lr": 0.01, "epochs": 5},
+        stages={"imitation": {"lr": 0.02}},
+        tasks={"recon": {"datasets": ["demo"], "train": {"epochs": 6},
+                         "stages": {"imitation": {"epochs": 7}}}},
+    ))
+    assert train_settings(config, "recon", "imitation")["lr"] == 0.02
+    assert train_settings(config, "recon", "imitation")["epochs"] == 7
+    assert train_settings(config, "recon", "student")["epochs"] == 6
+    assert train_settings(config, "recon", "student")["lr"] == 0.01
+
+
+def test_model_spec_errors():
+    config = validate(minimal())
+    with pytest.raises(KdmriError, match="unknown model 'huge'"):
+        model_spec(config, "recon", "huge", 0)
+    del config["tasks"]["sr"]
+    with pytest.raises(KdmriError, match="task 'sr' is not configured"):
+        model_spec(config, "sr", "teacher", 0)

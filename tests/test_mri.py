@@ -1,0 +1,171 @@
+"""Tests for kdmri.mri: centred orthonormal FFTs and data consistency, against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdmri.mri import data_consistency, fft2c, ifft2c, real_image, undersample, zero_filled
+
+SHAPES = [(16, 16), (15, 20), (2, 3, 12, 9)]
+
+
+def np_fft2c(x: np.ndarray) -> np.ndarray:
+    """Independent oracle in float64/complex128."""
+    axes = (-2, -1)
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=axes), norm="ortho"), axes=axes)
+
+
+def np_ifft2c(k: np.ndarray) -> np.ndarray:
+    axes = (-2, -1)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=axes), norm="ortho"), axes=axes)
+
+
+def random_complex(shape, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft_round_trip_stays_complex64(shape):
+    x = random_complex(shape)
+    k = fft2c(x)
+    assert k.dtype == torch.complex64
+    back = ifft2c(k)
+    assert back.dtype == torch.complex64
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_fft_never_promotes_to_double(dtype):
+    x = torch.rand(8, 8, dtype=torch.float32).to(dtype)
+    assert fft2c(x).dtype == torch.complex64
+    assert ifft2c(x).dtype == torch.complex64
+    assert undersample(x.real if x.is_complex() else x, torch.ones(8, 8)).dtype == torch.complex64
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft_matches_numpy_float64_oracle(shape):
+    x = random_complex(shape, seed=1)
+    expected_k = np_fft2c(x.numpy().astype(np.complex128))
+    np.testing.assert_allclose(fft2c(x).numpy(), expected_k, atol=1e-5, rtol=1e-5)
+    expected_x = np_ifft2c(x.numpy().astype(np.complex128))
+    np.testing.assert_allclose(ifft2c(x).numpy(), expected_x, atol=1e-5, rtol=1e-5)
+
+
+def test_fft_real_input_matches_numpy():
+    x = torch.rand(3, 16, 16)
+    np.testing.assert_allclose(
+        fft2c(x).numpy(), np_fft2c(x.numpy().astype(np.float64)), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft_is_orthonormal(shape):
+    x = random_complex(shape, seed=2)
+    energy = (x.abs() ** 2).sum(dim=(-2, -1))
+    torch.testing.assert_close((fft2c(x).abs() ** 2).sum(dim=(-2, -1)), energy, rtol=1e-5, atol=0)
+    torch.testing.assert_close((ifft2c(x).abs() ** 2).sum(dim=(-2, -1)), energy, rtol=1e-5, atol=0)
+
+
+def test_fft_centre_is_zero_frequency():
+    x = torch.ones(8, 8)
+    k = fft2c(x)
+    assert k[4, 4].real.item() == pytest.approx(8.0)  # sum / sqrt(N) for the ortho norm
+    k[4, 4] = 0
+    assert k.abs().max().item() < 1e-5
+
+
+def test_fft_rejects_1d_input():
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        fft2c(torch.zeros(5))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        ifft2c(torch.zeros(5, dtype=torch.complex64))
+
+
+def test_undersample_and_zero_filled():
+    x = torch.rand(2, 12, 12)
+    mask = torch.zeros(12, 12)
+    mask[:, ::3] = 1
+    k = undersample(x, mask)
+    assert k.dtype == torch.complex64
+    expected = np_fft2c(x.numpy().astype(np.float64)) * mask.numpy()
+    np.testing.assert_allclose(k.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(zero_filled(k).numpy(), np_ifft2c(expected), atol=1e-5)
+
+
+def test_real_image():
+    z = random_complex((4, 4))
+    assert torch.equal(real_image(z), z.real)
+    r = torch.rand(4, 4)
+    assert real_image(r) is r
+
+
+def test_dc_all_ones_mask_returns_measured_image():
+    target = torch.rand(2, 1, 16, 16)
+    measured = fft2c(target)
+    prediction = torch.rand(2, 1, 16, 16)
+    out = data_consistency(prediction, measured, torch.ones(16, 16))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, real_image(ifft2c(measured)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, target, atol=1e-5, rtol=0)
+
+
+def test_dc_all_zeros_mask_returns_prediction():
+    prediction = torch.rand(2, 1, 16, 16)
+    measured = random_complex((2, 1, 16, 16))
+    out = data_consistency(prediction, measured, torch.zeros(16, 16))
+    torch.testing.assert_close(out, prediction, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (13, 10)])
+def test_dc_matches_numpy_for_random_mask(shape):
+    rng = np.random.default_rng(3)
+    target = rng.random((3, 1, *shape))
+    prediction = rng.random((3, 1, *shape))
+    mask = (rng.random(shape) < 0.4).astype(np.float64)
+    measured = mask * np_fft2c(target)
+    expected = np_ifft2c(mask * measured + (1 - mask) * np_fft2c(prediction)).real
+    out = data_consistency(
+        torch.from_numpy(prediction).float(),
+        torch.from_numpy(measured).to(torch.complex64),
+        torch.from_numpy(mask),
+    )
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+def test_dc_mask_broadcasts_over_batch():
+    rng = np.random.default_rng(4)
+    columns = (rng.random(16) < 0.5).astype(np.float32)
+    mask_2d = torch.from_numpy(np.tile(columns, (16, 1)))
+    mask_row = torch.from_numpy(columns[None, :])  # (1, W)
+    prediction = torch.rand(4, 1, 16, 16)
+    measured = undersample(torch.rand(4, 1, 16, 16), mask_2d)
+    batched = data_consistency(prediction, measured, mask_2d)
+    for i in range(4):
+        single = data_consistency(prediction[i : i + 1], measured[i : i + 1], mask_2d)
+        torch.testing.assert_close(batched[i : i + 1], single, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        data_consistency(prediction, measured, mask_row), batched, atol=1e-6, rtol=0
+    )
+    full = mask_2d.expand(4, 1, 16, 16)
+    torch.testing.assert_close(
+        data_consistency(prediction, measured, full), batched, atol=1e-6, rtol=0
+    )
+
+
+def test_dc_under_autocast_stays_float32():
+    prediction = torch.rand(2, 1, 16, 16)
+    mask = torch.zeros(16, 16)
+    mask[:, 6:10] = 1
+    measured = undersample(torch.rand(2, 1, 16, 16), mask)
+    reference = data_consistency(prediction, measured, mask)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = data_consistency(prediction.bfloat16(), measured, mask)
+        assert out.dtype == torch.float32
+    # only the input was rounded to bfloat16; the DC itself ran in float32
+    expected = data_consistency(prediction.bfloat16().float(), measured, mask)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, reference, atol=1e-2, rtol=0)
