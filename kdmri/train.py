@@ -192,6 +192,14 @@ class Trainer:
                     f"{cache_path}: cached teacher architecture differs from the config's "
                     f"teacher {self.spec['teacher_net']}"
                 )
+            cached_pairs = info["attrs"].get("pairs")
+            if "pairs" in self.spec and cached_pairs is not None and [
+                list(map(int, p)) for p in cached_pairs
+            ] != [list(map(int, p)) for p in self.spec["pairs"]]:
+                raise KdmriError(
+                    f"{cache_path}: cached attention maps are for layer pairs {cached_pairs}, "
+                    f"the config asks for {self.spec['pairs']}"
+                )
             cache = SliceDataset(cache_path, keys=keys)
             if len(cache) != len(dataset):
                 raise KdmriError(

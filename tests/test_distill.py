@@ -63,13 +63,16 @@ def test_attention_loss_normalises_per_sample_not_over_batch():
     student, teacher = features(3, 4, 5, 5, seed=5), features(3, 4, 5, 5, seed=6)
     teacher[1] *= 100.0  # a sample with much larger activations must not dominate the others
     batch = attention_transfer_loss([student], [teacher])
-    singles = [attention_transfer_loss([student[i : i + 1]], [teacher[i : i + 1]]) for i in range(3)]
+    singles = [
+        attention_transfer_loss([student[i : i + 1]], [teacher[i : i + 1]]) for i in range(3)
+    ]
     assert batch.item() == pytest.approx(float(np.mean([s.item() for s in singles])), rel=1e-5)
 
 
 def test_attention_loss_zero_for_identical_features():
     a = features(2, 4, 8, 8, seed=7)
-    assert attention_transfer_loss([a, a], [a.clone(), a.clone()]).item() == pytest.approx(0, abs=1e-7)
+    loss = attention_transfer_loss([a, a], [a.clone(), a.clone()])
+    assert loss.item() == pytest.approx(0, abs=1e-7)
 
 
 @pytest.mark.parametrize("scale", [1e-3, 0.5, 7.0, 1e3])
@@ -128,7 +131,8 @@ def test_imitation_objective_matches_numpy(alpha):
 
 
 def test_imitation_objective_default_alpha_is_half():
-    pred, target, teacher = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), 3 * torch.ones(1, 1, 4, 4)
+    pred, target = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    teacher = 3 * torch.ones(1, 1, 4, 4)
     assert imitation_objective(pred, target, teacher).item() == pytest.approx(0.5 * 1 + 0.5 * 3)
 
 
@@ -193,7 +197,7 @@ def test_hooks_removed_on_exit():
 def test_hooks_removed_when_body_raises():
     model, _ = tiny_dccnn()
     with pytest.raises(ZeroDivisionError), FeatureHooks(model, ["cascades.0.cnn.1"]):
-        1 / 0
+        raise ZeroDivisionError("body failed")
     assert all_forward_hooks(model) == 0
 
 

@@ -73,7 +73,9 @@ def test_psnr_matches_skimage(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ssim_matches_per_slice_skimage_mean(seed):
     gt, pred = volumes(seed)
-    per_slice = [structural_similarity(g, p, data_range=gt.max()) for g, p in zip(gt, pred)]
+    per_slice = [
+        structural_similarity(g, p, data_range=gt.max()) for g, p in zip(gt, pred, strict=True)
+    ]
     np.testing.assert_allclose(ssim_slices(gt, pred), per_slice, rtol=1e-6)
     assert ssim(gt, pred) == pytest.approx(float(np.mean(per_slice)), rel=1e-6)
     assert 0 < ssim(gt, pred) < 1
@@ -84,7 +86,9 @@ def test_nmse_matches_numpy():
     g, p = gt.astype(np.float64), pred.astype(np.float64)
     expected = np.linalg.norm(g - p) ** 2 / np.linalg.norm(g) ** 2
     assert nmse(gt, pred) == pytest.approx(expected, rel=1e-9)
-    per_slice = [np.linalg.norm(a - b) ** 2 / np.linalg.norm(a) ** 2 for a, b in zip(g, p)]
+    per_slice = [
+        np.linalg.norm(a - b) ** 2 / np.linalg.norm(a) ** 2 for a, b in zip(g, p, strict=True)
+    ]
     np.testing.assert_allclose(nmse_slices(gt, pred), per_slice, rtol=1e-9)
 
 
@@ -116,11 +120,13 @@ def test_hfen_of_each_slice_independent_of_neighbours():
 def test_psnr_slices_use_volume_maximum():
     gt, pred = volumes(7)
     gt[0] *= 0.5  # slice maxima differ from the volume maximum
-    expected = [peak_signal_noise_ratio(g, p, data_range=gt.max()) for g, p in zip(gt, pred)]
+    expected = [
+        peak_signal_noise_ratio(g, p, data_range=gt.max()) for g, p in zip(gt, pred, strict=True)
+    ]
     np.testing.assert_allclose(psnr_slices(gt, pred), expected, rtol=1e-6)
     np.testing.assert_allclose(
         psnr_slices(gt, pred, data_range=3.0),
-        [peak_signal_noise_ratio(g, p, data_range=3.0) for g, p in zip(gt, pred)],
+        [peak_signal_noise_ratio(g, p, data_range=3.0) for g, p in zip(gt, pred, strict=True)],
         rtol=1e-6,
     )
 

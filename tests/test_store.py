@@ -48,7 +48,8 @@ def raises_naming(path, match=None):
 def test_write_read_round_trip(tmp_path):
     data = arrays()
     path = tmp_path / "sub" / "store.h5"
-    write_store(path, data, attrs={"volume_names": ["a", "b"], "dataset": "demo", "pairs": [[3, 2]]})
+    attrs = {"volume_names": ["a", "b"], "dataset": "demo", "pairs": [[3, 2]]}
+    write_store(path, data, attrs=attrs)
     back = read_store(path, ["target", "zf", "mask", "volume", "slice"])
     for key, value in data.items():
         assert back[key].dtype == value.dtype, key

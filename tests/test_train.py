@@ -450,3 +450,13 @@ def test_cli_help_lists_subcommands(capsys):
     for command in ("prepare", "mask", "undersample", "train", "cache-teacher", "predict",
                     "evaluate"):
         assert command in out, command
+
+
+def test_cache_of_other_layer_pairs_is_refused(teacher_cache, stores, tmp_path):
+    _, cache = teacher_cache  # made for pairs [[3, 2]]
+    other = spec("attention")
+    other["pairs"] = [[2, 2]]  # another teacher layer, same number of maps
+    inputs = stores.inputs_dir
+    with pytest.raises(KdmriError, match="pairs"):
+        Trainer(other, inputs / "train.h5", inputs / "val.h5", tmp_path, cache_dir=cache,
+                log=lambda message: None, progress=False)
