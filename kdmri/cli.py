@@ -32,6 +32,73 @@ def _spec(text: str) -> dict:
     return value
 
 
+def _json_file(path: str, option: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise KdmriError(f"{file}: file not found (given as {option})")
+    try:
+        value = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KdmriError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise KdmriError(f"{file}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _check_spec(spec: dict, properties: dict, required: list[str]) -> None:
+    """Check a ``--spec`` against the study schema's definitions; one line naming the key."""
+    import jsonschema
+
+    from kdmri.config import _format_error, schema
+
+    root = schema()
+    validator = jsonschema.Draft202012Validator({
+        "$defs": root["$defs"], "type": "object", "properties": properties, "required": required,
+    })
+    errors = list(validator.iter_errors(spec))
+    if errors:
+        raise KdmriError(_format_error(jsonschema.exceptions.best_match(errors), "--spec"))
+
+
+#: Train settings the trainer reads (a spec from kdmri.config.model_spec has them all).
+_TRAIN_KEYS = ["optimizer", "lr", "weight_decay", "batch_size", "epochs", "schedule"]
+
+
+def _check_train_spec(spec: dict) -> None:
+    from kdmri.config import MODELS, STAGES
+
+    number = {"type": "number", "minimum": 0}
+    _check_spec(spec, {
+        "model": {"enum": sorted(MODELS)},
+        "stage": {"enum": sorted(STAGES)},
+        "net": {"$ref": "#/$defs/net"},
+        "teacher_net": {"$ref": "#/$defs/net"},
+        "pairs": {"$ref": "#/$defs/pairs"},
+        "seed": {"type": "integer", "minimum": 0},
+        "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                         "properties": {k: number for k in ("reconstruction", "imitation",
+                                                            "attention")}},
+        "train": {"allOf": [{"$ref": "#/$defs/train"}, {"required": _TRAIN_KEYS}]},
+    }, ["model", "stage", "net", "loss_weights", "train", "seed"])
+    for term in ("imitation", "attention"):
+        if spec["loss_weights"].get(term) and "teacher_net" not in spec:
+            raise KdmriError(f"--spec: key 'teacher_net' is required by the {term} loss")
+    if spec["loss_weights"].get("attention") and "pairs" not in spec:
+        raise KdmriError("--spec: key 'pairs' is required by the attention loss")
+
+
+def _split_store(folder: str | Path, split: str) -> Path:
+    """``<folder>/<split>.h5``, or an error saying what the folder holds instead."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KdmriError(f"{folder}: data folder not found")
+    path = folder / f"{split}.h5"
+    if not path.is_file():
+        found = sorted(p.name for p in folder.iterdir())
+        raise KdmriError(f"{folder}: no {split}.h5 in this folder (found {found or 'nothing'})")
+    return path
+
+
 def _setup_torch(args) -> None:
     import torch
 
@@ -54,15 +121,18 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_mask(args) -> int:
-    from kdmri.data.store import store_info
+    from kdmri.data.store import image_shape
     from kdmri.masks import create_mask_func, load_mask, save_mask
 
     spec = _spec(args.spec)
-    shape = tuple(store_info(args.like)["keys"]["target"][0][1:])
+    shape = image_shape(args.like)
     if spec.get("file"):
         mask = load_mask(spec["file"], shape)
         params = {"kind": "file", "file": spec["file"]}
     else:
+        for key in ("kind", "acceleration"):
+            if key not in spec:
+                raise KdmriError(f"--spec: missing key {key!r} (or 'file' for an external mask)")
         func = create_mask_func(spec["kind"], spec["acceleration"], spec.get("center_fraction", 0.08))
         mask = func(shape, seed=args.seed)
         params = dict(func.params(), seed=args.seed)
@@ -75,29 +145,37 @@ def cmd_mask(args) -> int:
 def cmd_undersample(args) -> int:
     from kdmri.config import SPLITS
     from kdmri.data.prepare import undersample_store
-    from kdmri.data.store import store_info
+    from kdmri.data.store import image_shape, read_store
     from kdmri.masks import load_mask
 
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
-    shape = tuple(store_info(data_dir / "train.h5")["keys"]["target"][0][1:])
+    stores = {split: _split_store(data_dir, split) for split in SPLITS}
+    shape = image_shape(stores["train"])
     mask = load_mask(args.mask, shape)
-    for split in SPLITS:
-        undersample_store(data_dir / f"{split}.h5", mask, out_dir / f"{split}.h5")
+    for store in stores.values():  # check every split before writing any output
+        if image_shape(store) != shape:
+            raise KdmriError(f"{store}: images of {image_shape(store)}, train.h5 has {shape}")
+        read_store(store, ["target", "volume", "slice"])
+    for split, store in stores.items():
+        undersample_store(store, mask, out_dir / f"{split}.h5")
     _log(f"undersampled {data_dir} with {args.mask} -> {out_dir}")
     return 0
 
 
 def cmd_train(args) -> int:
     from kdmri.device import select_device
+    from kdmri.io import ensure_dir
     from kdmri.train import Trainer
 
     _setup_torch(args)
     spec = _spec(args.spec)
+    _check_train_spec(spec)
+    stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
     device, slot = select_device(args.device, log=_log)
     try:
-        inputs = Path(args.inputs_dir)
-        trainer = Trainer(spec, inputs / "train.h5", inputs / "val.h5", args.out_dir,
+        trainer = Trainer(spec, stores["train"], stores["val"], args.out_dir,
                           cache_dir=args.cache_dir, init=args.init, device=device, log=_log)
+        ensure_dir(args.out_dir)  # fail now, not after the first epoch
         result = trainer.run()
     finally:
         if slot is not None:
@@ -113,11 +191,13 @@ def cmd_cache_teacher(args) -> int:
 
     _setup_torch(args)
     spec = _spec(args.spec)
+    _check_spec(spec, {"teacher_net": {"$ref": "#/$defs/net"}, "pairs": {"$ref": "#/$defs/pairs"}},
+                ["teacher_net", "pairs"])
+    stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
     device, slot = select_device(args.device, log=_log)
     try:
-        inputs = Path(args.inputs_dir)
-        cache_teacher(args.teacher, spec["teacher_net"], spec["pairs"],
-                      {s: inputs / f"{s}.h5" for s in ("train", "val")}, args.out_dir, device)
+        cache_teacher(args.teacher, spec["teacher_net"], spec["pairs"], stores, args.out_dir,
+                      device)
     finally:
         if slot is not None:
             slot.release()
@@ -164,12 +244,14 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from kdmri.evaluate import evaluate, write_csv
 
-    frame = evaluate(args.inputs, args.predictions)
     meta = _spec(args.meta)
     if args.predict_info:
-        info = json.loads(Path(args.predict_info).read_text())
+        info = _json_file(args.predict_info, "--predict-info")
         meta.update(params=info.get("params"), latency_ms=info.get("latency_ms"))
+    frame = evaluate(args.inputs, args.predictions)
     for i, (key, value) in enumerate(meta.items()):
+        if key in frame.columns:
+            raise KdmriError(f"--meta: key {key!r} would replace a metrics column")
         frame.insert(i, key, value)
     write_csv(frame, args.out)
     _log(f"{args.out}: PSNR {frame['psnr'].mean():.2f} dB, SSIM {frame['ssim'].mean():.4f} "
@@ -178,6 +260,16 @@ def cmd_evaluate(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdmri",
@@ -193,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def device_args(p):
         p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
 
     p = add("prepare", cmd_prepare, "read a dataset once and write its train/val/test stores")
     p.add_argument("--name", required=True, help="dataset name (used in tables)")
@@ -232,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--info", required=True, help="JSON file for parameters, latency, device")
-    p.add_argument("--repeats", type=int, default=20, help="timed forward passes for latency")
+    p.add_argument("--repeats", type=_positive_int, default=20,
+                   help="timed forward passes for latency")
     device_args(p)
 
     p = add("evaluate", cmd_evaluate, "per-slice PSNR, SSIM, NMSE, HFEN of one model")
@@ -270,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KdmriError as exc:
-        print(f"kdmri: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line, whatever a library said
+        print(f"kdmri: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdmri: interrupted", file=sys.stderr)

@@ -92,12 +92,18 @@ def _fill_defaults(node: dict, instance: Any, root: dict) -> None:
                 _fill_defaults(extra, value, root)
 
 
+def _printable(text: str) -> str:
+    """A key as one printable line (a YAML key may hold a newline)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _format_error(error: jsonschema.ValidationError, source: str) -> str:
-    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    where = _printable(".".join(str(p) for p in error.absolute_path)) or "(top level)"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        unexpected = sorted(set(error.instance) - set(allowed))
-        key = ".".join([*map(str, error.absolute_path), unexpected[0]]) if unexpected else where
+        unexpected = sorted(map(str, set(error.instance) - set(allowed)))  # YAML keys may be ints
+        key = _printable(".".join([*map(str, error.absolute_path), unexpected[0]])) \
+            if unexpected else where
         hint = f"; allowed keys here: {allowed}" if allowed else ""
         return f"{source}: unknown key '{key}'{hint}"
     if error.validator == "required":

@@ -13,6 +13,7 @@ from kdmri.data.store import SliceDataset, write_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import attention_map
 from kdmri.errors import KdmriError
+from kdmri.models import place_model
 from kdmri.mri import real_image
 from kdmri.train import load_model, make_batch
 
@@ -24,7 +25,7 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
     """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store, and optionally
     the normalised attention maps ``(N, P, H*W)`` of the modules at ``feature_paths``."""
     dataset = SliceDataset(store, keys=["zf"], extra=["mask"])
-    model = model.to(device).eval()
+    model = place_model(model, device).eval()
     outputs, maps = [], []
     with FeatureHooks(model, feature_paths or []) as hooks:
         for idx in np.array_split(np.arange(len(dataset)), max(1, -(-len(dataset) // batch_size))):
@@ -49,8 +50,10 @@ def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[
     """Run the frozen teacher once per split; store outputs and the paired attention maps."""
     teacher, _ = load_model(teacher_ckpt, expect_net=teacher_net, role="teacher")
     paths = [p for t_conv, _ in pairs for p in teacher.feature_paths(t_conv)]
-    for split, store in inputs.items():
-        result = run_model(teacher, store, device, feature_paths=paths)
+    # every split is computed before any is written: a bad input leaves no partial cache
+    results = {split: run_model(teacher, store, device, feature_paths=paths)
+               for split, store in inputs.items()}
+    for split, result in results.items():
         write_store(
             Path(out_dir) / f"{split}.h5",
             {"output": result["output"], "attention": result["attention"],
@@ -74,7 +77,7 @@ def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.dev
     """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices."""
     if repeats < 1:
         raise KdmriError("latency needs at least one repeat")
-    model = model.to(device).eval()
+    model = place_model(model, device).eval()
     zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
     mask = torch.ones(shape)
     batch = make_batch(zf, mask, None, device)

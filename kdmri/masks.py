@@ -11,6 +11,7 @@ Masks are saved as ``.npy`` with a ``.json`` sidecar holding their parameters; e
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -22,16 +23,20 @@ from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, write_json
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 class MaskFunc:
     """Base class: subclasses say which columns (or which region) are sampled."""
 
     name: ClassVar[str] = ""
 
     def __init__(self, acceleration: float, center_fraction: float = 0.08):
-        if not acceleration >= 1:
-            raise KdmriError(f"acceleration must be >= 1, got {acceleration}")
-        if not 0 <= center_fraction <= 1:
-            raise KdmriError(f"center_fraction must be in [0, 1], got {center_fraction}")
+        if not _is_number(acceleration) or not acceleration >= 1:
+            raise KdmriError(f"acceleration must be a number >= 1, got {acceleration!r}")
+        if not _is_number(center_fraction) or not 0 <= center_fraction <= 1:
+            raise KdmriError(f"center_fraction must be a number in [0, 1], got {center_fraction!r}")
         self.acceleration = float(acceleration)
         self.center_fraction = float(center_fraction)
 
@@ -135,8 +140,10 @@ def save_mask(mask: np.ndarray, path: str | Path, params: dict) -> None:
     """Write ``mask`` as ``.npy`` and its parameters as a ``.json`` sidecar, atomically."""
     path = Path(path)
     info = dict(params, shape=list(mask.shape), sampled_fraction=float(mask.mean()))
+    buffer = io.BytesIO()  # numpy's own file writer hides a full disk's error number
+    np.save(buffer, mask.astype(np.float32))
     with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, mask.astype(np.float32))
+        tmp.write_bytes(buffer.getbuffer())
     write_json(path.with_suffix(".json"), info)
 
 
@@ -151,8 +158,14 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         raise KdmriError(f"{path}: mask file not found")
     try:
         mask = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise KdmriError(f"{path}: not a readable .npy mask ({exc})") from None
+    except Exception as exc:  # an untrusted file: any failure to parse it is the file's fault
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise KdmriError(f"{path}: not a readable .npy mask ({first})") from None
+    if not isinstance(mask, np.ndarray):
+        raise KdmriError(f"{path}: expected one .npy array, found a {type(mask).__name__} archive")
+    if mask.dtype.kind not in "biuf":
+        raise KdmriError(f"{path}: expected a real-valued 0/1 mask, found dtype {mask.dtype}")
     if mask.ndim != 2:
         raise KdmriError(f"{path}: expected a 2-D mask (H, W), found shape {mask.shape}")
     if not np.isin(mask, (0, 1)).all():

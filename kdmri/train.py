@@ -39,7 +39,7 @@ from kdmri.distill.losses import (
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, load_torch, save_torch
 from kdmri.metrics import psnr
-from kdmri.models import build_model, count_parameters
+from kdmri.models import build_model, count_parameters, place_model
 from kdmri.mri import fft2c
 
 MODEL_FORMAT = "kdmri-model/1"
@@ -132,7 +132,7 @@ class Trainer:
             raise KdmriError(f"{train_store}: the training split has no slices")
 
         torch.manual_seed(spec["seed"])
-        self.model = build_model(spec["net"]).to(self.device)
+        self.model = place_model(build_model(spec["net"]), self.device)
         if init is not None:
             init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
             self.model.load_state_dict(init_model.state_dict())
@@ -314,6 +314,8 @@ class Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
+                if not self.amp:  # (with AMP the scaler itself skips steps with inf gradients)
+                    self._check_gradients(epoch, b)
                 if self.settings.get("grad_clip"):
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
@@ -331,6 +333,23 @@ class Trainer:
         row = {f"train_{k}": v / n_seen for k, v in sums.items()}
         row.update(seconds=seconds, samples_per_s=n_seen / seconds)
         return row
+
+    def _stopped(self, epoch: int) -> str:
+        return f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
+
+    def _check_gradients(self, epoch: int, b: int) -> None:
+        """A finite loss can still have a NaN or infinite gradient: stop before the step."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(norm):
+            raise KdmriError(f"training gradient became {norm.item()} at epoch {epoch + 1}, "
+                             f"batch {b + 1}; {self._stopped(epoch)}")
+
+    def _check_weights(self, epoch: int) -> None:
+        """Never checkpoint weights that are no longer finite."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise KdmriError(f"weights became NaN or infinite during epoch {epoch + 1}; "
+                             f"{self._stopped(epoch)}")
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -370,6 +389,7 @@ class Trainer:
         for epoch in range(self.start_epoch, total_epochs):
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))
+            self._check_weights(epoch)
             if (epoch + 1) % val_every == 0 or epoch + 1 == total_epochs:
                 row.update(self.validate())
                 if self.best is None or row["val_loss"] < self.best["val_loss"]:

@@ -38,7 +38,7 @@ def test_defaults_filled():
     assert config["train"]["schedule"]["kind"] == "cosine"
     assert config["kd"] == {"alpha": 0.5, "attention_weight": 1.0}
     assert config["seeds"] == [0]
-    assert config["datasets"]["demo"]["size"] == 64
+    assert config["datasets"]["demo"]["size"] is None  # the format decides (demo: 64)
     assert config["datasets"]["demo"]["subjects"] == {"train": 8, "val": 2, "test": 2}
     recon = config["tasks"]["recon"]
     assert recon["teacher"] == {"family": "dccnn", "cascades": 5, "convs": 5, "channels": 32}

@@ -59,9 +59,10 @@ def test_write_read_round_trip(tmp_path):
     assert info["n_slices"] == 5
     assert info["keys"]["zf"] == ((5, 8, 6), "complex64")
     assert info["attrs"] == {"volume_names": ["a", "b"], "dataset": "demo", "pairs": [[3, 2]]}
-    with h5py.File(path, "r") as handle:  # one slice per chunk, mask not chunked per slice
+    with h5py.File(path, "r") as handle:  # one slice per chunk, the mask in one chunk
         assert handle["target"].chunks == (1, 8, 6)
-        assert handle["mask"].chunks is None
+        assert handle["mask"].chunks == (8, 6)
+        assert all(handle[key].fletcher32 for key in data)  # every byte checksummed
     assert [p.name for p in path.parent.iterdir()] == ["store.h5"]
 
 

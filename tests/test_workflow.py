@@ -78,19 +78,15 @@ def test_nothing_changed_means_no_job(study):
     assert planned_jobs(workdir, config) == []
 
 
-def _trained(jobs):
-    return {(rule, w.get("model")) for rule, w in jobs}
-
-
 def test_changing_kd_alpha_reruns_only_the_imitation_stage(study):
     workdir, _ = study
     changed = write_config(workdir / "alpha.yaml", kd__alpha=0.7)
     jobs = planned_jobs(workdir, changed)
-    train_models = {w["model"] for rule, w in jobs if rule == "train"}
+    train_models = {w["model"] for rule, w in jobs if rule.startswith("train_")}
     assert train_models == {"kd"}
     rules = {rule for rule, _ in jobs}
-    assert rules <= {"train", "predict", "evaluate", "tables", "provenance", "figure_panel",
-                     "figure_curves"}
+    assert rules <= {"train_imitation", "predict", "evaluate", "tables", "provenance",
+                     "figure_panel", "figure_curves"}
     assert {w.get("model") for rule, w in jobs if rule in ("predict", "evaluate")} == {"kd"}
 
 
@@ -101,8 +97,9 @@ def test_changing_the_student_keeps_data_masks_teacher_and_cache(study):
     jobs = planned_jobs(workdir, changed)
     rules = {rule for rule, _ in jobs}
     assert not rules & {"prepare", "mask", "undersample", "cache_teacher"}
-    assert ("train", "teacher") not in _trained(jobs)
-    assert {w["model"] for rule, w in jobs if rule == "train"} == {"student", "attention", "kd"}
+    assert "train_teacher" not in {rule for rule, _ in jobs}
+    trained = {w["model"] for rule, w in jobs if rule.startswith("train_")}
+    assert trained == {"student", "attention", "kd"}
     assert all(w.get("task", "recon") == "recon" for _, w in jobs)
 
 

@@ -1,95 +1,187 @@
 """Preparation: read each source once and write the per-split target stores in one pass;
 undersampling: turn a target store and a mask into the input store every stage reads.
 
+:func:`prepare_dataset` is the one entry point (``kdmri prepare``): the reader of the
+dataset's ``format`` (:data:`READERS`; the file formats live in :mod:`kdmri.data.readers`)
+yields ``(split, volume name, slices)``; every volume is normalised by
+:func:`~kdmri.data.readers.normalize_volume` and appended to its split's store. The three
+stores are written side by side in a hidden staging folder and moved into place together
+only when every file was read without error, so a failure leaves no store behind.
+
 Splits are made by volume (subject), never by slices of one volume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdmri.config import SPLITS
+from kdmri.config import SPLITS, validate
+from kdmri.data.readers import (
+    DEFAULT_SIZE,
+    fastmri_volumes,
+    kdmri_h5_volumes,
+    nifti_volumes,
+    normalize_volume,
+)
 from kdmri.data.store import SliceDataset, StoreWriter, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import write_json
 from kdmri.mri import undersample, zero_filled
 
 
-def demo_volumes(cfg: dict) -> Iterator[tuple[str, str, np.ndarray]]:
+def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, np.ndarray]]:
     """(split, volume name, slices) of the embedded demo: synthetic MNI152 subjects."""
     from kdmri.data.demo import demo_subject
 
-    index = 0
+    plan, index = [], 0
     for split in SPLITS:
         for _ in range(cfg["subjects"][split]):
-            for orientation in cfg["orientations"]:
-                volume = demo_subject(
-                    index, seed=cfg["seed"], size=cfg["size"], voxel_mm=cfg["voxel_mm"],
-                    orientation=orientation, contrast=cfg["contrast"],
-                )
-                yield split, f"sub-{index:03d}_{orientation}", volume
+            plan += [(split, index, orientation) for orientation in cfg["orientations"]]
             index += 1
+    size = cfg["size"] or DEFAULT_SIZE["demo"]
+    for split, index, orientation in tqdm(plan, desc="demo subjects", unit="vol",
+                                          disable=not progress):
+        volume = demo_subject(
+            index, seed=cfg["seed"], size=size, voxel_mm=cfg["voxel_mm"],
+            orientation=orientation, contrast=cfg["contrast"],
+        )
+        if cfg.get("noise", 0.0) > 0:
+            volume = add_rician_noise(volume, cfg["noise"], seed=(cfg["seed"], index))
+        yield split, f"sub-{index:03d}_{orientation}", volume
 
 
-READERS = {"demo": demo_volumes}
+def add_rician_noise(volume: np.ndarray, sigma: float, seed) -> np.ndarray:
+    """``|x + sigma * (n1 + i n2)|`` with unit normal n1, n2, renormalised to maximum 1."""
+    rng = np.random.default_rng(list(np.atleast_1d(seed)) + [7919])
+    noise = rng.standard_normal((2, *volume.shape), dtype=np.float32) * sigma
+    noisy = np.hypot(volume + noise[0], noise[1]).astype(np.float32)
+    return noisy / noisy.max()
 
 
-def _n_volumes(cfg: dict) -> int:
-    if cfg["format"] == "demo":
-        return sum(cfg["subjects"].values()) * len(cfg["orientations"])
-    return 0
+#: Hidden folder in the output folder where the split stores are written before the move.
+STAGING_PREFIX = ".prepare-"
+
+#: Format name -> reader ``(cfg, progress) -> iterator of (split, volume name, slices)``.
+READERS = {
+    "demo": demo_volumes,
+    "fastmri": fastmri_volumes,
+    "nifti": nifti_volumes,
+    "kdmri_h5": kdmri_h5_volumes,
+}
 
 
-def _subsample(volumes: list[tuple[str, np.ndarray]], max_slices: int):
-    total = sum(v.shape[0] for _, v in volumes)
-    if total <= max_slices:
-        return volumes
-    keep = set(np.linspace(0, total - 1, max_slices).round().astype(int).tolist())
-    out, offset = [], 0
-    for name, volume in volumes:
-        idx = [i for i in range(volume.shape[0]) if offset + i in keep]
-        offset += volume.shape[0]
-        if idx:
-            out.append((name, volume[idx]))
-    return out
+def _subsample_store(path: Path, max_slices: int, attrs: dict) -> None:
+    """Keep ``max_slices`` evenly spaced slices of a store (volumes left with none are
+    dropped), rewriting it in place."""
+    with h5py.File(path, "r") as src:
+        volume_ids = src["volume"][()]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in src.attrs["volume_names"]]
+        keep = np.unique(np.linspace(0, len(volume_ids) - 1, max_slices).round().astype(int))
+        target = src["target"]
+        with StoreWriter(path.with_suffix(".sub.h5"), target.shape[1:], attrs=attrs) as writer:
+            for vid in np.unique(volume_ids[keep]):
+                rows = keep[volume_ids[keep] == vid]
+                writer.add_volume(names[vid], target[rows.tolist()])
+    os.replace(path.with_suffix(".sub.h5"), path)
+
+
+def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
+    """Stream every volume of the dataset into its split's store in ``staging``."""
+    attrs = {"dataset": name}
+    splits = {s: {"volumes": [], "slices": 0} for s in SPLITS}
+    shape, names = None, set()
+    with contextlib.ExitStack() as stack:
+        writers: dict[str, StoreWriter] = {}
+        for split, volume_name, volume in READERS[cfg["format"]](cfg, progress=progress):
+            if volume_name in names:
+                raise KdmriError(f"dataset {name!r}: two volumes are named {volume_name!r}")
+            names.add(volume_name)
+            volume = normalize_volume(volume, cfg["normalization"],
+                                      where=f"dataset {name!r}, volume {volume_name!r}")
+            if shape is None:
+                shape = tuple(volume.shape[1:])
+            if split not in writers:
+                writers[split] = stack.enter_context(
+                    StoreWriter(staging / f"{split}.h5", shape, attrs=attrs))
+            writers[split].add_volume(volume_name, volume)
+            splits[split]["volumes"].append(volume_name)
+            splits[split]["slices"] += volume.shape[0]
+        empty = [s for s in SPLITS if s not in writers]
+        if empty:
+            raise KdmriError(f"dataset {name!r}: no volumes for split(s) {empty}")
+    read = sum(s["slices"] for s in splits.values())
+    max_slices = cfg["max_slices"]
+    for split, info in splits.items():
+        if info["slices"] > max_slices:
+            _subsample_store(staging / f"{split}.h5", max_slices, attrs)
+            with h5py.File(staging / f"{split}.h5", "r") as handle:
+                info["volumes"] = [n.decode() if isinstance(n, bytes) else str(n)
+                                   for n in handle.attrs["volume_names"]]
+                info["slices"] = int(handle["volume"].shape[0])
+        info["shape"] = list(shape)
+    return {"splits": splits, "slices_read": read}
+
+
+def _commit(staging: Path, out_dir: Path) -> None:
+    """Move the split stores into ``out_dir`` together (info.json, written last, marks
+    a complete preparation)."""
+    (out_dir / "info.json").unlink(missing_ok=True)
+    moved = []
+    try:
+        for split in SPLITS:
+            os.replace(staging / f"{split}.h5", out_dir / f"{split}.h5")
+            moved.append(out_dir / f"{split}.h5")
+    except OSError as exc:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise KdmriError(f"{out_dir}: cannot move the prepared stores into place ({exc})") from None
 
 
 def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
-    """Write ``<out_dir>/{train,val,test}.h5`` and ``info.json`` for one configured dataset."""
+    """Write ``<out_dir>/{train,val,test}.h5`` and ``info.json`` for one configured dataset.
+
+    ``cfg`` is checked against the schema's dataset entry and its defaults filled. Every
+    source file is read once; all three stores appear together, or none does.
+    """
     out_dir = Path(out_dir)
+    cfg = validate({"datasets": {name: cfg}}, source=f"dataset {name!r}")["datasets"][name]
     fmt = cfg["format"]
     if fmt not in READERS:
-        raise KdmriError(f"dataset {name!r}: unknown format {fmt!r}; expected one of {sorted(READERS)}")
+        raise KdmriError(
+            f"dataset {name!r}: unknown format {fmt!r}; expected one of {sorted(READERS)}"
+        )
     start = time.perf_counter()
-    by_split: dict[str, list[tuple[str, np.ndarray]]] = {s: [] for s in SPLITS}
-    bar = tqdm(READERS[fmt](cfg), total=_n_volumes(cfg) or None, desc=f"prepare {name}",
-               unit="vol", disable=not progress)
-    for split, volume_name, volume in bar:
-        by_split[split].append((volume_name, volume))
-    info = {"dataset": name, "format": fmt, "splits": {}}
-    n_total = 0
-    for split, volumes in by_split.items():
-        if not volumes:
-            raise KdmriError(f"dataset {name!r}: split {split!r} has no volumes")
-        volumes = _subsample(volumes, cfg.get("max_slices", 10**9))
-        shape = tuple(volumes[0][1].shape[1:])
-        with StoreWriter(out_dir / f"{split}.h5", shape, attrs={"dataset": name}) as writer:
-            for volume_name, volume in volumes:
-                writer.add_volume(volume_name, volume)
-        n = sum(v.shape[0] for _, v in volumes)
-        n_total += n
-        info["splits"][split] = {"volumes": [v for v, _ in volumes], "slices": n,
-                                 "shape": list(shape)}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    except OSError as exc:
+        raise KdmriError(f"{out_dir}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        written = _write_stores(name, cfg, staging, progress)
+        _commit(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
-    info["seconds"] = round(seconds, 3)
-    info["slices_per_s"] = round(n_total / seconds, 1)
+    info = {
+        "dataset": name, "format": fmt, "splits": written["splits"],
+        "normalization": cfg["normalization"],
+        "slices_read": written["slices_read"], "seconds": round(seconds, 3),
+        "slices_per_s": round(written["slices_read"] / seconds, 1),
+    }
     write_json(out_dir / "info.json", info)
     return info
 

@@ -17,17 +17,24 @@ key            shape / dtype                  written by
 Files are written under a temporary name and renamed when complete
 (:func:`kdmri.io.atomic_path`). Reading validates keys, dimensions and finiteness and
 raises :class:`~kdmri.errors.KdmriError` naming the file and key.
+
+Every byte of a store is covered by a checksum, so a corrupted file is refused instead of
+read as wrong numbers: the file format of HDF5 1.10 (checksummed superblock, object
+headers and chunk indices), a Fletcher-32 checksum on every chunk of every dataset, and
+strings stored as fixed-length attributes (variable-length strings would live in HDF5's
+global heap, which has no checksum). HDF5 crashes the process when the disk fills during a
+write (h5py issue #914), so a store checks the free space before it writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path
@@ -37,6 +44,10 @@ KEY_NDIM = {"target": 3, "zf": 3, "output": 3, "attention": 3, "mask": 2, "volum
 PER_SLICE_EXEMPT = {"mask"}
 #: Splits load fully into memory below this size (bytes); larger ones are read per batch.
 IN_MEMORY_LIMIT = 4 * 1024**3
+#: HDF5 file format of written stores: 1.10 or later (every metadata block checksummed).
+LIBVER = "v110"
+#: Free space a store needs beyond its array bytes (metadata, chunk index, checksums).
+SPACE_MARGIN = 1024**2
 
 
 @contextlib.contextmanager
@@ -46,7 +57,7 @@ def _open(path: Path) -> Iterator[h5py.File]:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise KdmriError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise KdmriError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
     try:
         yield handle
     finally:
@@ -74,11 +85,37 @@ def _check_values(path: Path, key: str, array: np.ndarray) -> np.ndarray:
 def store_info(path: str | Path) -> dict:
     """Keys with shapes and dtypes, the number of slices and the attributes."""
     path = Path(path)
-    with _open(path) as handle:
-        keys = {k: (tuple(v.shape), str(v.dtype)) for k, v in handle.items()}
-        attrs = {k: _plain(v) for k, v in handle.attrs.items()}
-        n = handle["volume"].shape[0] if "volume" in handle else None
+    try:
+        with _open(path) as handle:
+            keys = {}
+            for key in handle.keys():
+                value = handle.get(key)
+                if not isinstance(value, h5py.Dataset):
+                    raise KdmriError(f"{path}: key {key!r} is not a readable dataset "
+                                     f"(found {type(value).__name__}); corrupt store?")
+                keys[key] = (tuple(value.shape), str(value.dtype))
+            attrs = {k: _plain(v) for k, v in handle.attrs.items()}
+            n = handle["volume"].shape[0] if "volume" in handle else None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({_first_line(exc)})") from None
     return {"keys": keys, "attrs": attrs, "n_slices": n}
+
+
+def image_shape(path: str | Path, key: str = "target") -> tuple[int, int]:
+    """``(H, W)`` of the slices of ``key`` in a store, checking that the key exists and is 3-D."""
+    path = Path(path)
+    info = store_info(path)
+    if key not in info["keys"]:
+        raise KdmriError(f"{path}: missing key {key!r} (found {sorted(info['keys'])})")
+    shape = info["keys"][key][0]
+    if len(shape) != KEY_NDIM[key]:
+        raise KdmriError(f"{path}: key {key!r} must have {KEY_NDIM[key]} dims, found shape {shape}")
+    return tuple(shape[1:])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _plain(value):
@@ -101,8 +138,8 @@ def read_store(path: str | Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
                 out[key] = _check_values(path, key, _check_key(path, handle, key)[()])
             out["volume_names"] = np.array(_plain(handle.attrs.get("volume_names", [])))
             _check_lengths(path, out)
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({exc})") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({_first_line(exc)})") from None
     return out
 
 
@@ -114,26 +151,60 @@ def _check_lengths(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise KdmriError(f"{path}: per-slice keys differ in length: {lengths}")
 
 
+def ensure_space(path: str | Path, nbytes: int) -> None:
+    """Refuse to write ``nbytes`` (plus :data:`SPACE_MARGIN`) where the disk has less free."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the write itself will report what is wrong with the folder
+    need = int(nbytes) + SPACE_MARGIN
+    if free < need:
+        raise KdmriError(
+            f"{path}: no space left on the device: the store needs about "
+            f"{need / 1024**2:.1f} MB, {free / 1024**2:.1f} MB free (disk full)"
+        )
+
+
+def _chunks(key: str, value: np.ndarray) -> tuple[int, ...] | None:
+    """One slice per chunk for per-slice keys; one chunk for the rest (checksums need chunks)."""
+    if value.size == 0:
+        return None
+    if value.ndim >= 2 and key not in PER_SLICE_EXEMPT:
+        return (1, *value.shape[1:])
+    return value.shape if value.ndim else None
+
+
 def write_store(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """Write a complete store atomically (arrays as given; per-slice keys chunked by slice)."""
     path = Path(path)
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    ensure_space(path, sum(value.nbytes for value in arrays.values()))
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
         for key, value in arrays.items():
-            value = np.asarray(value)
-            chunks = (1, *value.shape[1:]) if value.ndim >= 2 and key not in PER_SLICE_EXEMPT else None
-            if value.ndim >= 2 and value.shape[0] == 0:
-                chunks = None
-            handle.create_dataset(key, data=value, chunks=chunks)
+            chunks = _chunks(key, value)
+            handle.create_dataset(key, data=value, chunks=chunks, fletcher32=chunks is not None)
         for key, value in (attrs or {}).items():
             handle.attrs[key] = _attr(value)
 
 
+def _fixed_strings(values: list[str]) -> np.ndarray:
+    encoded = [v.encode("utf-8") for v in values]
+    length = max(1, *map(len, encoded)) if encoded else 1
+    return np.array(encoded, dtype=h5py.string_dtype("utf-8", length))
+
+
 def _attr(value):
-    """h5py cannot store numpy unicode arrays: store string lists as variable-length str."""
+    """Strings and string lists as fixed-length UTF-8 (stored in the checksummed header)."""
+    if isinstance(value, (str, np.str_)):
+        return _fixed_strings([str(value)])[0]
     if isinstance(value, (list, tuple, np.ndarray)) and len(value) and isinstance(
         np.asarray(value).flat[0], (str, np.str_)
     ):
-        return np.array([str(v) for v in value], dtype=h5py.string_dtype())
+        return _fixed_strings([str(v) for v in value])
     return value
 
 
@@ -152,14 +223,22 @@ class StoreWriter:
         self._ctx = atomic_path(self.path, suffix=".h5")
 
     def __enter__(self) -> StoreWriter:
+        ensure_space(self.path, 0)
         tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(tmp, "w")
+        try:
+            self._h5 = h5py.File(tmp, "w", libver=LIBVER)
+        except BaseException as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         h, w = self.image_shape
         self._target = self._h5.create_dataset(
-            "target", shape=(0, h, w), maxshape=(None, h, w), dtype="float32", chunks=(1, h, w)
+            "target", shape=(0, h, w), maxshape=(None, h, w), dtype="float32", chunks=(1, h, w),
+            fletcher32=True,
         )
-        self._volume = self._h5.create_dataset("volume", shape=(0,), maxshape=(None,), dtype="int32")
-        self._slice = self._h5.create_dataset("slice", shape=(0,), maxshape=(None,), dtype="int32")
+        self._volume = self._h5.create_dataset("volume", shape=(0,), maxshape=(None,),
+                                               dtype="int32", chunks=(1024,), fletcher32=True)
+        self._slice = self._h5.create_dataset("slice", shape=(0,), maxshape=(None,),
+                                              dtype="int32", chunks=(1024,), fletcher32=True)
         return self
 
     def add_volume(self, name: str, volume: np.ndarray) -> None:
@@ -168,6 +247,7 @@ class StoreWriter:
             raise KdmriError(
                 f"volume {name!r}: expected slices of {self.image_shape}, found {volume.shape}"
             )
+        ensure_space(self.path, 2 * volume.nbytes)  # this volume plus what is not flushed yet
         n0, n = self._target.shape[0], volume.shape[0]
         for ds in (self._target, self._volume, self._slice):
             ds.resize(n0 + n, axis=0)
@@ -187,8 +267,8 @@ class StoreWriter:
         return self._ctx.__exit__(exc_type, exc, tb)
 
 
-class SliceDataset(torch.utils.data.Dataset):
-    """Slices of one store as a torch ``Dataset`` that never reopens the file per item.
+class SliceDataset:
+    """Slices of one store as a map-style dataset that never reopens the file per item.
 
     The listed per-slice ``keys`` are loaded into memory once when they fit under
     ``IN_MEMORY_LIMIT`` (the usual case); otherwise one file handle is kept open and
@@ -218,29 +298,47 @@ class SliceDataset(torch.utils.data.Dataset):
         self.volume = arrays["volume"]
         self.slice = arrays["slice"]
         self.volume_names = arrays["volume_names"]
+        torch = self._torch()
         self.extra = {k: torch.from_numpy(arrays[k]) for k in extra}
         self._tensors = {k: torch.from_numpy(arrays[k]) for k in self.keys} if self.in_memory else {}
         self._handle: h5py.File | None = None
 
+    @staticmethod
+    def _torch():
+        import torch  # imported here so that readers of stores start without torch
+
+        return torch
+
     def __len__(self) -> int:
         return int(self.volume.shape[0])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict:
         return {k: v[0] for k, v in self.batch([index]).items()}
 
-    def batch(self, indices) -> dict[str, torch.Tensor]:
+    def batch(self, indices) -> dict:
+        torch = self._torch()
         if self.in_memory:
             idx = torch.as_tensor(indices, dtype=torch.long)
             return {k: v[idx] for k, v in self._tensors.items()}
         order = np.argsort(indices)
         sorted_idx = np.asarray(indices)[order]
         if self._handle is None:
-            self._handle = h5py.File(self.path, "r")
+            try:
+                self._handle = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise KdmriError(
+                    f"{self.path}: not a readable HDF5 file ({_first_line(exc)})"
+                ) from None
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
         out = {}
         for key in self.keys:
-            data = self._handle[key][sorted_idx.tolist()]
+            try:
+                data = self._handle[key][sorted_idx.tolist()]
+            except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise KdmriError(
+                    f"{self.path}: corrupt or unreadable HDF5 store ({_first_line(exc)})"
+                ) from None
             out[key] = torch.from_numpy(_check_values(self.path, key, data)[inverse])
         return out
 

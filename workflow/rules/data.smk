@@ -1,12 +1,18 @@
 # Preparation (read the source once, write the split stores), masks and undersampling.
 
 
+from kdmri.data.readers import dataset_spec, source_files
+
+
+# Inputs are the dataset's source files (none for the demo): a changed file re-runs it.
 rule prepare:
+    input:
+        lambda w: source_files(config["datasets"][w.dataset]),
     output:
         expand(f"{R}/data/{{{{dataset}}}}/{{split}}.h5", split=SPLITS),
         info=f"{R}/data/{{dataset}}/info.json",
     params:
-        spec=lambda w: spec_json(config["datasets"][w.dataset]),
+        spec=lambda w: spec_json(dataset_spec(config["datasets"][w.dataset])),
     log:
         f"{R}/logs/prepare/{{dataset}}.log",
     benchmark:

@@ -1,31 +1,38 @@
-# Training of every model through the one trainer, and the teacher cache.
-# model.pt holds the best weights; checkpoint/last.pt (not a declared output, so Snakemake
-# never deletes it) lets a re-run after a crash resume from the last finished epoch.
+# Training through the one trainer (`kdmri train`): one rule per stage, so the rule graph
+# shows the paper's procedure; a stage's models share its rule (e.g. train_imitation makes
+# kd and kd_imitation). model.pt holds the best weights; checkpoint/last.pt (not a declared
+# output, so Snakemake never deletes it) lets a re-run after a crash resume from the last
+# finished epoch.
 
+for _stage in STAGES:
 
-rule train:
-    input:
-        unpack(train_inputs),
-    output:
-        model=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
-        history=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/history.csv",
-    params:
-        spec=train_spec,
-        options=lambda w, input: train_options(w, input),
-        device=config["device"],
-    log:
-        f"{R}/logs/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
-    threads: TRAIN_THREADS
-    resources:
-        gpu=GPU,
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
-    shell:
-        "kdmri train --spec {params.spec:q} --inputs-dir $(dirname {input.data[0]})"
-        " {params.options} --out-dir $(dirname {output.model})"
-        " --device {params.device} --threads {threads} 2> {log}"
+    rule:
+        name:
+            f"train_{_stage}"
+        input:
+            unpack(train_inputs),
+        output:
+            model=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
+            history=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/history.csv",
+        wildcard_constraints:
+            model="|".join(m for m, recipe in MODELS.items() if recipe.stage == _stage),
+        params:
+            spec=train_spec,
+            options=lambda w, input: train_options(w, input),
+            device=config["device"],
+        log:
+            f"{R}/logs/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+        benchmark:
+            f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+        threads: TRAIN_THREADS
+        resources:
+            gpu=GPU,
+            mem_mb=config["resources"]["mem_mb"],
+            runtime=config["resources"]["runtime"],
+        shell:
+            "kdmri train --spec {params.spec:q} --inputs-dir $(dirname {input.data[0]})"
+            " {params.options} --out-dir $(dirname {output.model})"
+            " --device {params.device} --threads {threads} 2> {log}"
 
 
 rule cache_teacher:
