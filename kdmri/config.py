@@ -102,8 +102,9 @@ def _format_error(error: jsonschema.ValidationError, source: str) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unexpected = sorted(map(str, set(error.instance) - set(allowed)))  # YAML keys may be ints
-        key = _printable(".".join([*map(str, error.absolute_path), unexpected[0]])) \
-            if unexpected else where
+        key = where
+        if unexpected:
+            key = _printable(".".join([*map(str, error.absolute_path), unexpected[0]]))
         hint = f"; allowed keys here: {allowed}" if allowed else ""
         return f"{source}: unknown key '{key}'{hint}"
     if error.validator == "required":
