@@ -28,6 +28,18 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Jobs too light to be worth a cluster job: under --executor slurm the Snakemake process
+# itself runs them (a local run runs every job locally anyway).
+localrules:
+    all,
+    mask,
+    tables,
+    provenance,
+    figure_panel,
+    figure_curves,
+    figure_mask,
+
+
 rule all:
     input:
         all_outputs(),

@@ -22,13 +22,12 @@ import) and written atomically; the format follows the suffix of ``--out`` (PNG 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from kdmri.errors import KdmriError
-from kdmri.io import atomic_path
+from kdmri.io import atomic_path, parse_named
 
 DPI = 120
 ERROR_PERCENTILE = 99.0
@@ -58,21 +57,6 @@ def _save(fig, out: str | Path) -> None:
             fig.savefig(tmp, format=fmt, dpi=DPI)
     finally:
         plt.close(fig)
-
-
-def parse_named(items: Sequence[str], option: str) -> dict[str, Path]:
-    """``["a=PATH", ...]`` -> ``{"a": Path}``; names must be unique and files exist."""
-    named: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise KdmriError(f"{option}: expected NAME=PATH, found {item!r}")
-        if name in named:
-            raise KdmriError(f"{option}: name {name!r} given twice")
-        if not Path(path).is_file():
-            raise KdmriError(f"{path}: file not found (given as {option} {name}=...)")
-        named[name] = Path(path)
-    return named
 
 
 # ---------------------------------------------------------------------- panel

@@ -154,3 +154,18 @@ def _check_archive(path: Path) -> None:
         raise KdmriError(f"{path}: not a readable torch checkpoint ({first})") from None
     if bad is not None:
         raise KdmriError(f"{path}: corrupt checkpoint: checksum of record {bad!r} does not match")
+
+
+def parse_named(items, option: str) -> dict[str, Path]:
+    """``["a=PATH", ...]`` -> ``{"a": Path}``; names must be unique and files exist."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise KdmriError(f"{option}: expected NAME=PATH, found {item!r}")
+        if name in named:
+            raise KdmriError(f"{option}: name {name!r} given twice")
+        if not Path(path).is_file():
+            raise KdmriError(f"{path}: file not found (given as {option} {name}=...)")
+        named[name] = Path(path)
+    return named

@@ -50,7 +50,7 @@ def ssim_slices(gt, pred, data_range: float | None = None) -> np.ndarray:
     gt, pred = _check(gt, pred)
     data_range = gt.max() if data_range is None else data_range
     return np.array(
-        [structural_similarity(g, p, data_range=data_range) for g, p in zip(gt, pred)]
+        [structural_similarity(g, p, data_range=data_range) for g, p in zip(gt, pred, strict=True)]
     )
 
 

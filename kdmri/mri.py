@@ -20,22 +20,22 @@ def _check_spatial(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
 
 
+def _centred(transform, data: torch.Tensor, name: str) -> torch.Tensor:
+    _check_spatial(data, name)
+    if not data.is_complex():
+        data = data.to(torch.complex64)
+    shifted = torch.fft.ifftshift(data, dim=(-2, -1))
+    return torch.fft.fftshift(transform(shifted, norm="ortho"), dim=(-2, -1))
+
+
 def fft2c(image: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal 2-D FFT over the last two dims; real input is promoted to complex64."""
-    _check_spatial(image, "image")
-    if not image.is_complex():
-        image = image.to(torch.complex64)
-    shifted = torch.fft.ifftshift(image, dim=(-2, -1))
-    return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
+    return _centred(torch.fft.fft2, image, "image")
 
 
 def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal 2-D inverse FFT over the last two dims (complex in, complex out)."""
-    _check_spatial(kspace, "kspace")
-    if not kspace.is_complex():
-        kspace = kspace.to(torch.complex64)
-    shifted = torch.fft.ifftshift(kspace, dim=(-2, -1))
-    return torch.fft.fftshift(torch.fft.ifft2(shifted, norm="ortho"), dim=(-2, -1))
+    return _centred(torch.fft.ifft2, kspace, "kspace")
 
 
 def real_image(image: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from kdmri.errors import KdmriError
-from kdmri.io import write_json
+from kdmri.io import parse_named, write_json
 
 
 def read_config(text: str) -> dict:
@@ -115,16 +115,8 @@ def collect_provenance(config: dict, models: dict[str, str | Path], cwd: str | P
 
 
 def parse_models(items: Sequence[str]) -> dict[str, Path]:
-    """``["name=PATH", ...]`` -> ``{name: Path}`` (unique names)."""
-    models: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise KdmriError(f"--models: expected NAME=PATH, found {item!r}")
-        if name in models:
-            raise KdmriError(f"--models: name {name!r} given twice")
-        models[name] = Path(path)
-    return models
+    """``["name=PATH", ...]`` -> ``{name: Path}`` (unique names, existing files)."""
+    return parse_named(items, "--models")
 
 
 def cmd_provenance(args) -> int:

@@ -353,6 +353,18 @@ def _mark(text: str, rank, bold, underline) -> str:
     return text
 
 
+def _row(cells: dict, model, accs, plus_minus: str, bold, underline, missing: str) -> list[str]:
+    """One model's cells: "PSNR ± std / SSIM ± std" per acceleration, best bold, second
+    underlined, in the notation of the output format."""
+    parts = []
+    for acc in accs:
+        cell = cells.get((model, acc))
+        parts.append(missing if cell is None else " / ".join(
+            _mark(f"{mean} {plus_minus} {std}", rank, bold, underline) for mean, std, rank in cell
+        ))
+    return parts
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     """The paper's table in Markdown (best bold, second best underlined per column)."""
     lines = []
@@ -364,16 +376,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
                                                        for a in accs) + " |")
         lines.append("|---|---:|" + "---|" * len(accs))
         for model in models:
-            parts = []
-            for acc in accs:
-                cell = cells.get((model, acc))
-                if cell is None:
-                    parts.append("-")
-                    continue
-                parts.append(" / ".join(
-                    _mark(f"{mean} ± {std}", rank, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
-                    for mean, std, rank in cell
-                ))
+            parts = _row(cells, model, accs, "±", lambda t: f"**{t}**", lambda t: f"<u>{t}</u>",
+                         "-")
             lines.append(f"| {model} | {params[model]} | " + " | ".join(parts) + " |")
         lines.append("")
     seeds = "/".join(str(n) for n in n_seeds) or "?"
@@ -384,6 +388,36 @@ def to_markdown(summary: pd.DataFrame) -> str:
     lines.append("")
     lines.append(FAIRNESS_RULE)
     return "\n".join(lines) + "\n"
+
+
+def to_html(summary: pd.DataFrame, gain: pd.DataFrame) -> str:
+    """A self-contained HTML page: the paper's table per task and dataset (best bold,
+    second underlined) and the KD-gain table; the HTML report shows it inline."""
+    import html
+
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>kdmri summary</title>",
+             "<style>body{font-family:sans-serif} table{border-collapse:collapse;margin:1em 0}"
+             " td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+             " td:first-child{text-align:left}</style></head><body>",
+             "<h2>Summary: PSNR (dB) / SSIM, mean &plusmn; std over the test slices</h2>"]
+    for (task, dataset), accs, models, cells, params in _cells(summary):
+        parts.append(f"<h3>{html.escape(str(task))} / {html.escape(str(dataset))}</h3>")
+        parts.append("<table class='summary'><tr><th>Model</th><th>Params</th>"
+                     + "".join(f"<th>{_format_acceleration(a)}&times; PSNR / SSIM</th>"
+                               for a in accs) + "</tr>")
+        for model in models:
+            row = [html.escape(str(model)), params[model]] + _row(
+                cells, model, accs, "&plusmn;", lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>",
+                "-")
+            parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    parts.append(f"<p>{html.escape(FAIRNESS_RULE)}</p>")
+    if len(gain):
+        parts.append("<h2>What distillation buys (kd_gain.csv)</h2>")
+        parts.append(gain.to_html(index=False, float_format=lambda v: f"{v:.4g}",
+                                  classes="kd-gain", border=0))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
 
 
 _LATEX_SPECIAL = {
@@ -417,17 +451,8 @@ def to_latex(summary: pd.DataFrame) -> str:
             r"\hline",
         ]
         for model in models:
-            parts = []
-            for acc in accs:
-                cell = cells.get((model, acc))
-                if cell is None:
-                    parts.append("--")
-                    continue
-                parts.append(" / ".join(
-                    _mark(rf"{mean} $\pm$ {std}", rank, lambda t: rf"\textbf{{{t}}}",
-                          lambda t: rf"\underline{{{t}}}")
-                    for mean, std, rank in cell
-                ))
+            parts = _row(cells, model, accs, r"$\pm$", lambda t: rf"\textbf{{{t}}}",
+                         lambda t: rf"\underline{{{t}}}", "--")
             lines.append(f"{latex_escape(model)} & {latex_escape(params[model])} & "
                          + " & ".join(parts) + r" \\")
         lines += [r"\hline", r"\end{tabular}"]
@@ -453,6 +478,7 @@ def write_tables(metrics: Sequence[str | Path], out_dir: str | Path) -> dict[str
     write_text(out_dir / "summary.md", to_markdown(summary))
     write_text(out_dir / "summary.tex", to_latex(summary))
     _write_csv(gain, out_dir / "kd_gain.csv")
+    write_text(out_dir / "summary.html", to_html(summary, gain))
     tables = {"summary": summary, "kd_gain": gain}
     if has_ablation(frame):
         tables["ablation"] = ablation(frame)

@@ -404,7 +404,8 @@ class Trainer:
             save_torch(self._state(epoch + 1, completed=False), self.ckpt_path)
             self.log(
                 f"epoch {epoch + 1}/{total_epochs} loss {row['train_loss']:.5f} "
-                + (f"val_loss {row['val_loss']:.5f} val_psnr {row['val_psnr']:.2f} " if "val_loss" in row else "")
+                + (f"val_loss {row['val_loss']:.5f} val_psnr {row['val_psnr']:.2f} "
+                   if "val_loss" in row else "")
                 + f"{row['samples_per_s']:.0f} slices/s"
             )
         self._write_outputs()

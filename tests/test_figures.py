@@ -10,6 +10,7 @@ from kdmri import figures
 from kdmri.cli import main
 from kdmri.data.store import write_store
 from kdmri.errors import KdmriError
+from kdmri.io import parse_named
 from kdmri.masks import create_mask_func, save_mask
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,13 +86,13 @@ def test_panel_rejects_mismatched_store(stores, tmp_path) -> None:
 def test_parse_named(tmp_path) -> None:
     path = tmp_path / "f.csv"
     path.write_text("x\n")
-    assert figures.parse_named([f"a={path}"], "--pred") == {"a": path}
+    assert parse_named([f"a={path}"], "--pred") == {"a": path}
     with pytest.raises(KdmriError, match="NAME=PATH"):
-        figures.parse_named(["nopath"], "--pred")
+        parse_named(["nopath"], "--pred")
     with pytest.raises(KdmriError, match="twice"):
-        figures.parse_named([f"a={path}", f"a={path}"], "--pred")
+        parse_named([f"a={path}", f"a={path}"], "--pred")
     with pytest.raises(KdmriError, match="not found"):
-        figures.parse_named([f"a={tmp_path / 'missing'}"], "--pred")
+        parse_named([f"a={tmp_path / 'missing'}"], "--pred")
 
 
 def history(path, epochs: int, offset: float) -> None:

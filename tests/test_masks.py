@@ -239,3 +239,25 @@ def test_effective_acceleration():
     assert effective_acceleration(mask) == float("inf")
     mask[:, :2] = 1
     assert effective_acceleration(mask) == 4.0
+
+
+@pytest.mark.parametrize("shape, factor", [((64, 64), 2), ((256, 256), 4), ((48, 40), 4)])
+def test_lowres_input_keeps_exactly_the_central_band_of_kspace(shape, factor):
+    """The super-resolution input IFFT(box * FFT(x)) has no energy outside the central
+    H/k x W/k block of k-space (checked with numpy's FFT, independently of kdmri.mri)."""
+    import torch
+
+    from kdmri.mri import undersample, zero_filled
+
+    rng = np.random.default_rng(0)
+    image = rng.random(shape).astype(np.float32)
+    mask = create_mask_func("lowres", factor)(shape, seed=0)
+    lowres = zero_filled(undersample(torch.from_numpy(image), torch.from_numpy(mask))).numpy()
+    spectrum = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(lowres.astype(np.complex128)),
+                                           norm="ortho"))
+    outside = np.abs(spectrum[mask == 0]) ** 2
+    inside = np.abs(spectrum[mask == 1]) ** 2
+    assert outside.sum() <= 1e-10 * inside.sum()
+    rows, cols = np.nonzero(mask)
+    assert rows.max() - rows.min() + 1 == round(shape[0] / factor)
+    assert cols.max() - cols.min() + 1 == round(shape[1] / factor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -113,12 +115,68 @@ def test_adding_an_acceleration_runs_only_its_jobs_and_the_tables(study):
     assert others <= {"tables", "provenance"}
 
 
-def test_report_builds(study):
+@pytest.fixture(scope="module")
+def report(study):
     workdir, config = study
-    report = workdir / "report.html"
-    snakemake(workdir, config, "--report", str(report))
+    path = workdir / "report.html"
+    snakemake(workdir, config, "--report", str(path))
+    return path
+
+
+def test_report_builds(report):
     html = report.read_text(errors="replace")
-    assert report.stat().st_size > 10_000 and "summary.csv" in html
+    assert report.stat().st_size > 10_000
+    for name in ("summary.csv", "summary.html", "kd_gain.csv", "panel.png", "provenance.json"):
+        assert name in html
+
+
+def _browser():
+    """Headless Chromium driven by Selenium, or a skip that says what is missing."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless Chromium and chromedriver are not installed "
+                    "(.ci/run installs Debian's chromium and chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+
+
+def test_report_shows_the_summary_table_and_a_figure_in_a_browser(report):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    wait = WebDriverWait(browser, 20)
+
+    def click(xpath):
+        wait.until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+
+    try:
+        browser.get(report.as_uri())
+        click("//*[normalize-space(text())='Tables']")
+        click("//tr[.//*[contains(text(), 'summary.html')]]//a[@iconname='eye']")
+        browser.switch_to.frame(wait.until(ec.presence_of_element_located((By.TAG_NAME, "iframe"))))
+        table = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.summary")))
+        models = [row.find_element(By.TAG_NAME, "td").text
+                  for row in table.find_elements(By.TAG_NAME, "tr")[1:]]
+        assert models == ["zf", "teacher", "student", "kd"]
+        browser.switch_to.default_content()
+
+        click("//*[normalize-space(text())='Results']")
+        click("//*[normalize-space(text())='Reconstructions']")
+        click("//*[normalize-space(text())='recon demo']")
+        click("(//a[@iconname='eye'])[1]")  # results here are listed by their labels
+        image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img[src^='data:image/png']")))
+        wait.until(lambda _: browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", image) > 100)
+    finally:
+        browser.quit()
 
 
 def test_readme_mentions_the_config_files():

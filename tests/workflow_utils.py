@@ -22,7 +22,9 @@ def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
-        raise AssertionError(f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        )
     return out
 
 

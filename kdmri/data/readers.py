@@ -30,9 +30,9 @@ to ``size`` x ``size``; without ``size`` they keep the files' size (fastmri: 320
 volumes must then share. :func:`normalize_volume` scales every volume to a common range.
 
 Readers take one dataset entry of the config with the schema's defaults filled
-(:func:`kdmri.config.validate`). A mistake in the data raises :class:`~kdmri.errors.KdmriError` naming the file, what was
-expected and what was found. This module does not import torch (the Snakefile imports
-it for :func:`source_files`).
+(:func:`kdmri.config.validate`). A mistake in the data raises
+:class:`~kdmri.errors.KdmriError` naming the file, what was expected and what was found.
+This module does not import torch (the Snakefile imports it for :func:`source_files`).
 """
 
 from __future__ import annotations

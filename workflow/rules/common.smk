@@ -14,6 +14,34 @@ THREADS = config["resources"]["threads"]
 GPU = config["resources"]["gpu"]
 
 
+def cluster_resources(gpu_job):
+    """Memory (MB), wall time (minutes) and, where the study names one, the SLURM partition
+    of a job with or without a GPU; cluster profiles use them, a local run ignores them."""
+    res = config["resources"]
+    partition = (res["gpu_partition"] or res["partition"]) if gpu_job else res["partition"]
+    resources = {
+        "mem_mb": res["mem_mb"] if gpu_job else res["cpu_mem_mb"],
+        "runtime": res["runtime"] if gpu_job else res["cpu_runtime"],
+    }
+    if partition:
+        resources["slurm_partition"] = partition
+    return resources
+
+
+GPU_JOB = cluster_resources(gpu_job=True)
+CPU_JOB = cluster_resources(gpu_job=False)
+
+
+def predict_resources():
+    """A network's prediction is a GPU job (it claims a GPU as training does); zf's is not."""
+
+    def pick(key):
+        return lambda w: (CPU_JOB if w.model == "zf" else GPU_JOB).get(key, "")
+
+    return {"gpu": lambda w: 0 if w.model == "zf" else GPU,
+            **{key: pick(key) for key in sorted(GPU_JOB.keys() | CPU_JOB.keys())}}
+
+
 def acc_str(value):
     return f"{float(value):g}"
 

@@ -18,6 +18,8 @@ rule prepare:
     benchmark:
         f"{R}/benchmarks/prepare/{{dataset}}.tsv"
     threads: THREADS
+    resources:
+        **CPU_JOB,
     shell:
         "kdmri prepare --quiet --name {wildcards.dataset} --spec {params.spec:q}"
         " --out-dir {R}/data/{wildcards.dataset} 2> {log}"
@@ -57,6 +59,8 @@ rule undersample:
     benchmark:
         f"{R}/benchmarks/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
     threads: THREADS
+    resources:
+        **CPU_JOB,
     shell:
         "kdmri undersample --data-dir {R}/data/{wildcards.dataset} --mask {input.mask}"
         " --out-dir {R}/{wildcards.task}/{wildcards.dataset}/acc{wildcards.acc}/inputs/seed{wildcards.seed}"

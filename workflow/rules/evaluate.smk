@@ -22,6 +22,8 @@ rule predict:
     benchmark:
         f"{R}/benchmarks/predict/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
     threads: TRAIN_THREADS
+    resources:
+        **predict_resources(),
     shell:
         "kdmri predict --model {params.model} --inputs {input.inputs} --out {output.pred}"
         " --info {output.info} --device {params.device} --threads {threads} 2> {log}"
@@ -40,6 +42,8 @@ rule evaluate:
     log:
         f"{R}/logs/evaluate/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
     threads: 1
+    resources:
+        **CPU_JOB,
     shell:
         "kdmri evaluate --inputs {input.inputs} --predictions {input.pred}"
         " --predict-info {input.info} --meta {params.meta:q} --out {output} 2> {log}"

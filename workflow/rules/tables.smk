@@ -8,6 +8,7 @@ rule tables:
         summary=report(f"{R}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown=f"{R}/tables/summary.md",
         latex=f"{R}/tables/summary.tex",
+        html=report(f"{R}/tables/summary.html", caption="../report/summary_html.rst", category="Tables"),
         kd_gain=report(f"{R}/tables/kd_gain.csv", caption="../report/kd_gain.rst", category="Tables"),
     log:
         f"{R}/logs/tables.log",

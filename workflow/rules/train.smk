@@ -4,11 +4,16 @@
 # output, so Snakemake never deletes it) lets a re-run after a crash resume from the last
 # finished epoch.
 
+# Stages on the teacher's critical path (teacher -> cache -> attention -> imitation) are
+# scheduled first when several jobs are ready, which shortens the wall time on few cores.
+PRIORITY = {"teacher": 40, "attention": 20, "imitation": 10, "student": 0}
+
 for _stage in STAGES:
 
     rule:
         name:
             f"train_{_stage}"
+        priority: PRIORITY[_stage]
         input:
             unpack(train_inputs),
         output:
@@ -27,8 +32,7 @@ for _stage in STAGES:
         threads: TRAIN_THREADS
         resources:
             gpu=GPU,
-            mem_mb=config["resources"]["mem_mb"],
-            runtime=config["resources"]["runtime"],
+            **GPU_JOB,
         shell:
             "kdmri train --spec {params.spec:q} --inputs-dir $(dirname {input.data[0]})"
             " {params.options} --out-dir $(dirname {output.model})"
@@ -36,6 +40,7 @@ for _stage in STAGES:
 
 
 rule cache_teacher:
+    priority: 30
     input:
         teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/model.pt",
         data=[f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5" for s in ("train", "val")],
@@ -51,8 +56,7 @@ rule cache_teacher:
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
+        **GPU_JOB,
     shell:
         "kdmri cache-teacher --teacher {input.teacher} --spec {params.spec:q}"
         " --inputs-dir $(dirname {input.data[0]}) --out-dir $(dirname {output[0]})"
