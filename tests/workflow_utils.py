@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -60,3 +61,15 @@ def planned_jobs(workdir: Path, configfile: Path) -> list[tuple[str, dict]]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen,
+             poll_s: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail if ``process`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"snakemake ended (status {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll_s)

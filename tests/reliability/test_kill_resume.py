@@ -33,6 +33,7 @@ from tests.reliability.helpers import (
     state_dicts_equal,
     write_prepared_stores,
 )
+from tests.workflow_utils import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -84,13 +85,7 @@ def _descendants(root_pid: int) -> list[int]:
 
 
 def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"snakemake ended (status {process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_for(condition, timeout, what, process, poll_s=0.02)
 
 
 def _epochs_logged(log: Path) -> int:
