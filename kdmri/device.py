@@ -48,11 +48,14 @@ class GpuSlot:
     index: int
     path: Path
     _handle: object | None = None
+    log: object = print
 
     def release(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+            # wall-clock stamps on claim and release let logs show which jobs overlapped
+            self.log(f"gpu slot: released slot {self.index} at {time.time():.3f}")
 
 
 def claim_gpu_slot(count: int, poll_s: float = 1.0, timeout_s: float | None = None,
@@ -75,8 +78,8 @@ def claim_gpu_slot(count: int, poll_s: float = 1.0, timeout_s: float | None = No
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
             handle.flush()
-            log(f"gpu slot: claimed slot {index} of {count} ({path})")
-            return GpuSlot(index, path, handle)
+            log(f"gpu slot: claimed slot {index} of {count} ({path}) at {time.time():.3f}")
+            return GpuSlot(index, path, handle, log)
         if not announced:
             log(f"gpu slot: all {count} slots busy, waiting for one to be released")
             announced = True

@@ -13,6 +13,7 @@ each claimed from the jobs' logs. (The lock itself, with bare processes:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import subprocess
@@ -199,6 +200,15 @@ def two_gpus(tmp_path_factory):
     return {"capped": capped, "oversubscribed": oversubscribed}
 
 
+def _held(log_text: str) -> tuple[str, float, float]:
+    """(slot, claimed at, released at) from a training log's time-stamped slot lines."""
+    claimed = re.findall(r"gpu slot: claimed slot (\d+) of 2 \(.*\) at ([0-9.]+)", log_text)
+    released = re.findall(r"gpu slot: released slot (\d+) at ([0-9.]+)", log_text)
+    assert len(claimed) == 1 and len(released) == 1, log_text
+    assert claimed[0][0] == released[0][0], log_text
+    return claimed[0][0], float(claimed[0][1]), float(released[0][1])
+
+
 @pytest.mark.slow
 def test_two_concurrent_trainings_take_different_gpus_and_a_third_waits(two_gpus):
     capped = two_gpus["capped"]
@@ -206,13 +216,20 @@ def test_two_concurrent_trainings_take_different_gpus_and_a_third_waits(two_gpus
     assert f"workflow specific profile {PROFILES / 'default'}" in capped["text"]
     events = _training_runs(capped["text"])
     assert sorted(kind for kind, _, _ in events) == ["end"] * 3 + ["start"] * 3, events
-    most, pairs, after_a_finish = _overlaps(events)
-    assert most == 2, events  # three cores, two GPUs: two trainings at a time
-    assert pairs, events
-    for first, second in pairs:  # trainings that ran together held different GPUs
-        assert _slot(capped["logs"][first]) != _slot(capped["logs"][second]), (first, second)
-    assert after_a_finish == 1, events  # the third waited for a GPU to be given back ...
-    for text in capped["logs"].values():  # ... in Snakemake, so no lock was ever busy
+    most, _, _ = _overlaps(events)
+    assert most <= 2, events  # three cores, two GPUs: at most two trainings at a time
+    held = {log: _held(text) for log, text in capped["logs"].items()}
+    assert len(held) == 3, capped["logs"]
+    # from the jobs' own time stamps: the trainings that held a GPU at the same time ...
+    together = [(a, b) for a, b in itertools.combinations(sorted(held), 2)
+                if held[a][1] < held[b][2] and held[b][1] < held[a][2]]
+    assert together, held
+    for a, b in together:  # ... held different GPUs
+        assert held[a][0] != held[b][0], (a, b, held)
+    # ... and the third claimed its GPU only after another training had given one back
+    last = max(held, key=lambda log: held[log][1])
+    assert any(held[other][2] <= held[last][1] for other in held if other != last), held
+    for text in capped["logs"].values():  # Snakemake held it back, so no lock was ever busy
         assert "busy" not in text and re.search(r"^done: ", text, flags=re.M), text
 
 
