@@ -180,7 +180,7 @@ class Trainer:
         }
         if distill:
             if cache_dir is None:
-                raise KdmriError(f"stage {self.spec['stage']!r} needs the teacher cache (--cache)")
+                raise KdmriError(f"stage {self.spec['stage']!r} needs the teacher cache (--cache-dir)")
             cache_path = Path(cache_dir) / f"{split}.h5"
             keys = (["output"] if "imitation" in distill else []) + (
                 ["attention"] if "attention" in distill else []
