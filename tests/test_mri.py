@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmri.mri import data_consistency, fft2c, ifft2c, real_image, undersample, zero_filled
+from kdmri.mri import DataConsistency, data_consistency, fft2c, ifft2c, real_image, undersample, zero_filled
 
 SHAPES = [(16, 16), (15, 20), (2, 3, 12, 9)]
 
@@ -169,3 +169,24 @@ def test_dc_under_autocast_stays_float32():
     expected = data_consistency(prediction.bfloat16().float(), measured, mask)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(out, reference, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (13, 10)])
+def test_prepared_dc_equals_the_centred_formula_exactly(shape):
+    """DataConsistency works in FFT order; shifts are permutations, so its output and its
+    gradient equal the centred formula's bit for bit (results do not depend on the choice)."""
+    torch.manual_seed(0)
+    mask = (torch.rand(shape) < 0.4).float()
+    measured = undersample(torch.rand(3, 1, *shape), mask)
+    prediction = torch.rand(3, 1, *shape, requires_grad=True)
+    centred = real_image(ifft2c(mask * measured + (1.0 - mask) * fft2c(prediction)))
+    (grad_centred,) = torch.autograd.grad(centred.square().sum(), prediction)
+    prepared = DataConsistency(measured, mask)
+    out = prepared(prediction)
+    (grad_prepared,) = torch.autograd.grad(out.square().sum(), prediction)
+    assert torch.equal(out, centred)
+    assert torch.equal(grad_prepared, grad_centred)
+    assert torch.equal(prepared(prediction), out)  # reusable
+    columns = mask[0]
+    assert torch.equal(DataConsistency(measured, columns[None, :])(prediction).detach(),
+                       real_image(ifft2c(columns * measured + (1.0 - columns) * fft2c(prediction))))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kdmri.models.blocks import activation_index, plain_cnn
-from kdmri.mri import data_consistency
+from kdmri.mri import DataConsistency
 
 
 class Cascade(nn.Module):
@@ -14,8 +14,8 @@ class Cascade(nn.Module):
         super().__init__()
         self.cnn = plain_cnn(1, 1, convs, channels)
 
-    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
-        return data_consistency(image + self.cnn(image), kspace, mask)
+    def forward(self, image: torch.Tensor, dc: DataConsistency):
+        return dc(image + self.cnn(image))
 
 
 class DCCNN(nn.Module):
@@ -35,8 +35,9 @@ class DCCNN(nn.Module):
         self.cascades = nn.ModuleList(Cascade(convs, channels) for _ in range(cascades))
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
+        dc = DataConsistency(kspace, mask)  # prepared once, applied by every cascade
         for cascade in self.cascades:
-            image = cascade(image, kspace, mask)
+            image = cascade(image, dc)
         return image
 
     def feature_paths(self, conv: int) -> list[str]:
