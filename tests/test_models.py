@@ -82,11 +82,23 @@ def test_vdsr_global_residual_and_ignores_kspace():
     model = build_model(TINY["vdsr"])
     image, kspace, mask = tiny_inputs()
     torch.testing.assert_close(model(image, kspace, mask), model(image))
-    last = model.cnn[-1]
+    torch.testing.assert_close(model(image), image, atol=0, rtol=0)  # starts as the identity
     with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-    torch.testing.assert_close(model(image), image)
+        model.cnn[-1].bias.fill_(0.25)
+    torch.testing.assert_close(model(image), image + 0.25)  # output = input + CNN(input)
+
+
+def test_vdsr_first_step_moves_the_output():
+    """The zero last layer still learns at once (its gradient is the features'), so the
+    network leaves the identity on its first optimiser step."""
+    torch.manual_seed(0)
+    model = build_model(TINY["vdsr"])
+    image, _, _ = tiny_inputs()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    (model(image) - 2 * image).abs().mean().backward()
+    assert model.cnn[-1].weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(model(image), image)
 
 
 @pytest.mark.parametrize(

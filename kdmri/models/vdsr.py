@@ -13,12 +13,28 @@ class VDSR(nn.Module):
 
     Teacher of the paper: ``VDSR(11, 64)`` = 333,569 parameters; student ``VDSR(7, 64)`` =
     185,857.
+
+    Initialisation: He (Kaiming normal, fan-in, ReLU) weights and zero biases, as in the
+    VDSR paper, and a last convolution of zero, so every VDSR starts as the identity
+    (output = input) and learns a correction. The zero last layer matters for distillation:
+    the attention stage trains the layers up to the hint layer alone and scales their
+    features freely (attention maps are normalised); with a random last layer the untrained
+    layers above turned them into a residual ten times larger than a fresh network's, and
+    the imitation stage started from an image worse than its input. He weights keep the
+    features' scale through the depth, without which the zero last layer leaves an
+    11-conv teacher stuck at the identity for epochs (both measured on the demo).
     """
 
     def __init__(self, convs: int = 11, channels: int = 64):
         super().__init__()
         self.convs = convs
         self.cnn = plain_cnn(1, 1, convs, channels)
+        convs = [layer for layer in self.cnn if isinstance(layer, nn.Conv2d)]
+        for conv in convs[:-1]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(convs[-1].weight)
+        nn.init.zeros_(convs[-1].bias)
 
     def forward(self, image: torch.Tensor, kspace=None, mask=None) -> torch.Tensor:
         return image + self.cnn(image)
