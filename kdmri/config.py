@@ -147,13 +147,29 @@ def _check_references(config: dict, source: str) -> None:
                 )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last one silently, hiding half of what the file says)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping "
+                    f"(line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file, validate it and fill the defaults."""
     path = Path(path)
     if not path.is_file():
         raise KdmriError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise KdmriError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return validate(data if data is not None else {}, source=str(path))

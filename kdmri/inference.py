@@ -74,10 +74,14 @@ def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
                repeats: int = 20, batch_size: int = 1) -> float:
-    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices."""
+    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices.
+
+    The model keeps the memory format its caller gave it (the stages place every model in
+    channels-last with :func:`kdmri.models.place_model`; the benchmark also times the plain
+    layout)."""
     if repeats < 1:
         raise KdmriError("latency needs at least one repeat")
-    model = place_model(model, device).eval()
+    model = model.to(device).eval()
     zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
     mask = torch.ones(shape)
     batch = make_batch(zf, mask, None, device)

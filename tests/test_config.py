@@ -174,6 +174,24 @@ def test_schema_objects_reject_unknown_keys():
         assert node.get("additionalProperties") is False, where
 
 
+def test_key_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("results: out\ntrain:\n  epochs: 5\nseeds: [0]\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(KdmriError) as info:
+        load_config(path)
+    assert "study.yaml" in str(info.value) and "'train' appears twice" in str(info.value)
+    assert "line 5" in str(info.value)  # the second one
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    """Every study file loads with duplicate keys refused and passes the schema."""
+    config = load_config(REPO / "config" / name)
+    for task, settings in config["tasks"].items():
+        for dataset in settings["datasets"]:
+            assert dataset in config["datasets"], (name, task, dataset)
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
 def test_shipped_configs_validate(name):
     path = REPO / "config" / name
