@@ -16,7 +16,9 @@ figure                      what is timed
                             by :func:`kdmri.inference.cache_teacher`) / epoch of the
                             baseline student (<= 1.15)
 ``latency_ratio``           :func:`kdmri.inference.latency_ms` student / teacher at the
-                            bench size (``_256``: at 256 x 256) (<= 0.45)
+                            bench size, one slice per pass (``_256``: at 256 x 256)
+                            (<= 0.45); ``_b16``: per slice in passes of 16 slices, as
+                            ``kdmri predict`` runs a test set (no target)
 ``loading_speedup``         :class:`kdmri.data.store.SliceDataset` (built, then one epoch of
                             shuffled batches) against opening the HDF5 file for every slice,
                             the authors' loader (>= 20)
@@ -453,7 +455,7 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
 
     import torch
 
-    from kdmri.inference import latency_ms
+    from kdmri.inference import PREDICT_BATCH, latency_ms
     from kdmri.models import build_model, place_model
 
     specs = _specs(_study_config())
@@ -464,14 +466,16 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
 
     sizes = {plan.size: ""} | ({plan.big_size: f"_{plan.big_size}"} if plan.big_size else {})
     models = {role: fresh(role) for role in ("teacher", "student")}
-    variants = {}  # row suffix -> (model, image size, mixed precision)
+    variants = {}  # row suffix -> (model, image size, mixed precision, batch size)
     for size, suffix in sizes.items():
         for role, model in models.items():
-            variants[f"{role}{suffix}"] = (model, size, False)
+            variants[f"{role}{suffix}"] = (model, size, False, 1)
             if device.type == "cuda":
-                variants[f"{role}{suffix}_amp"] = (model, size, True)
+                variants[f"{role}{suffix}_amp"] = (model, size, True, 1)
+    for role, model in models.items():  # per-slice time of a volume run as `kdmri predict` does
+        variants[f"{role}_b{PREDICT_BATCH}"] = (model, plan.size, False, PREDICT_BATCH)
     variants["teacher_contiguous"] = (
-        fresh("teacher").to(memory_format=torch.contiguous_format), plan.size, False)
+        fresh("teacher").to(memory_format=torch.contiguous_format), plan.size, False, 1)
     compile_s = NAN
     if plan.compile:
         _log("bench: compiling the teacher for inference (torch.compile)")
@@ -481,18 +485,18 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
             start = time.perf_counter()
             latency_ms(compiled, (plan.size, plan.size), device, repeats=1)
             compile_s = time.perf_counter() - start
-        variants["teacher_compiled"] = (compiled, plan.size, False)
+        variants["teacher_compiled"] = (compiled, plan.size, False, 1)
 
     latencies: dict[str, list[float]] = {}
     big_repeats = max(3, plan.latency_repeats // 4)  # a 256x256 pass takes ~16 times longer
     for _ in range(max(1, plan.rounds)):
-        for key, (model, size, amp) in variants.items():
+        for key, (model, size, amp, batch) in variants.items():
             repeats = plan.latency_repeats if size == plan.size else big_repeats
             autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp)
             with warnings.catch_warnings(), autocast:
                 warnings.simplefilter("ignore")
                 latencies.setdefault(key, []).append(
-                    latency_ms(model, (size, size), device, repeats=repeats))
+                    latency_ms(model, (size, size), device, repeats=repeats, batch_size=batch))
     best = {key: min(value) for key, value in latencies.items()}
 
     for size, suffix in sizes.items():
@@ -506,6 +510,11 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
                           peak_memory_mb(model, size, device, amp=amp), f"MiB at {what}")
         bench.add(f"latency_ratio{suffix}",
                   _ratio(best[f"student{suffix}"], best[f"teacher{suffix}"]), "ratio")
+    for role in models:
+        bench.add(f"latency_ms_{role}_b{PREDICT_BATCH}", best[f"{role}_b{PREDICT_BATCH}"],
+                  f"ms/slice at {plan.size}x{plan.size}, batches of {PREDICT_BATCH}")
+    bench.add(f"latency_ratio_b{PREDICT_BATCH}",
+              _ratio(best[f"student_b{PREDICT_BATCH}"], best[f"teacher_b{PREDICT_BATCH}"]), "ratio")
     if not plan.big_size:
         for name in ("latency_ms_teacher_256", "latency_ms_student_256", "latency_ratio_256",
                      "peak_mem_mb_teacher_256", "peak_mem_mb_student_256"):

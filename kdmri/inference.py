@@ -18,9 +18,12 @@ from kdmri.mri import real_image
 from kdmri.train import load_model, make_batch
 
 
+PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
+
+
 @torch.no_grad()
 def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
-              batch_size: int = 16, feature_paths: list[str] | None = None,
+              batch_size: int = PREDICT_BATCH, feature_paths: list[str] | None = None,
               amp: bool = False) -> dict[str, np.ndarray]:
     """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store, and optionally
     the normalised attention maps ``(N, P, H*W)`` of the modules at ``feature_paths``."""
