@@ -29,12 +29,12 @@ class VDSR(nn.Module):
         super().__init__()
         self.convs = convs
         self.cnn = plain_cnn(1, 1, convs, channels)
-        convs = [layer for layer in self.cnn if isinstance(layer, nn.Conv2d)]
-        for conv in convs[:-1]:
+        *hidden, last = [layer for layer in self.cnn if isinstance(layer, nn.Conv2d)]
+        for conv in hidden:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
             nn.init.zeros_(conv.bias)
-        nn.init.zeros_(convs[-1].weight)
-        nn.init.zeros_(convs[-1].bias)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, image: torch.Tensor, kspace=None, mask=None) -> torch.Tensor:
         return image + self.cnn(image)
