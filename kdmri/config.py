@@ -169,7 +169,11 @@ def load_config(path: str | Path) -> dict:
     if not path.is_file():
         raise KdmriError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+        loader = _StrictLoader(path.read_text())  # a SafeLoader: plain data only
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise KdmriError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return validate(data if data is not None else {}, source=str(path))
