@@ -709,8 +709,9 @@ def format_table(rows: list[dict]) -> str:
 def cmd_bench(args) -> int:
     import torch
 
-    from kdmri.device import select_device
+    from kdmri.device import keep_freed_memory, select_device
 
+    keep_freed_memory()  # as every kdmri command that runs a network does
     if args.size is not None and args.size < 16:
         raise KdmriError(f"--size must be at least 16, found {args.size}")
     previous_threads = torch.get_num_threads()

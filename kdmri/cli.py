@@ -102,6 +102,9 @@ def _split_store(folder: str | Path, split: str) -> Path:
 def _setup_torch(args) -> None:
     import torch
 
+    from kdmri.device import keep_freed_memory
+
+    keep_freed_memory()
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 

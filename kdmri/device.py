@@ -11,10 +11,14 @@ process uses what it is given.
 ``KDMRI_FAKE_GPUS=N`` pretends N GPUs are visible (the slots are claimed and logged but the
 work runs on the CPU): this is how the allocator is tested on machines without a GPU.
 ``KDMRI_LOCK_DIR`` overrides the lock folder (default: the system temp folder).
+
+On the CPU, :func:`keep_freed_memory` (called by every ``kdmri`` command that runs a network) stops the C
+library from handing freed tensor memory back to the OS between operations.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import tempfile
@@ -25,6 +29,30 @@ from pathlib import Path
 import torch
 
 from kdmri.errors import KdmriError
+
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process for reuse.
+
+    PyTorch takes CPU tensors straight from malloc, and glibc serves large blocks with
+    fresh pages from the OS and returns them on free, so every large activation faults in
+    new pages: about 20,000 page faults per forward pass of the DC-CNN teacher on one
+    256 x 256 slice (193 ms; 156 ms and no faults with this setting, measured on the
+    2-core CPU of the README). Sets the mmap threshold to 32 MiB (glibc's largest) and the
+    trim threshold to 1 GiB; the process then keeps up to that much freed memory instead
+    of returning it. Returns False, changing nothing, where the C library has no
+    ``mallopt`` (macOS, musl).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) & bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
 def visible_gpu_count() -> int:

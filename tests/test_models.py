@@ -197,3 +197,41 @@ def test_dccnn_output_data_consistent_on_paired_lines_of_random_mask(stores):
     assert paired  # at least the zero-frequency line
     k_out = fft2c(out)
     torch.testing.assert_close(k_out[..., paired], kspace[..., paired], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("in_channels, out_channels", [(1, 32), (32, 1), (5, 1), (32, 32)])
+def test_conv3x3_equals_conv2d_in_values_and_gradients(in_channels, out_channels, batch,
+                                                      channels_last):
+    """The narrow convolutions run another way on the CPU; they must compute what
+    ``F.conv2d`` computes, forwards and backwards, in either memory format and for
+    non-square, odd sizes."""
+    from kdmri.models.blocks import Conv3x3
+
+    torch.manual_seed(0)
+    conv = Conv3x3(in_channels, out_channels)
+    x = torch.randn(batch, in_channels, 11, 14, requires_grad=True)
+    xx = x
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        xx = x.to(memory_format=torch.channels_last)
+    out = conv(xx)
+    expected = torch.nn.functional.conv2d(xx, conv.weight, conv.bias, padding=1)
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (x, conv.weight, conv.bias), upstream)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-5)
+
+
+def test_models_are_built_of_conv3x3_with_in_place_relu():
+    from kdmri.models.blocks import Conv3x3
+
+    for spec, _ in PAPER_MODELS:
+        model = build_model(spec)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert convs and all(type(m) is Conv3x3 for m in convs)
+        assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))

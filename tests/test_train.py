@@ -461,3 +461,33 @@ def test_cache_of_other_layer_pairs_is_refused(teacher_cache, stores, tmp_path):
     with pytest.raises(KdmriError, match="pairs"):
         Trainer(other, inputs / "train.h5", inputs / "val.h5", tmp_path, cache_dir=cache,
                 log=lambda message: None, progress=False)
+
+
+KEEP_FREED_MEMORY_SCRIPT = """
+import resource, sys, torch
+from kdmri.device import keep_freed_memory
+from kdmri.models import DCCNN
+torch.set_num_threads(1)
+applied = keep_freed_memory()
+model = DCCNN(5, 5, 32).eval()  # the teacher: about 240 MiB of activations per 256 x 256 pass
+x = torch.rand(1, 1, 256, 256)
+kspace, mask = torch.fft.fft2(x).to(torch.complex64), torch.ones(256, 256)
+with torch.no_grad():
+    for _ in range(3):
+        model(x, kspace, mask)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        model(x, kspace, mask)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_makes_forward_passes_reuse_their_memory():
+    """After keep_freed_memory, a warmed-up forward pass reuses the memory of the last one
+    instead of faulting in fresh pages (about 60,000 pages of activations; 20,000 to 45,000
+    faults per pass without the setting, 0 to a few hundred with it)."""
+    out = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=120).stdout.split()
+    assert out[0] == "True"
+    assert float(out[1]) < 2000
