@@ -30,7 +30,6 @@ import torch
 
 from kdmri.errors import KdmriError
 
-
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 

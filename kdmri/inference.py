@@ -17,7 +17,6 @@ from kdmri.models import place_model
 from kdmri.mri import real_image
 from kdmri.train import load_model, make_batch
 
-
 PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
 
 

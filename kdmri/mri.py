@@ -55,17 +55,13 @@ def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
 
 class DataConsistency:
     """Hard data consistency against one measurement: ``k = m * k0 + (1 - m) * FFT(x)``,
-    returned as the real image of ``IFFT(k)`` (centred FFTs).
+    returned as the real image of ``IFFT(k)``.
 
     ``measured`` is the measured k-space ``k0`` (zero where not sampled), ``mask`` the 0/1
-    sampling mask. Prepared once, here, so that a network applying DC many times (DC-CNN's
-    cascades) pays two plain FFTs per call and no shifts: the centred transforms differ from
-    the plain ones only by a shift of the image, that is a phase ramp ``P`` in k-space, so
-    ``IFFT_c(m k0 + (1 - m) FFT_c(x)) = IFFT(K0 + M' FFT(x))`` with ``M'`` the mask ``1 - m``
-    in FFT order (zero frequency first) and ``K0 = FFT(IFFT_c(m k0))``, the plain spectrum
-    of the measured image, computed here. Equal to the centred formula up to float32
-    rounding, for even and odd sizes (tested). Always computed in float32/complex64, also
-    under mixed precision.
+    sampling mask. Both are moved to FFT order (zero frequency first) once, here, so that a
+    network applying DC many times (DC-CNN's cascades) pays two shifts per call instead of
+    four; the result equals the centred formula element for element (shifts are
+    permutations). Always computed in float32/complex64, also under mixed precision.
     """
 
     def __init__(self, measured: torch.Tensor, mask: torch.Tensor):
@@ -73,15 +69,17 @@ class DataConsistency:
         m = mask.to(torch.float32)
         if m.ndim < 2:
             m = m.reshape(1, -1)  # a (W,) column mask
-        self._kept = torch.fft.fft2(ifft2c(m * measured), norm="ortho")
-        self._free = torch.fft.ifftshift(1.0 - m, dim=(-2, -1))
+        m = torch.fft.ifftshift(m, dim=(-2, -1))
+        self._kept = m * torch.fft.ifftshift(measured, dim=(-2, -1))
+        self._free = 1.0 - m
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """DC of the network's real prediction ``image`` ``(..., H, W)``."""
         _check_spatial(image, "image")
         with torch.autocast(device_type=image.device.type, enabled=False):
-            k = torch.addcmul(self._kept, self._free, torch.fft.fft2(image.float(), norm="ortho"))
-            return real_image(torch.fft.ifft2(k, norm="ortho")).contiguous()
+            x = torch.fft.ifftshift(image.float(), dim=(-2, -1)).to(torch.complex64)
+            k = self._kept + self._free * torch.fft.fft2(x, norm="ortho")
+            return torch.fft.fftshift(real_image(torch.fft.ifft2(k, norm="ortho")), dim=(-2, -1))
 
 
 def data_consistency(

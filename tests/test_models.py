@@ -201,12 +201,12 @@ def test_dccnn_output_data_consistent_on_paired_lines_of_random_mask(stores):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("in_channels, out_channels", [(1, 32), (32, 1), (5, 1), (32, 32)])
+@pytest.mark.parametrize("in_channels, out_channels", [(1, 32), (32, 1), (32, 32)])
 def test_conv3x3_equals_conv2d_in_values_and_gradients(in_channels, out_channels, batch,
                                                       channels_last):
-    """The narrow convolutions run another way on the CPU; they must compute what
-    ``F.conv2d`` computes, forwards and backwards, in either memory format and for
-    non-square, odd sizes."""
+    """Conv3x3 computes what ``F.conv2d`` computes, forwards and backwards, in either memory
+    format and for non-square, odd sizes; for batches of two or more it runs the same
+    kernel, bit for bit (training results do not depend on it)."""
     from kdmri.models.blocks import Conv3x3
 
     torch.manual_seed(0)
@@ -225,6 +225,9 @@ def test_conv3x3_equals_conv2d_in_values_and_gradients(in_channels, out_channels
     want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), upstream)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-5)
+    if batch > 1:
+        assert torch.equal(out, expected)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
 def test_models_are_built_of_conv3x3_with_in_place_relu():

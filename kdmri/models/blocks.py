@@ -3,58 +3,32 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdmri.errors import KdmriError
-
-
-def _narrow_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """3x3 convolution (padding 1) of ``x`` ``(N, C, H, W)`` to one channel, as one matrix
-    product to the nine taps and :func:`torch.nn.functional.fold` summing them in place.
-
-    ``fold`` adds tap ``(i, j)`` of the pixel at ``p`` into output ``p - (i, j) + (1, 1)``
-    (the transpose of a convolution); with the kernel flipped that is the convolution's
-    ``out(p) = sum_ij w(i, j) . x(p + (i, j) - (1, 1))``.
-    """
-    n, c, h, w = x.shape
-    rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view for channels-last input
-    taps = torch.matmul(weight.flip(-2, -1).reshape(c, 9).t(), rows.transpose(1, 2))
-    out = F.fold(taps, (h, w), kernel_size=3, padding=1)
-    return out if bias is None else out + bias.view(1, 1, 1, 1)
-
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")
 
 
 class Conv3x3(nn.Conv2d):
-    """A 3x3 convolution with padding 1, computed on the CPU the fastest way measured for
-    its shape (same parameters, results equal to :class:`torch.nn.Conv2d` up to float32
-    rounding).
+    """A 3x3 convolution with padding 1 (same parameters and results as ``nn.Conv2d``).
 
-    The two narrow convolutions of every block are 2 % of its FLOPs but, run as
-    ``nn.Conv2d`` in channels-last on the CPU, took as long as a 32-to-32 one:
-
-    - to one channel (32->1, 64->1): oneDNN pads the output channels to a block of 16 and
-      runs at the cost of a full convolution (0.48 ms for 32->1 at 64 x 64, against
-      0.55 ms for 32->32); :func:`_narrow_output` takes 0.14 ms, and its backward pass is
-      also faster (fwd + bwd 0.64 vs 1.20 ms);
-    - from one channel (1->32): for a single slice of up to 20,480 pixels PyTorch picks its
-      reference kernel (0.24 ms at 64 x 64) over oneDNN (0.09 ms), which it uses for every
-      batch of two or more; this calls oneDNN for every batch.
-
-    Under ``torch.compile``, on other devices and in other dtypes it is ``nn.Conv2d``.
+    One difference, on the CPU: for a single slice of up to 20,480 pixels with one input
+    channel (the first convolution of every block, run on one slice by the latency
+    measurement and single-slice inference), PyTorch picks its reference kernel, which
+    takes 0.24 ms at 64 x 64 in channels-last, over the oneDNN kernel it uses for every
+    batch of two or more slices (0.09 ms). This calls oneDNN for every batch, so a batch of
+    one runs the kernel that batches run. Under ``torch.compile``, on other devices and in
+    other dtypes it is ``nn.Conv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, kernel_size=3, padding=1)
 
     def _conv_forward(self, x, weight, bias):
-        fast = (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-                and not torch.compiler.is_compiling())
-        if fast and self.out_channels == 1 and self.in_channels > 1:
-            return _narrow_output(x, weight, bias)
-        if fast and self.in_channels == 1 and _ONEDNN:
+        if (self.in_channels == 1 and _ONEDNN and x.device.type == "cpu"
+                and x.dtype == weight.dtype == torch.float32
+                and not torch.compiler.is_compiling()):
             return torch.mkldnn_convolution(x, weight, bias, (1, 1), (1, 1), (1, 1), 1)
         return super()._conv_forward(x, weight, bias)
 
