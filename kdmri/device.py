@@ -12,8 +12,9 @@ process uses what it is given.
 work runs on the CPU): this is how the allocator is tested on machines without a GPU.
 ``KDMRI_LOCK_DIR`` overrides the lock folder (default: the system temp folder).
 
-On the CPU, :func:`keep_freed_memory` (called by every ``kdmri`` command that runs a network) stops the C
-library from handing freed tensor memory back to the OS between operations.
+On the CPU, :func:`keep_freed_memory` (called by every ``kdmri`` command that runs a
+network) stops the C library from handing freed tensor memory back to the OS between
+operations.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) & bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+    trim_set = mallopt(_M_TRIM_THRESHOLD, 2**30)
+    return bool(mmap_set and trim_set)
 
 
 def visible_gpu_count() -> int:
