@@ -44,6 +44,11 @@ from kdmri.mri import fft2c
 
 MODEL_FORMAT = "kdmri-model/1"
 STATE_FORMAT = "kdmri-train-state/1"
+#: Training steps queued on a GPU between two checks of their losses and gradients.
+CHECK_EVERY_GPU = 32
+#: Largest share of a GPU's free memory that the training and validation splits may take
+#: to be kept on it.
+DATA_ON_GPU_SHARE = 0.25
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Trainer:
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
 
+        self._place_data()
         torch.manual_seed(spec["seed"])
         self.model = place_model(build_model(spec["net"]), self.device)
         if init is not None:
@@ -162,6 +168,9 @@ class Trainer:
         )
         self.amp = bool(self.settings.get("amp")) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # Steps between the loss/gradient checks, each of which waits for the device: on a
+        # GPU a wait per step would idle it while the next step is being queued.
+        self.check_every = 1 if self.device.type == "cpu" else CHECK_EVERY_GPU
         self.history: list[dict] = []
         self.best: dict | None = None
         self.start_epoch = 0
@@ -209,6 +218,20 @@ class Trainer:
             data.update({("teacher_output" if k == "output" else k): v for k, v in cached.items()})
         return data
 
+    def _place_data(self) -> None:
+        """On a GPU, keep both splits on the device when they take at most
+        ``DATA_ON_GPU_SHARE`` of its free memory: each step then gathers its batch there,
+        with no copy from the host (a copy from pageable memory waits for the GPU). Larger
+        splits stay in host memory and only the mask moves."""
+        if self.device.type != "cuda":
+            return
+        splits = (self.train_data, self.val_data)
+        size = sum(t.numel() * t.element_size() for data in splits for t in data.values())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        for data in splits:
+            for key in data if size <= DATA_ON_GPU_SHARE * free else ["mask"]:
+                data[key] = data[key].to(self.device)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
         params = self.model.parameters()
@@ -238,7 +261,12 @@ class Trainer:
             features = hooks.pop()
             teacher_maps = list(extra["attention"].unbind(1))
             terms["attention"] = attention_transfer_loss(features, teacher_maps)
-        total = sum(self.weights[name] * value for name, value in terms.items())
+        # (a weight of 1 multiplies nothing: two fewer kernels per step, same numbers)
+        weighted = [value if self.weights[name] == 1.0 else self.weights[name] * value
+                    for name, value in terms.items()]
+        total = weighted[0]
+        for value in weighted[1:]:
+            total = total + value
         return total, terms, prediction
 
     # ------------------------------------------------------------------ checkpoints
@@ -298,52 +326,66 @@ class Trainer:
         self.model.train()
         order = self._epoch_order(epoch)
         sums: dict[str, float] = {}
+        pending: list[tuple[int, int, torch.Tensor, torch.Tensor | None, dict]] = []
         n_seen = 0
         start = time.perf_counter()
-        batches = order.split(self.batch_size)
+        batches = order.to(self.train_data["target"].device).split(self.batch_size)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                    disable=not self.progress, file=sys.stderr)
         with FeatureHooks(self.model, self.feature_paths) as hooks:
             for b, idx in enumerate(bar):
                 batch, extra = self._batch(self.train_data, idx)
                 total, terms, _ = self.losses(batch, extra, hooks)
-                if not torch.isfinite(total):
-                    raise KdmriError(
-                        f"training loss became {total.item()} at epoch {epoch + 1}, batch {b + 1}; "
-                        f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
-                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
+                norm = None
                 if not self.amp:  # (with AMP the scaler itself skips steps with inf gradients)
-                    self._check_gradients(epoch, b)
+                    norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in self.model.parameters() if p.grad is not None])
                 if self.settings.get("grad_clip"):
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                n = len(idx)
-                n_seen += n
-                sums["loss"] = sums.get("loss", 0.0) + total.item() * n
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() * n
-                if self.progress:
-                    bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4g}")
+                pending.append((b, len(idx), total.detach(), norm,
+                                {name: value.detach() for name, value in terms.items()}))
+                n_seen += len(idx)
+                if len(pending) >= self.check_every or b == len(batches) - 1:
+                    self._settle(pending, sums, epoch)
+                    pending = []
+                    if self.progress:
+                        bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4g}")
         seconds = time.perf_counter() - start
         row = {f"train_{k}": v / n_seen for k, v in sums.items()}
         row.update(seconds=seconds, samples_per_s=n_seen / seconds)
         return row
 
+    def _settle(self, pending: list, sums: dict[str, float], epoch: int) -> None:
+        """Check and add up the losses of the steps since the last call, with one transfer
+        from the device: the first step whose loss or gradient was NaN or infinite stops
+        training, named by epoch and batch, before any checkpoint holds its weights."""
+        values = torch.stack([
+            torch.stack([total.float(), (total if norm is None else norm).float(),
+                         *(value.float() for value in terms.values())])
+            for _, _, total, norm, terms in pending
+        ]).tolist()
+        for (b, n, _, norm, terms), (total, grad_norm, *term_values) in zip(
+                pending, values, strict=True):
+            if not math.isfinite(total):
+                raise KdmriError(
+                    f"training loss became {total} at epoch {epoch + 1}, batch {b + 1}; "
+                    f"{self._stopped(epoch)}"
+                )
+            if norm is not None and not math.isfinite(grad_norm):
+                raise KdmriError(f"training gradient became {grad_norm} at epoch {epoch + 1}, "
+                                 f"batch {b + 1}; {self._stopped(epoch)}")
+            sums["loss"] = sums.get("loss", 0.0) + total * n
+            for name, value in zip(terms, term_values, strict=True):
+                sums[name] = sums.get(name, 0.0) + value * n
+
     def _stopped(self, epoch: int) -> str:
         return f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
-
-    def _check_gradients(self, epoch: int, b: int) -> None:
-        """A finite loss can still have a NaN or infinite gradient: stop before the step."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        if not torch.isfinite(norm):
-            raise KdmriError(f"training gradient became {norm.item()} at epoch {epoch + 1}, "
-                             f"batch {b + 1}; {self._stopped(epoch)}")
 
     def _check_weights(self, epoch: int) -> None:
         """Never checkpoint weights that are no longer finite."""
@@ -359,7 +401,7 @@ class Trainer:
         sums: dict[str, float] = {}
         outputs = []
         with FeatureHooks(self.model, self.feature_paths) as hooks:
-            for idx in torch.arange(n).split(max(self.batch_size, 16)):
+            for idx in torch.arange(n, device=data["target"].device).split(max(self.batch_size, 16)):
                 batch, extra = self._batch(data, idx)
                 total, terms, prediction = self.losses(batch, extra, hooks)
                 sums["loss"] = sums.get("loss", 0.0) + total.item() * len(idx)
@@ -367,8 +409,8 @@ class Trainer:
                     sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
                 outputs.append(prediction[:, 0].cpu())
         prediction = torch.cat(outputs).numpy()
-        target = data["target"].numpy()
-        volumes = data["volume"].numpy()
+        target = data["target"].cpu().numpy()
+        volumes = data["volume"].cpu().numpy()
         val_psnr = float(np.mean([
             psnr(target[volumes == v], prediction[volumes == v]) for v in np.unique(volumes)
         ]))

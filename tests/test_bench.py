@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from kdmri import bench
 from kdmri.bench import COLUMNS, TARGETS, Bench
 from kdmri.cli import main
 
@@ -71,3 +72,15 @@ def test_bad_options_are_one_line_errors(tmp_path, argv, capsys):
     assert code == 2
     assert not (tmp_path / "b.csv").exists()
     assert "error" in capsys.readouterr().err
+
+
+def test_noop_is_skipped_with_a_note_where_snakemake_is_missing(tmp_path, monkeypatch):
+    """A machine with kdmri but no Snakemake (a bare GPU node) still runs the rest."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "snakemake" else real(name, *args))
+    seconds, note = bench.noop_snakemake(bench.ROOT / "config" / "test.yaml", tmp_path, 1)
+    assert math.isnan(seconds) and "snakemake is not installed" in note
+    assert not any(tmp_path.iterdir())

@@ -203,7 +203,35 @@ def test_checkpoint_of_another_spec_is_refused(stores, tmp_path, monkeypatch):
     assert (tmp_path / "checkpoint" / "last.pt").read_bytes() == before
 
 
-def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch):
+def check_every(monkeypatch, steps: int) -> None:
+    """Check losses and gradients every ``steps`` steps, as on a GPU (the CPU checks each)."""
+    original = Trainer.train_epoch
+
+    def train_epoch(self, epoch):
+        self.check_every = steps
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def test_deferred_checks_give_the_same_run(reference, stores, tmp_path, monkeypatch):
+    """Checking every 3 steps (a flush mid-epoch and one at its end) or once per epoch adds
+    up the same training losses and trains the same weights as checking every step."""
+    out, _ = reference
+    reference_history = pd.read_csv(out / "history.csv")
+    for steps in (3, 1000):
+        check_every(monkeypatch, steps)
+        train(stores, tmp_path / str(steps), spec())
+        monkeypatch.undo()
+        assert_same_weights(load_weights_only(tmp_path / str(steps) / "model.pt")["state_dict"],
+                            load_weights_only(out / "model.pt")["state_dict"])
+        history = pd.read_csv(tmp_path / str(steps) / "history.csv")
+        assert history["train_loss"].tolist() == reference_history["train_loss"].tolist()
+
+
+@pytest.mark.parametrize("steps", [1, 1000])
+def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch, steps):
+    check_every(monkeypatch, steps)
     bad_slice = 5
     found = {}
     original = Trainer.train_epoch

@@ -159,8 +159,8 @@ def _assert_last_good_checkpoint_usable(out, stores, reference, monkeypatch):
 
 def test_nan_gradient_with_finite_loss_stops_before_the_weights_break(
         stores, reference, tmp_path, monkeypatch):
-    """The loss is finite but its gradient is not: the step that would write NaN into every
-    weight is refused, so the checkpoint of the last epoch stays good."""
+    """The loss is finite but its gradient is not: training stops at that step, before any
+    checkpoint holds the NaN weights, so the checkpoint of the last epoch stays good."""
     _fault_at(monkeypatch, FAULT_EPOCH, BATCHES_PER_EPOCH, _nan_gradient)
     with pytest.raises(KdmriError) as info:
         _trainer(stores, tmp_path).run()
