@@ -12,6 +12,11 @@ RNG states, best weights so far, history). Running the same command again after 
 resumes from it; a checkpoint written under another spec is refused, naming what differs.
 At the end ``model.pt`` holds the best weights (by validation loss) and ``last.pt`` is
 marked complete (it holds the last weights).
+
+A NaN or infinite loss or gradient stops training with the epoch and batch named, before
+the epoch's checkpoint is written (checked every step on the CPU; on a GPU every
+``CHECK_EVERY_GPU`` steps, so that the GPU never waits for the host in between, and the
+splits are kept in GPU memory when they fit: :meth:`Trainer._place_data`).
 """
 
 from __future__ import annotations
