@@ -19,10 +19,8 @@ import torch
 
 from kdmri.data.store import read_store
 from kdmri.device import select_device
-from kdmri.errors import KdmriError
 from kdmri.inference import cache_teacher
-from kdmri.train import Trainer
-from tests.test_train import PAIRS, TEACHER_NET, spec, train
+from tests.test_train import PAIRS, TEACHER_NET, assert_nan_loss_stops_training, spec, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device visible to PyTorch")
@@ -73,21 +71,7 @@ def test_mixed_precision_trains(stores, tmp_path):
 
 def test_nan_loss_on_the_gpu_names_epoch_and_batch(stores, tmp_path, monkeypatch):
     """The checks run once per CHECK_EVERY_GPU steps, yet name the step that failed."""
-    bad_slice, found = 5, {}
-    original = Trainer.train_epoch
-
-    def train_epoch(self, epoch):
-        if epoch == 1:
-            self.train_data["target"][bad_slice, 3, 3] = float("nan")
-            position = int((self._epoch_order(epoch) == bad_slice).nonzero())
-            found["batch"] = position // self.batch_size + 1
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    with pytest.raises(KdmriError, match="epoch 2") as info:
-        train(stores, tmp_path, spec(), device=GPU)
-    assert f"batch {found['batch']}" in str(info.value) and "nan" in str(info.value)
-    assert not (tmp_path / "model.pt").exists()
+    assert_nan_loss_stops_training(stores, tmp_path, monkeypatch, device=GPU)
 
 
 def test_teacher_cache_on_the_gpu_equals_the_cpu(stores, tmp_path):

@@ -229,9 +229,9 @@ def test_deferred_checks_give_the_same_run(reference, stores, tmp_path, monkeypa
         assert history["train_loss"].tolist() == reference_history["train_loss"].tolist()
 
 
-@pytest.mark.parametrize("steps", [1, 1000])
-def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch, steps):
-    check_every(monkeypatch, steps)
+def assert_nan_loss_stops_training(stores, tmp_path, monkeypatch, **trainer_kwargs) -> None:
+    """A NaN in one training target of epoch 2 stops training naming epoch 2 and the batch
+    that holds it; the checkpoint of epoch 1 stays, finite, and no model.pt is written."""
     bad_slice = 5
     found = {}
     original = Trainer.train_epoch
@@ -245,7 +245,7 @@ def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch, step
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     with pytest.raises(KdmriError, match="epoch 2") as info:
-        train(stores, tmp_path, spec())
+        train(stores, tmp_path, spec(), **trainer_kwargs)
     assert f"batch {found['batch']}" in str(info.value)
     assert "nan" in str(info.value).lower()
     state = load_weights_only(tmp_path / "checkpoint" / "last.pt")
@@ -253,6 +253,12 @@ def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch, step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert load_torch(tmp_path / "checkpoint" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 1000])
+def test_nan_loss_stops_with_epoch_and_batch(stores, tmp_path, monkeypatch, steps):
+    check_every(monkeypatch, steps)
+    assert_nan_loss_stops_training(stores, tmp_path, monkeypatch)
 
 
 def test_empty_training_split_or_missing_store_raises(stores, tmp_path):
