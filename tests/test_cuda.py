@@ -59,6 +59,18 @@ def test_training_on_the_gpu_keeps_the_splits_there_and_matches_the_cpu(stores, 
     np.testing.assert_allclose(a["val_psnr"], b["val_psnr"], atol=0.05)
 
 
+def test_splits_too_large_for_the_gpu_stay_in_host_memory(stores, tmp_path, monkeypatch):
+    monkeypatch.setattr("kdmri.train.DATA_ON_GPU_SHARE", 0.0)
+    host = train(stores, tmp_path / "host", spec(), device=GPU)
+    assert host.train_data["mask"].device.type == "cuda"
+    assert all(host.train_data[key].device.type == "cpu" for key in ("zf", "target"))
+    monkeypatch.undo()
+    train(stores, tmp_path / "gpu", spec(), device=GPU)
+    a = pd.read_csv(tmp_path / "host" / "history.csv")
+    b = pd.read_csv(tmp_path / "gpu" / "history.csv")
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+
+
 def test_mixed_precision_trains(stores, tmp_path):
     amp_spec = spec()
     amp_spec["train"].update(amp=True, epochs=8)  # (the scaler may skip its first steps)
