@@ -343,13 +343,17 @@ class Trainer:
                 total, terms, _ = self.losses(batch, extra, hooks)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
+                # the gradient norm for the NaN/inf check (with AMP the scaler itself skips
+                # steps with inf gradients); clipping computes it anyway and returns it
                 norm = None
-                if not self.amp:  # (with AMP the scaler itself skips steps with inf gradients)
-                    norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in self.model.parameters() if p.grad is not None])
                 if self.settings.get("grad_clip"):
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
+                    clipped = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                             self.settings["grad_clip"])
+                    norm = None if self.amp else clipped
+                elif not self.amp:
+                    norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in self.model.parameters() if p.grad is not None])
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()

@@ -179,6 +179,19 @@ def test_nan_gradient_in_the_last_batch_of_the_first_epoch_writes_no_checkpoint(
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_nan_gradient_is_caught_when_gradients_are_clipped(stores, tmp_path, monkeypatch):
+    """With ``grad_clip`` the check reads the norm that clipping computed."""
+    _fault_at(monkeypatch, FAULT_EPOCH, BATCHES_PER_EPOCH, _nan_gradient)
+    clipped = Trainer(spec(grad_clip=1.0), stores.inputs_dir / "train.h5",
+                      stores.inputs_dir / "val.h5", tmp_path, log=lambda message: None,
+                      progress=False)
+    with pytest.raises(KdmriError, match=f"gradient became nan at epoch {FAULT_EPOCH}, "
+                                         f"batch {BATCHES_PER_EPOCH}"):
+        clipped.run()
+    assert load_torch(tmp_path / "checkpoint" / "last.pt")["epoch"] == FAULT_EPOCH - 1
+    assert not (tmp_path / "model.pt").exists()
+
+
 def test_weights_that_overflow_are_never_checkpointed(stores, reference, tmp_path, monkeypatch):
     """A weight that becomes infinite in the last step of an epoch (a finite loss, a finite
     gradient, a step too large) stops training before the epoch's checkpoint is written."""
