@@ -171,10 +171,12 @@ def test_dc_under_autocast_stays_float32():
     torch.testing.assert_close(out, reference, atol=1e-2, rtol=0)
 
 
-@pytest.mark.parametrize("shape", [(16, 16), (13, 10)])
+@pytest.mark.parametrize("shape", [(16, 16), (64, 64), (32, 8), (13, 10), (16, 9)])
 def test_prepared_dc_equals_the_centred_formula_exactly(shape):
-    """DataConsistency works in FFT order; shifts are permutations, so its output and its
-    gradient equal the centred formula's bit for bit (results do not depend on the choice)."""
+    """Odd sizes: DataConsistency works in FFT order and shifts are permutations. Sizes that
+    are powers of two: it runs no shift (signs instead), and PyTorch's FFT gives the same
+    numbers. Either way its output and gradient equal the centred formula's bit for bit,
+    so the demo's results do not depend on the choice."""
     torch.manual_seed(0)
     mask = (torch.rand(shape) < 0.4).float()
     measured = undersample(torch.rand(3, 1, *shape), mask)
@@ -190,3 +192,28 @@ def test_prepared_dc_equals_the_centred_formula_exactly(shape):
     columns = mask[0]
     assert torch.equal(DataConsistency(measured, columns[None, :])(prediction).detach(),
                        real_image(ifft2c(columns * measured + (1.0 - columns) * fft2c(prediction))))
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (24, 36), (218, 170)])
+def test_prepared_dc_of_other_even_sizes_runs_no_shift_and_matches_the_centred_formula(
+        shape, monkeypatch):
+    torch.manual_seed(1)
+    mask = (torch.rand(shape) < 0.4).float()
+    measured = undersample(torch.rand(2, 1, *shape), mask)
+    prediction = torch.rand(2, 1, *shape, requires_grad=True)
+    centred = real_image(ifft2c(mask * measured + (1.0 - mask) * fft2c(prediction)))
+    (grad_centred,) = torch.autograd.grad(centred.square().sum(), prediction)
+    expected = np_ifft2c(mask.double().numpy() * measured.numpy()
+                         + (1 - mask.double().numpy()) * np_fft2c(prediction.detach().double().numpy())).real
+    prepared = DataConsistency(measured, mask)
+
+    def no_shift(*args, **kwargs):
+        raise AssertionError("an even-size DC call shifted")
+
+    monkeypatch.setattr(torch.fft, "fftshift", no_shift)
+    monkeypatch.setattr(torch.fft, "ifftshift", no_shift)
+    out = prepared(prediction)
+    (grad_prepared,) = torch.autograd.grad(out.square().sum(), prediction)
+    np.testing.assert_allclose(out.detach().numpy(), expected, atol=2e-6)
+    torch.testing.assert_close(out, centred, atol=2e-6, rtol=0)
+    torch.testing.assert_close(grad_prepared, grad_centred, atol=1e-5, rtol=1e-5)
