@@ -173,10 +173,10 @@ def test_dc_under_autocast_stays_float32():
 
 @pytest.mark.parametrize("shape", [(16, 16), (64, 64), (32, 8), (13, 10), (16, 9)])
 def test_prepared_dc_equals_the_centred_formula_exactly(shape):
-    """Odd sizes: DataConsistency works in FFT order and shifts are permutations. Sizes that
-    are powers of two: it runs no shift (signs instead), and PyTorch's FFT gives the same
-    numbers. Either way its output and gradient equal the centred formula's bit for bit,
-    so the demo's results do not depend on the choice."""
+    """Odd sizes: DataConsistency works in FFT order and shifts are permutations, so it is
+    exact anywhere. Sizes that are powers of two: it runs no shift (signs instead), and
+    PyTorch's CPU FFT (MKL's) gives the same numbers. Either way its output and gradient
+    equal the centred formula's bit for bit, so the demo's results do not depend on it."""
     torch.manual_seed(0)
     mask = (torch.rand(shape) < 0.4).float()
     measured = undersample(torch.rand(3, 1, *shape), mask)
@@ -186,16 +186,19 @@ def test_prepared_dc_equals_the_centred_formula_exactly(shape):
     prepared = DataConsistency(measured, mask)
     out = prepared(prediction)
     (grad_prepared,) = torch.autograd.grad(out.square().sum(), prediction)
+    columns = mask[0]
+    by_columns = DataConsistency(measured, columns[None, :])(prediction).detach()
+    centred_columns = real_image(ifft2c(columns * measured + (1.0 - columns) * fft2c(prediction)))
+    if all(n % 2 == 0 for n in shape) and not torch.backends.mkl.is_available():
+        pytest.skip("bit-for-bit equality is a property of MKL's FFT (see the tolerance test)")
     assert torch.equal(out, centred)
     assert torch.equal(grad_prepared, grad_centred)
     assert torch.equal(prepared(prediction), out)  # reusable
-    columns = mask[0]
-    assert torch.equal(DataConsistency(measured, columns[None, :])(prediction).detach(),
-                       real_image(ifft2c(columns * measured + (1.0 - columns) * fft2c(prediction))))
+    assert torch.equal(by_columns, centred_columns)
 
 
-@pytest.mark.parametrize("shape", [(12, 10), (24, 36), (218, 170)])
-def test_prepared_dc_of_other_even_sizes_runs_no_shift_and_matches_the_centred_formula(
+@pytest.mark.parametrize("shape", [(12, 10), (24, 36), (218, 170), (64, 64)])
+def test_prepared_dc_of_even_sizes_runs_no_shift_and_matches_the_centred_formula(
         shape, monkeypatch):
     torch.manual_seed(1)
     mask = (torch.rand(shape) < 0.4).float()
