@@ -69,7 +69,8 @@ class DataConsistency:
     term prepared, and no shift at all: about half the time of the shifted form
     (0.09 against 0.17 ms per call for one 64 x 64 slice on one CPU thread), and for H and
     W powers of two the same numbers as the shifted form, bit for bit, with PyTorch's CPU
-    FFT. Odd sizes keep the shifts (moved to FFT order here, two shifts per call).
+    FFT (MKL); other even sizes within float32 rounding. Odd sizes keep the shifts (moved
+    to FFT order here, two shifts per call).
     """
 
     def __init__(self, measured: torch.Tensor, mask: torch.Tensor):
