@@ -171,18 +171,25 @@ def test_dc_under_autocast_stays_float32():
     torch.testing.assert_close(out, reference, atol=1e-2, rtol=0)
 
 
+def _centred_dc_case(shape, batch, seed):
+    """A random mask, measurement and prediction, with the centred formula's DC output and
+    its gradient (the reference every prepared DC is held to)."""
+    torch.manual_seed(seed)
+    mask = (torch.rand(shape) < 0.4).float()
+    measured = undersample(torch.rand(batch, 1, *shape), mask)
+    prediction = torch.rand(batch, 1, *shape, requires_grad=True)
+    centred = real_image(ifft2c(mask * measured + (1.0 - mask) * fft2c(prediction)))
+    (grad_centred,) = torch.autograd.grad(centred.square().sum(), prediction)
+    return mask, measured, prediction, centred, grad_centred
+
+
 @pytest.mark.parametrize("shape", [(16, 16), (64, 64), (32, 8), (13, 10), (16, 9)])
 def test_prepared_dc_equals_the_centred_formula_exactly(shape):
     """Odd sizes: DataConsistency works in FFT order and shifts are permutations, so it is
     exact anywhere. Sizes that are powers of two: it runs no shift (signs instead), and
     PyTorch's CPU FFT (MKL's) gives the same numbers. Either way its output and gradient
     equal the centred formula's bit for bit, so the demo's results do not depend on it."""
-    torch.manual_seed(0)
-    mask = (torch.rand(shape) < 0.4).float()
-    measured = undersample(torch.rand(3, 1, *shape), mask)
-    prediction = torch.rand(3, 1, *shape, requires_grad=True)
-    centred = real_image(ifft2c(mask * measured + (1.0 - mask) * fft2c(prediction)))
-    (grad_centred,) = torch.autograd.grad(centred.square().sum(), prediction)
+    mask, measured, prediction, centred, grad_centred = _centred_dc_case(shape, 3, seed=0)
     prepared = DataConsistency(measured, mask)
     out = prepared(prediction)
     (grad_prepared,) = torch.autograd.grad(out.square().sum(), prediction)
@@ -200,12 +207,7 @@ def test_prepared_dc_equals_the_centred_formula_exactly(shape):
 @pytest.mark.parametrize("shape", [(12, 10), (24, 36), (218, 170), (64, 64)])
 def test_prepared_dc_of_even_sizes_runs_no_shift_and_matches_the_centred_formula(
         shape, monkeypatch):
-    torch.manual_seed(1)
-    mask = (torch.rand(shape) < 0.4).float()
-    measured = undersample(torch.rand(2, 1, *shape), mask)
-    prediction = torch.rand(2, 1, *shape, requires_grad=True)
-    centred = real_image(ifft2c(mask * measured + (1.0 - mask) * fft2c(prediction)))
-    (grad_centred,) = torch.autograd.grad(centred.square().sum(), prediction)
+    mask, measured, prediction, centred, grad_centred = _centred_dc_case(shape, 2, seed=1)
     expected = np_ifft2c(mask.double().numpy() * measured.numpy()
                          + (1 - mask.double().numpy()) * np_fft2c(prediction.detach().double().numpy())).real
     prepared = DataConsistency(measured, mask)
