@@ -95,7 +95,8 @@ class DataConsistency:
                 x = torch.fft.ifftshift(x, dim=(-2, -1))
             k = self._kept + self._free * torch.fft.fft2(x.to(torch.complex64), norm="ortho")
             x = real_image(torch.fft.ifft2(k, norm="ortho"))
-            return torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x
+            # a real view of the complex result would keep that buffer alive and be strided
+            return torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x.contiguous()
 
 
 def _alternating_signs(height: int, width: int, device: torch.device) -> torch.Tensor:

@@ -202,6 +202,7 @@ def test_prepared_dc_equals_the_centred_formula_exactly(shape):
     assert torch.equal(grad_prepared, grad_centred)
     assert torch.equal(prepared(prediction), out)  # reusable
     assert torch.equal(by_columns, centred_columns)
+    assert out.dtype == torch.float32 and out.is_contiguous()
 
 
 @pytest.mark.parametrize("shape", [(12, 10), (24, 36), (218, 170), (64, 64)])
