@@ -24,8 +24,7 @@ from kdmri.metrics import (
     ssim,
     ssim_slices,
 )
-
-SIGMA = 1.5
+from tests.oracles import HFEN_SIGMA, np_hfen
 
 
 def volumes(seed=0, shape=(3, 32, 32), noise=0.05):
@@ -33,17 +32,6 @@ def volumes(seed=0, shape=(3, 32, 32), noise=0.05):
     gt = gaussian_filter(rng.random(shape), sigma=(0, 1.5, 1.5)) * 2.0
     pred = gt + noise * rng.standard_normal(shape)
     return gt.astype(np.float32), pred.astype(np.float32)
-
-
-def np_log(image: np.ndarray) -> np.ndarray:
-    """2-D Laplacian of Gaussian as the sum of the two second Gaussian derivatives."""
-    return gaussian_filter(image, SIGMA, order=(2, 0)) + gaussian_filter(image, SIGMA, order=(0, 2))
-
-
-def np_hfen(gt: np.ndarray, pred: np.ndarray) -> float:
-    diff = np.stack([np_log(g) - np_log(p) for g, p in zip(gt, pred, strict=True)])
-    ref = np.stack([np_log(g) for g in gt])
-    return float(np.sqrt((diff**2).sum()) / np.sqrt((ref**2).sum()))
 
 
 def test_identical_volumes_without_warnings():
@@ -180,4 +168,4 @@ def test_inputs_are_not_modified():
         function(gt, pred)
     np.testing.assert_array_equal(gt, gt_copy)
     np.testing.assert_array_equal(pred, pred_copy)
-    assert metrics.HFEN_SIGMA == SIGMA
+    assert metrics.HFEN_SIGMA == HFEN_SIGMA

@@ -7,19 +7,9 @@ import pytest
 import torch
 
 from kdmri.mri import DataConsistency, data_consistency, fft2c, ifft2c, real_image, undersample, zero_filled
+from tests.oracles import np_fft2c, np_ifft2c
 
 SHAPES = [(16, 16), (15, 20), (2, 3, 12, 9)]
-
-
-def np_fft2c(x: np.ndarray) -> np.ndarray:
-    """Independent oracle in float64/complex128."""
-    axes = (-2, -1)
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=axes), norm="ortho"), axes=axes)
-
-
-def np_ifft2c(k: np.ndarray) -> np.ndarray:
-    axes = (-2, -1)
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=axes), norm="ortho"), axes=axes)
 
 
 def random_complex(shape, seed=0) -> torch.Tensor:
