@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdmri.config import MODELS, load_config, model_spec, validate
@@ -30,7 +30,8 @@ from tests.reliability.helpers import ROOT
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
-BASE = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+BASE_TEXT = (ROOT / "config" / "test.yaml").read_text()
+BASE = yaml.safe_load(BASE_TEXT)
 
 
 def _assert_clear(error: KdmriError, source: str) -> None:
@@ -93,28 +94,69 @@ def malformed_configs(draw):
     return config
 
 
+def _same(a, b) -> bool:
+    return a is b or a == b  # ``is``: a NaN given is the NaN kept
+
+
+def _assert_keeps(filled, given, where="config") -> None:
+    """Everything ``given`` says is in ``filled`` unchanged; defaults only add keys."""
+    if isinstance(given, dict):
+        assert isinstance(filled, dict), where
+        for key, value in given.items():
+            assert key in filled, f"{where}.{key} was dropped"
+            _assert_keeps(filled[key], value, f"{where}.{key}")
+    else:
+        assert type(filled) is type(given) and _same(filled, given), (where, filled, given)
+
+
+def _assert_valid_study(filled: dict, given: dict) -> None:
+    """A config that validated: it keeps what was given, is stable, and every model's spec
+    is made of its settings."""
+    _assert_keeps(filled, given)
+    assert validate(filled) == filled  # defaults filled: valid and stable
+    for task, model in itertools.product(filled["tasks"], MODELS):
+        spec = model_spec(filled, task, model, filled["seeds"][0])
+        assert spec["task"] == task and spec["model"] == model
+        role = "teacher" if MODELS[model].stage == "teacher" else "student"
+        assert spec["net"] == filled["tasks"][task][role]
+        assert spec["train"]["epochs"] >= 1 and spec["train"]["batch_size"] >= 1
+
+
 @FUZZ
 @given(malformed_configs())
+@example(copy.deepcopy(BASE))  # the unedited config: the valid branch always runs
 def test_malformed_config_gives_a_clear_error_or_a_valid_study(config):
+    given_config = copy.deepcopy(config)
     try:
         filled = validate(config, source="fuzzed.yaml")
     except KdmriError as error:
         _assert_clear(error, "fuzzed.yaml")
         return
-    assert validate(filled) == filled  # defaults filled: valid and stable
-    for task, model in itertools.product(filled["tasks"], MODELS):
-        assert model_spec(filled, task, model, filled["seeds"][0])["task"] == task
+    assert config == given_config  # the caller's dict is not modified
+    _assert_valid_study(filled, given_config)
+
+
+@st.composite
+def edited_yaml(draw):
+    """The test config's YAML text with a run of characters replaced by random text."""
+    start = draw(st.integers(0, len(BASE_TEXT)))
+    end = draw(st.integers(start, min(len(BASE_TEXT), start + 8)))
+    return BASE_TEXT[:start] + draw(st.text(max_size=8)) + BASE_TEXT[end:]
 
 
 @FUZZ
-@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+       | edited_yaml())
+@example(BASE_TEXT)
 def test_random_yaml_text_gives_a_clear_error_or_a_valid_study(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("yaml") / "config.yaml"
     path.write_text(text)
     try:
-        load_config(path)
+        loaded = load_config(path)
     except KdmriError as error:
         _assert_clear(error, str(path))
+        return
+    _assert_valid_study(loaded, yaml.safe_load(path.read_text()) or {})
 
 
 # ---------------------------------------------------------------------- stores
@@ -242,7 +284,8 @@ def mask_file(tmp_path_factory):
 def test_damaged_mask_gives_a_clear_error_or_a_binary_mask_of_the_right_shape(
         mask_file, tmp_path_factory, data):
     """A .npy file has no checksum: a damaged mask may still be a valid mask, but the
-    reader never returns anything other than a 0/1 float32 mask of the expected shape."""
+    reader never returns anything other than a 0/1 float32 mask of the expected shape,
+    holding the values the file holds."""
     original = mask_file.read_bytes()
     path = tmp_path_factory.mktemp("damaged") / "mask.npy"
     path.write_bytes(_apply(original, data.draw(damage(len(original)))))
@@ -253,3 +296,6 @@ def test_damaged_mask_gives_a_clear_error_or_a_binary_mask_of_the_right_shape(
         return
     assert mask.shape == (8, 8) and mask.dtype == np.float32
     assert set(np.unique(mask).tolist()) <= {0.0, 1.0}
+    np.testing.assert_array_equal(mask, np.load(path))  # what the file holds, as it holds it
+    if path.read_bytes() == original:
+        np.testing.assert_array_equal(mask, np.load(mask_file))
