@@ -146,6 +146,7 @@ def _browser():
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
 
 
+@pytest.mark.browser
 def test_report_shows_the_summary_table_and_a_figure_in_a_browser(report):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
