@@ -101,8 +101,8 @@ class Plan:
                        loading_slices=64, latency_repeats=3, big_size=None,
                        compile=bool(compile), noop_config=ROOT / "config" / "test.yaml",
                        noop_repeats=1, cuda_slices=16)
-        # six timed rounds: on a shared machine, bursts of other load slow some rounds by
-        # 10-40 %; with two, a single burst on one side could move a ratio past its target
+        # six timed rounds, so that a burst of other load on a shared machine, which slows
+        # single rounds, cannot move a ratio past its target (docs/performance.md)
         return cls(quick=False, size=size or 64, train_slices=32, val_slices=8, rounds=6,
                    loading_slices=512, latency_repeats=10, big_size=256,
                    compile=compile is not False, noop_config=ROOT / "config" / "config.yaml",
@@ -358,7 +358,7 @@ def bench_training(bench: Bench, plan: Plan, stores: dict[str, Path], workdir: P
     steps = trainers["kd"].steps_per_epoch
     order = ["teacher", "bare:teacher", "bare:teacher_contiguous", "bare:teacher_compiled",
              "student", "bare:student", "kd"]
-    # A GPU epoch of the demo split takes ~0.05 s, so its timings need more rounds
+    # A GPU epoch of the bench's small split is short, so its timings need more rounds
     rounds = plan.rounds * (4 if device.type == "cuda" else 1)
     for round_ in range(rounds + 1):
         _log(f"bench: training round {round_ + 1}/{rounds + 1}"

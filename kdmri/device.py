@@ -40,12 +40,10 @@ def keep_freed_memory() -> bool:
 
     PyTorch takes CPU tensors straight from malloc, and glibc serves large blocks with
     fresh pages from the OS and returns them on free, so every large activation faults in
-    new pages: about 20,000 page faults per forward pass of the DC-CNN teacher on one
-    256 x 256 slice (193 ms; 156 ms and no faults with this setting, measured on the
-    2-core CPU of the README). Sets the mmap threshold to 32 MiB (glibc's largest) and the
-    trim threshold to 1 GiB; the process then keeps up to that much freed memory instead
-    of returning it. Returns False, changing nothing, where the C library has no
-    ``mallopt`` (macOS, musl).
+    new pages (the page faults and the time they cost: docs/performance.md). Sets the mmap
+    threshold to 32 MiB (glibc's largest) and the trim threshold to 1 GiB; the process
+    then keeps up to that much freed memory instead of returning it. Returns False,
+    changing nothing, where the C library has no ``mallopt`` (macOS, musl).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -66,11 +66,10 @@ class DataConsistency:
     W that shift is, on the other side of the transform, a multiplication by the signs
     ``(-1)^(kh + kw)``, and the signs of both transforms meet and cancel except on the
     measured part. So each call runs ``IFFT(s * m * k0 + (1 - m) * FFT(x))`` with the first
-    term prepared, and no shift at all: about half the time of the shifted form
-    (0.09 against 0.17 ms per call for one 64 x 64 slice on one CPU thread), and for H and
-    W powers of two the same numbers as the shifted form, bit for bit, with PyTorch's CPU
-    FFT (MKL); other even sizes within float32 rounding. Odd sizes keep the shifts (moved
-    to FFT order here, two shifts per call).
+    term prepared, and no shift at all (what that saves: docs/performance.md). For H and
+    W powers of two the result equals the shifted form's bit for bit with PyTorch's CPU
+    FFT (MKL); other even sizes agree within float32 rounding. Odd sizes keep the shifts
+    (moved to FFT order here, two shifts per call).
     """
 
     def __init__(self, measured: torch.Tensor, mask: torch.Tensor):

@@ -15,11 +15,11 @@ class Conv3x3(nn.Conv2d):
 
     One difference, on the CPU: for a single slice of up to 20,480 pixels with one input
     channel (the first convolution of every block, run on one slice by the latency
-    measurement and single-slice inference), PyTorch picks its reference kernel, which
-    takes 0.24 ms at 64 x 64 in channels-last, over the oneDNN kernel it uses for every
-    batch of two or more slices (0.09 ms). This calls oneDNN for every batch, so a batch of
-    one runs the kernel that batches run. Under ``torch.compile``, on other devices and in
-    other dtypes it is ``nn.Conv2d``.
+    measurement and single-slice inference), PyTorch picks its slower reference kernel
+    over the oneDNN kernel it uses for every batch of two or more slices (timings in
+    docs/performance.md). This calls oneDNN for every batch, so a batch of one runs the
+    kernel that batches run. Under ``torch.compile``, on other devices and in other dtypes
+    it is ``nn.Conv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int):

@@ -18,11 +18,11 @@ class VDSR(nn.Module):
     VDSR paper, and a last convolution of zero, so every VDSR starts as the identity
     (output = input) and learns a correction. The zero last layer matters for distillation:
     the attention stage trains the layers up to the hint layer alone and scales their
-    features freely (attention maps are normalised); with a random last layer the untrained
-    layers above turned them into a residual ten times larger than a fresh network's, and
-    the imitation stage started from an image worse than its input. He weights keep the
-    features' scale through the depth, without which the zero last layer leaves an
-    11-conv teacher stuck at the identity for epochs (both measured on the demo).
+    features freely (attention maps are normalised), so with a random last layer the
+    untrained layers above can turn them into a residual far larger than a fresh
+    network's. He weights keep the features' scale through the depth, without which the
+    zero last layer can leave a deep teacher at the identity. The measurements on the demo:
+    docs/results.md, "Design measurements of the demo".
     """
 
     def __init__(self, convs: int = 11, channels: int = 64):
