@@ -154,10 +154,23 @@ def test_unknown_kind_names_known_kinds():
         assert name in str(info.value)
 
 
-def test_factory_returns_classes():
-    assert isinstance(create_mask_func("random", 4), RandomLines)
-    assert isinstance(create_mask_func("equispaced", 4), EquispacedLines)
-    assert isinstance(create_mask_func("lowres", 4), LowResBox)
+@pytest.mark.parametrize("kind, cls", [("random", RandomLines), ("equispaced", EquispacedLines),
+                                       ("lowres", LowResBox)])
+def test_factory_passes_its_settings_to_the_kind_named(kind, cls):
+    """The factory's function is the named kind with the given acceleration and centre
+    fraction: the same masks and parameters as the class built directly."""
+    func = create_mask_func(kind, 5, 0.2)
+    direct = cls(5, 0.2)
+    assert type(func) is cls
+    assert func.params() == direct.params()
+    assert func.params()["kind"] == kind and func.params()["acceleration"] == 5.0
+    for seed in (0, 3):
+        np.testing.assert_array_equal(func((HEIGHT, 64), seed=seed), direct((HEIGHT, 64), seed=seed))
+    if kind != "lowres":  # lowres has no centre band
+        assert func.params()["center_fraction"] == 0.2
+        assert np.isin(centre_band(64, 0.2), sampled_columns(func((HEIGHT, 64)))).all()
+    default = create_mask_func(kind, 5)
+    assert getattr(default, "center_fraction", None) == 0.08  # the documented default
 
 
 def test_save_load_round_trip_with_sidecar(tmp_path):
