@@ -268,13 +268,15 @@ def test_killed_store_is_not_accepted(killed):
 
 def test_killed_csv_is_not_accepted(killed):
     root, results = killed
-    _hidden_only(root / "csv", "metrics.csv")
+    left = _hidden_only(root / "csv", "metrics.csv")
+    assert len(left) == 1 and left[0].startswith(".metrics.csv."), left  # killed mid-write
     assert_user_error(results["csv_next_stage"], root / "csv" / "metrics.csv", "not found")
 
 
 def test_killed_figure_leaves_no_figure(killed):
     root, _ = killed
-    _hidden_only(root / "figure", "mask.png")
+    left = _hidden_only(root / "figure", "mask.png")
+    assert len(left) == 1 and left[0].startswith(".mask.png."), left  # killed mid-write
 
 
 def test_killed_checkpoint_overwrite_keeps_the_previous_one(killed):
