@@ -62,16 +62,25 @@ def test_table_targets_and_passed():
     assert set(TARGETS) >= set(FIGURES)
 
 
-@pytest.mark.parametrize("argv", [["--size", "8"], ["--threads", "0"]])
-def test_bad_options_are_one_line_errors(tmp_path, argv, capsys):
+@pytest.mark.parametrize("argv, line", [
+    (["--size", "8"], "kdmri: error: --size must be at least 16, found 8"),
+    (["--threads", "0"],  # argparse rejects it itself, after its usage lines
+     "kdmri bench: error: argument --threads: expected a positive integer, found '0'"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, argv, line, capsys):
     code = None
     try:
         code = main(["bench", "--quick", "--out", str(tmp_path / "b.csv"), *argv])
-    except SystemExit as exc:  # argparse rejects --threads 0 itself
+    except SystemExit as exc:
         code = exc.code
     assert code == 2
     assert not (tmp_path / "b.csv").exists()
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == line
+    if line.startswith("kdmri: error: "):
+        assert len(err) == 1, err
+    else:
+        assert err[0].startswith("usage: kdmri bench"), err
 
 
 def test_noop_is_skipped_with_a_note_where_snakemake_is_missing(tmp_path, monkeypatch):
