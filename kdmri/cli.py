@@ -60,12 +60,10 @@ def _check_spec(spec: dict, properties: dict, required: list[str]) -> None:
         raise KdmriError(_format_error(jsonschema.exceptions.best_match(errors), "--spec"))
 
 
-#: Train settings the trainer reads (a spec from kdmri.config.model_spec has them all).
-_TRAIN_KEYS = ["optimizer", "lr", "weight_decay", "batch_size", "epochs", "schedule"]
-
-
-def _check_train_spec(spec: dict) -> None:
-    from kdmri.config import MODELS, STAGES
+def _check_train_spec(spec: dict) -> dict:
+    """Check a training ``--spec`` and return it with the schema's defaults filled in for
+    the train settings and the networks (a spec from kdmri.config.model_spec has them all)."""
+    from kdmri.config import MODELS, STAGES, fill_defaults
 
     number = {"type": "number", "minimum": 0}
     _check_spec(spec, {
@@ -78,13 +76,18 @@ def _check_train_spec(spec: dict) -> None:
         "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
                          "properties": {k: number for k in ("reconstruction", "imitation",
                                                             "attention")}},
-        "train": {"allOf": [{"$ref": "#/$defs/train"}, {"required": _TRAIN_KEYS}]},
+        "train": {"$ref": "#/$defs/train"},
     }, ["model", "stage", "net", "loss_weights", "train", "seed"])
     for term in ("imitation", "attention"):
         if spec["loss_weights"].get(term) and "teacher_net" not in spec:
             raise KdmriError(f"--spec: key 'teacher_net' is required by the {term} loss")
     if spec["loss_weights"].get("attention") and "pairs" not in spec:
         raise KdmriError("--spec: key 'pairs' is required by the attention loss")
+    filled = dict(spec, train=fill_defaults("train", spec["train"]))
+    for key in ("net", "teacher_net"):
+        if key in spec:
+            filled[key] = fill_defaults("net", spec[key])
+    return filled
 
 
 def _split_store(folder: str | Path, split: str) -> Path:
@@ -124,19 +127,19 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_mask(args) -> int:
+    from kdmri.config import fill_defaults
     from kdmri.data.store import image_shape
     from kdmri.masks import create_mask_func, load_mask, save_mask
 
-    spec = _spec(args.spec)
+    spec = fill_defaults("mask", _spec(args.spec))
     shape = image_shape(args.like)
-    if spec.get("file"):
+    if spec["file"]:
         mask = load_mask(spec["file"], shape)
         params = {"kind": "file", "file": spec["file"]}
     else:
-        for key in ("kind", "acceleration"):
-            if key not in spec:
-                raise KdmriError(f"--spec: missing key {key!r} (or 'file' for an external mask)")
-        func = create_mask_func(spec["kind"], spec["acceleration"], spec.get("center_fraction", 0.08))
+        if "acceleration" not in spec:
+            raise KdmriError("--spec: missing key 'acceleration' (or 'file' for an external mask)")
+        func = create_mask_func(spec["kind"], spec["acceleration"], spec["center_fraction"])
         mask = func(shape, seed=args.seed)
         params = dict(func.params(), seed=args.seed)
     save_mask(mask, args.out, params)
@@ -171,8 +174,7 @@ def cmd_train(args) -> int:
     from kdmri.train import Trainer
 
     _setup_torch(args)
-    spec = _spec(args.spec)
-    _check_train_spec(spec)
+    spec = _check_train_spec(_spec(args.spec))
     stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
     device, slot = select_device(args.device, log=_log)
     try:
@@ -189,6 +191,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_cache_teacher(args) -> int:
+    from kdmri.config import fill_defaults
     from kdmri.device import select_device
     from kdmri.inference import cache_teacher
 
@@ -196,6 +199,7 @@ def cmd_cache_teacher(args) -> int:
     spec = _spec(args.spec)
     _check_spec(spec, {"teacher_net": {"$ref": "#/$defs/net"}, "pairs": {"$ref": "#/$defs/pairs"}},
                 ["teacher_net", "pairs"])
+    spec = dict(spec, teacher_net=fill_defaults("net", spec["teacher_net"]))
     stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
     device, slot = select_device(args.device, log=_log)
     try:

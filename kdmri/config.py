@@ -73,18 +73,33 @@ def _resolve(node: dict, root: dict) -> dict:
     return node
 
 
+def _branches(node: dict, instance: dict, root: dict) -> list[dict]:
+    """``node`` and the ``then`` of each ``if`` (its own or under ``allOf``) that ``instance``
+    satisfies: the family-dependent defaults of a network live in such branches."""
+    conditionals = [node, *node.get("allOf", [])]
+    branches = [node]
+    for cond in conditionals:
+        if "if" in cond and "then" in cond:
+            test = jsonschema.Draft202012Validator({**cond["if"], "$defs": root.get("$defs", {})})
+            if test.is_valid(instance):
+                branches.append(_resolve(cond["then"], root))
+    return branches
+
+
 def _fill_defaults(node: dict, instance: Any, root: dict) -> None:
+    """Fill every default of ``node`` into ``instance`` in place, recursively: a key not
+    given takes its ``default``, and a given object gets the defaults of its own keys. An
+    object marked ``x-partial`` (an override of settings given elsewhere) is left as given."""
     node = _resolve(node, root)
-    if not isinstance(instance, dict):
+    if not isinstance(instance, dict) or node.get("x-partial"):
         return
-    for key, sub in node.get("properties", {}).items():
-        sub_resolved = _resolve(sub, root)
-        if key not in instance and "default" in sub:
-            instance[key] = copy.deepcopy(sub["default"])
-        elif key not in instance and "default" in sub_resolved:
-            instance[key] = copy.deepcopy(sub_resolved["default"])
-        if key in instance:
-            _fill_defaults(sub, instance[key], root)
+    for branch in _branches(node, instance, root):
+        for key, sub in branch.get("properties", {}).items():
+            sub_resolved = _resolve(sub, root)
+            if key not in instance and "default" in sub_resolved:
+                instance[key] = copy.deepcopy(sub_resolved["default"])
+            if key in instance:
+                _fill_defaults(sub, instance[key], root)
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         for key, value in instance.items():
@@ -135,6 +150,82 @@ def validate(config: dict, source: str = "config") -> dict:
     _fill_defaults(root, filled, root)
     _check_references(filled, source)
     return filled
+
+
+def fill_defaults(definition: str, instance: dict) -> dict:
+    """A copy of ``instance`` with the defaults of the schema's ``$defs/<definition>`` filled
+    in (for a job's ``--spec`` written by hand: ``train``, ``net``)."""
+    root = schema()
+    filled = copy.deepcopy(instance)
+    _fill_defaults(root["$defs"][definition], filled, root)
+    return filled
+
+
+def _child(node: dict, key: str, instance: dict, root: dict) -> dict | None:
+    """The schema of ``instance[key]`` within ``node`` (None where the schema has none)."""
+    node = _resolve(node, root)
+    for branch in _branches(node, instance, root):
+        if key in branch.get("properties", {}):
+            return _resolve(branch["properties"][key], root)
+    extra = node.get("additionalProperties")
+    return _resolve(extra, root) if isinstance(extra, dict) else None
+
+
+def _scalar(node: dict, text: str) -> Any:
+    """``text`` as the number or boolean that ``node`` asks for, else ``text`` unchanged."""
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "string" in types:
+        return text
+    value = yaml.safe_load(text) if text.strip() else text
+    if "boolean" in types and isinstance(value, bool):
+        return value
+    if ("integer" in types or "number" in types) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "number" in types and isinstance(value, float):
+        return value
+    if "null" in types and value is None:
+        return None
+    return text
+
+
+def _typed(node: dict | None, value: Any, root: dict) -> Any:
+    if node is None:
+        return value
+    if isinstance(value, str):
+        return _scalar(node, value)
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        items = _resolve(node["items"], root)
+        return [_typed(items, item, root) for item in value]
+    if isinstance(value, dict):
+        return {k: _typed(_child(node, k, value, root), v, root) for k, v in value.items()}
+    return value
+
+
+def apply_overrides(config: dict, overrides: dict) -> dict:
+    """``config`` with the command line's ``--config`` values typed as the schema says.
+
+    Snakemake gives the values of nested keys (``--config 'kd={alpha: 0.3}'``) and of list
+    items (``seeds=[0,1]``) as strings; each such string where the schema asks for a
+    number, an integer or a boolean is read as YAML and kept if it is one (else it is left
+    for :func:`validate` to report). Only the keys given in ``overrides`` are touched, so a
+    quoted string in a config file is still an error.
+    """
+    root = schema()
+    typed = copy.deepcopy(config)
+
+    def walk(node: dict | None, target: dict, given: dict) -> None:
+        for key, value in given.items():
+            if key not in target:
+                continue
+            sub = _child(node, key, target, root) if node is not None else None
+            if isinstance(value, dict) and isinstance(target[key], dict):
+                walk(sub, target[key], value)
+            else:
+                target[key] = _typed(sub, target[key], root)
+
+    walk(root, typed, overrides)
+    return typed
 
 
 def _check_references(config: dict, source: str) -> None:
@@ -199,11 +290,7 @@ def train_settings(config: dict, task: str, stage: str) -> dict:
     """Train settings of one stage: global < stages.<stage> < task train < task stages.<stage>."""
     task_cfg = config["tasks"][task]
     settings = config["train"]
-    for override in (
-        config["stages"].get(stage, {}),
-        task_cfg.get("train", {}),
-        task_cfg.get("stages", {}).get(stage, {}),
-    ):
+    for override in (config["stages"][stage], task_cfg["train"], task_cfg["stages"][stage]):
         settings = _merge(settings, override)
     return settings
 

@@ -92,17 +92,23 @@ def load_model(path: str | Path, expect_net: dict | None = None, role: str = "mo
     return model, ckpt
 
 
-def lr_factor(schedule: dict, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based)."""
-    warmup = schedule.get("warmup_epochs", 0) * steps_per_epoch
+def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based) of a complete schedule
+    (every key of the schema's ``schedule``) for base learning rate ``lr``.
+
+    A linear warm-up over ``warmup_epochs`` multiplies by (step + 1) / warm-up steps; then
+    ``constant`` gives 1, ``step`` gives gamma ** floor(step / (step_epochs * steps per
+    epoch)), and ``cosine`` decays from 1 to min_lr / lr over the remaining steps:
+    f + (1 - f) (1 + cos(pi p)) / 2 with f = min_lr / lr and p the share of them done.
+    """
+    warmup = schedule["warmup_epochs"] * steps_per_epoch
     if warmup and step < warmup:
         return (step + 1) / warmup
-    kind = schedule.get("kind", "constant")
-    if kind == "step":
-        return schedule.get("gamma", 0.1) ** (step // (schedule.get("step_epochs", 1) * steps_per_epoch))
-    if kind == "cosine":
+    if schedule["kind"] == "step":
+        return schedule["gamma"] ** (step // (schedule["step_epochs"] * steps_per_epoch))
+    if schedule["kind"] == "cosine":
         progress = (step - warmup) / max(1, total_steps - warmup)
-        floor = schedule.get("min_lr_ratio", 0.0)
+        floor = schedule["min_lr"] / lr
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return 1.0
 
@@ -165,13 +171,11 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         self.epochs = int(self.settings["epochs"])
         total = self.steps_per_epoch * self.epochs
-        schedule = dict(self.settings["schedule"])
-        if schedule.get("kind") == "cosine":
-            schedule["min_lr_ratio"] = schedule.get("min_lr", 0.0) / self.settings["lr"]
+        schedule, lr = self.settings["schedule"], self.settings["lr"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(schedule, step, self.steps_per_epoch, total)
+            self.optimizer, lambda step: lr_factor(schedule, lr, step, self.steps_per_epoch, total)
         )
-        self.amp = bool(self.settings.get("amp")) and self.device.type == "cuda"
+        self.amp = self.settings["amp"] and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         # Steps between the loss/gradient checks, each of which waits for the device: on a
         # GPU a wait per step would idle it while the next step is being queued.
@@ -346,7 +350,7 @@ class Trainer:
                 # the gradient norm for the NaN/inf check (with AMP the scaler itself skips
                 # steps with inf gradients); clipping computes it anyway and returns it
                 norm = None
-                if self.settings.get("grad_clip"):
+                if self.settings["grad_clip"]:
                     self.scaler.unscale_(self.optimizer)
                     clipped = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                              self.settings["grad_clip"])
@@ -436,7 +440,7 @@ class Trainer:
             f"on {self.device}: {len(self.train_data['target'])} slices, batch {self.batch_size}, "
             f"{total_epochs} epochs x {self.steps_per_epoch} steps, losses {self.weights}"
         )
-        val_every = int(self.settings.get("val_every", 1))
+        val_every = int(self.settings["val_every"])
         for epoch in range(self.start_epoch, total_epochs):
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))

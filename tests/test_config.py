@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,99 @@ def test_model_spec_errors():
     del config["tasks"]["sr"]
     with pytest.raises(KdmriError, match="task 'sr' is not configured"):
         model_spec(config, "sr", "teacher", 0)
+
+
+# ------------------------------------------------------------ partial objects get defaults
+def test_a_partial_schedule_gets_the_documented_defaults():
+    # the paper's "step decay" as a user writes it: decays by 0.1 every 40 epochs
+    config = validate(minimal(train={"schedule": {"kind": "step"}}))
+    assert config["train"]["schedule"] == {"kind": "step", "step_epochs": 40, "gamma": 0.1,
+                                           "min_lr": 0.0, "warmup_epochs": 0}
+    assert train_settings(config, "recon", "teacher")["schedule"]["step_epochs"] == 40
+
+
+def test_a_partial_override_keeps_the_settings_it_overrides():
+    config = validate(minimal(
+        train={"schedule": {"kind": "step", "step_epochs": 3}},
+        stages={"teacher": {"schedule": {"gamma": 0.5}}},
+        tasks={"recon": {"datasets": ["demo"], "stages": {"student": {"schedule": {"kind": "cosine"}}}}},
+    ))
+    assert config["stages"]["teacher"] == {"schedule": {"gamma": 0.5}}  # left as given
+    assert train_settings(config, "recon", "teacher")["schedule"] == {
+        "kind": "step", "step_epochs": 3, "gamma": 0.5, "min_lr": 0.0, "warmup_epochs": 0}
+    assert train_settings(config, "recon", "student")["schedule"]["kind"] == "cosine"
+    assert train_settings(config, "recon", "imitation")["schedule"]["gamma"] == 0.1
+
+
+def test_a_partial_network_gets_its_family_defaults():
+    config = validate(minimal(tasks={
+        "recon": {"datasets": ["demo"], "student": {"family": "dccnn", "convs": 2}},
+        "sr": {"datasets": ["demo"], "student": {"family": "vdsr", "channels": 16}},
+    }))
+    assert config["tasks"]["recon"]["student"] == {"family": "dccnn", "cascades": 5, "convs": 2,
+                                                   "channels": 32}
+    assert config["tasks"]["sr"]["student"] == {"family": "vdsr", "convs": 11, "channels": 16}
+
+
+def test_the_family_defaults_build_the_papers_teachers():
+    from kdmri.models import build_model, count_parameters
+
+    config = validate(minimal(tasks={"recon": {"datasets": ["demo"], "teacher": {"family": "dccnn"}},
+                                     "sr": {"datasets": ["demo"], "teacher": {"family": "vdsr"}}}))
+    assert count_parameters(build_model(config["tasks"]["recon"]["teacher"])) == 141_765
+    assert count_parameters(build_model(config["tasks"]["sr"]["teacher"])) == 333_569
+
+
+# ---------------------------------------------------------- command-line overrides typed
+def test_overrides_of_nested_keys_are_typed_by_the_schema():
+    from kdmri.config import apply_overrides
+
+    # as Snakemake hands over --config 'kd={alpha: 0.3}' 'train={amp: true, ...}' seeds=[0,1]
+    given = {"kd": {"alpha": "0.3"}, "seeds": ["0", "1"],
+             "train": {"amp": "true", "epochs": "3", "schedule": {"gamma": "0.5"}},
+             "datasets": {"demo": {"format": "demo", "size": "32"}}}
+    config = validate(apply_overrides(minimal(**given), given))
+    assert config["kd"]["alpha"] == 0.3 and config["seeds"] == [0, 1]
+    assert config["train"]["amp"] is True and config["train"]["epochs"] == 3
+    assert config["train"]["schedule"]["gamma"] == 0.5
+    assert config["datasets"]["demo"]["size"] == 32
+
+
+def test_overrides_type_only_what_the_command_line_gave():
+    from kdmri.config import apply_overrides
+
+    config = minimal(kd={"alpha": "0.3"}, train={"epochs": "3"})
+    # a string that is no number stays a string, and validation names it
+    with pytest.raises(KdmriError, match=r"key 'kd.alpha': expected number, found str 'x'"):
+        validate(apply_overrides(minimal(kd={"alpha": "x"}), {"kd": {"alpha": "x"}}))
+    # a quoted string in the config file itself is still an error
+    with pytest.raises(KdmriError, match="key 'train.epochs'"):
+        validate(apply_overrides(config, {"kd": {"alpha": "0.3"}}))
+    # a string key stays a string even when it looks like a number
+    typed = apply_overrides(minimal(results="2024"), {"results": "2024"})
+    assert typed["results"] == "2024"
+
+
+def test_snakemake_config_overrides_reach_the_jobs(tmp_path):
+    """``--config`` with nested keys on the real workflow: the planned jobs' specs."""
+    import json
+    import subprocess
+    import sys
+
+    configfile = tmp_path / "study.yaml"
+    configfile.write_text(yaml.safe_dump(minimal(kd={"attention_weight": 2.0})))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(configfile), "--cores", "1",
+         "--dry-run", "--printshellcmds", "--config", "kd={alpha: 0.3}",
+         "train={epochs: 3, schedule: {kind: step}}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    specs = [json.loads(m) for m in re.findall(r"--spec '(\{.*?\})'", out.stdout)
+             if '"loss_weights"' in m]
+    weights = {s["model"]: s["loss_weights"] for s in specs}
+    assert weights["kd"] == {"reconstruction": 0.3, "imitation": pytest.approx(0.7)}
+    assert weights["attention"] == {"attention": 2.0}  # the config file's nested key is kept
+    assert {s["train"]["epochs"] for s in specs} == {3}
+    assert {s["train"]["schedule"]["step_epochs"] for s in specs} == {40}

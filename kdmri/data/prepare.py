@@ -57,7 +57,7 @@ def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, 
             index, seed=cfg["seed"], size=size, voxel_mm=cfg["voxel_mm"],
             orientation=orientation, contrast=cfg["contrast"],
         )
-        if cfg.get("noise", 0.0) > 0:
+        if cfg["noise"] > 0:
             volume = add_rician_noise(volume, cfg["noise"], seed=(cfg["seed"], index))
         yield split, f"sub-{index:03d}_{orientation}", volume
 
