@@ -17,18 +17,31 @@ def evaluate(inputs: str | Path, predictions: str | Path) -> pd.DataFrame:
     """One row per test slice: ``volume, slice, psnr, ssim, nmse, hfen``.
 
     Metrics are computed per volume with the data range of that volume's target maximum
-    (fastMRI's convention), then listed per slice.
+    (fastMRI's convention), then listed per slice. The predictions must be of the same
+    slices in the same order (volume and slice indices, and volume names when they have
+    them); otherwise a :class:`KdmriError` says where they differ.
     """
     truth = read_store(inputs, ["target", "volume", "slice"])
     pred = read_store(predictions, ["output", "volume", "slice"])
-    if truth["target"].shape != pred["output"].shape or not np.array_equal(
-        truth["volume"], pred["volume"]
-    ):
+    if truth["target"].shape != pred["output"].shape:
         raise KdmriError(
             f"{predictions}: predictions {pred['output'].shape} do not match the test "
             f"targets {truth['target'].shape} of {inputs}"
         )
     names = truth["volume_names"]
+    for key in ("volume", "slice"):
+        differ = np.flatnonzero(truth[key] != pred[key])
+        if differ.size:
+            i = differ[0]
+            raise KdmriError(
+                f"{predictions}: predictions are not of the slices of {inputs}: key {key!r} "
+                f"differs at row {i} (found {pred[key][i]}, expected {truth[key][i]})"
+            )
+    if len(pred["volume_names"]) and pred["volume_names"].tolist() != names.tolist():
+        raise KdmriError(
+            f"{predictions}: predictions of volumes {pred['volume_names'].tolist()}, the test "
+            f"targets of {inputs} are of {names.tolist()}"
+        )
     frames = []
     for v in np.unique(truth["volume"]):
         rows = truth["volume"] == v
