@@ -17,18 +17,19 @@ from kdmri import __version__
 from kdmri.errors import KdmriError
 
 
-def _spec(text: str) -> dict:
+def _spec(text: str, option: str = "--spec") -> dict:
+    """The JSON object given to ``option``: JSON text, or ``@file`` to read it from a file."""
     if text.startswith("@"):
         path = Path(text[1:])
         if not path.is_file():
-            raise KdmriError(f"{path}: spec file not found")
+            raise KdmriError(f"{path}: {option} file not found")
         text = path.read_text()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise KdmriError(f"--spec is not valid JSON ({exc})") from None
+        raise KdmriError(f"{option} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise KdmriError("--spec must be a JSON object")
+        raise KdmriError(f"{option} must be a JSON object")
     return value
 
 
@@ -251,7 +252,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from kdmri.evaluate import evaluate, write_csv
 
-    meta = _spec(args.meta)
+    meta = _spec(args.meta, "--meta")
     if args.predict_info:
         info = _json_file(args.predict_info, "--predict-info")
         meta.update(params=info.get("params"), latency_ms=info.get("latency_ms"))
@@ -338,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "per-slice PSNR, SSIM, NMSE, HFEN of one model")
     p.add_argument("--inputs", required=True, help="test input store (targets)")
     p.add_argument("--predictions", required=True)
-    p.add_argument("--meta", default="{}", help="JSON columns to add (task, dataset, model, ...)")
+    p.add_argument("--meta", default="{}",
+                   help="JSON columns to add (task, dataset, model, ...), or @file")
     p.add_argument("--predict-info", default=None, help="predict's JSON (params, latency)")
     p.add_argument("--out", required=True)
 
