@@ -1,4 +1,4 @@
-"""Tests for the trainer, the teacher cache, device selection and the CLI entry point.
+"""Tests for the trainer, the teacher cache and device selection (the CLI: test_cli.py).
 
 Everything runs on the CPU with the tiny stores of ``conftest.stores`` and tiny DC-CNNs.
 """
@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import torch
 
-from kdmri.cli import main
 from kdmri.config import model_spec, validate
 from kdmri.data.store import SliceDataset, read_store, store_info
 from kdmri.device import claim_gpu_slot, select_device
@@ -501,17 +500,6 @@ def test_gpu_slots_across_processes(tmp_path, monkeypatch):
                 holder.kill()
                 holder.communicate()
     assert [h.returncode for h in holders] == [0, 0]
-
-
-# ---------------------------------------------------------------------- CLI
-def test_cli_help_lists_subcommands(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    for command in ("prepare", "mask", "undersample", "train", "cache-teacher", "predict",
-                    "evaluate"):
-        assert command in out, command
 
 
 def test_cache_of_other_layer_pairs_is_refused(teacher_cache, stores, tmp_path):
