@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdmri.config import model_spec, validate
+from kdmri.config import model_spec
 from kdmri.data.store import SliceDataset, read_store, store_info
 from kdmri.device import claim_gpu_slot, select_device
 from kdmri.distill import FeatureHooks, attention_map, attention_transfer_loss
@@ -28,23 +28,17 @@ from kdmri.io import load_torch
 from kdmri.models import build_model
 from kdmri.train import Trainer, load_model, make_batch
 from tests.oracles import np_psnr, np_zero_filled
+from tests.reliability.helpers import PAIRS, STUDENT_NET, TEACHER_NET
+from tests.reliability.helpers import study as tiny_study
 
-TEACHER_NET = {"family": "dccnn", "cascades": 2, "convs": 4, "channels": 4}
-STUDENT_NET = {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 4}
-PAIRS = [[3, 2]]
 EPOCHS = 3
+#: The teacher and the distillation stages train for 2 epochs.
+STAGES = {"teacher": {"epochs": 2}, "attention": {"epochs": 2}, "imitation": {"epochs": 2}}
 HISTORY_COLUMNS = {"epoch", "train_loss", "val_loss", "val_psnr", "lr", "seconds", "samples_per_s"}
 
 
 def study(lr: float = 1e-3, **train) -> dict:
-    return validate({
-        "datasets": {"tiny": {"format": "demo"}},
-        "tasks": {"recon": {"datasets": ["tiny"], "teacher": TEACHER_NET,
-                            "student": STUDENT_NET, "pairs": PAIRS}},
-        "train": {"epochs": EPOCHS, "batch_size": 4, "lr": lr, **train},
-        "stages": {"teacher": {"epochs": 2}, "attention": {"epochs": 2},
-                   "imitation": {"epochs": 2}},
-    })
+    return tiny_study(stages=STAGES, **{"epochs": EPOCHS, "lr": lr, **train})
 
 
 def spec(model: str = "student", seed: int = 0, lr: float = 1e-3, **train) -> dict:

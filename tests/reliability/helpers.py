@@ -32,14 +32,18 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERE
 WORKERS = 2
 
 
-def study(**train) -> dict:
-    """A validated tiny study: recon task, tiny DC-CNNs, 3 epochs unless ``train`` says else."""
-    return validate({
+def study(stages: dict | None = None, **train) -> dict:
+    """A validated tiny study: recon task, tiny DC-CNNs, 3 epochs unless ``train`` says else,
+    and the per-stage settings ``stages`` if given."""
+    config = {
         "datasets": {"tiny": {"format": "demo"}},
         "tasks": {"recon": {"datasets": ["tiny"], "teacher": TEACHER_NET,
                             "student": STUDENT_NET, "pairs": PAIRS}},
         "train": {"epochs": 3, "batch_size": 4, **train},
-    })
+    }
+    if stages:
+        config["stages"] = stages
+    return validate(config)
 
 
 def spec(model: str = "student", seed: int = 0, **train) -> dict:
