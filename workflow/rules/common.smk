@@ -1,9 +1,22 @@
-# Validation, grids, wildcard constraints and input functions. Rules stay thin: they call
-# the kdmri CLI; everything a job's result depends on reaches it as --spec JSON, which is
-# also the rule's params, so a changed setting re-runs exactly the jobs it touches.
+# Validation, grids, wildcard constraints, and the input and params functions (the rule
+# files hold rules only). Rules stay thin: they call the kdmri CLI; everything a job's
+# result depends on reaches it as --spec JSON, which is also the rule's params, so a
+# changed setting re-runs exactly the jobs it touches.
 import json
+import os
 
-from kdmri.config import MODELS, SPLITS, STAGES, model_spec, teacher_cache_spec, validate
+import pandas as pd
+
+from kdmri.config import (
+    MODELS,
+    SPLITS,
+    STAGES,
+    model_spec,
+    teacher_cache_spec,
+    validate,
+)
+from kdmri.data.readers import dataset_spec, source_files
+from kdmri.tables import has_ablation
 
 # Validate before any key is read: an unknown key or a wrong type stops the run here.
 config = validate(config, source="config")
@@ -16,9 +29,12 @@ GPU = config["resources"]["gpu"]
 
 def cluster_resources(gpu_job):
     """Memory (MB), wall time (minutes) and, where the study names one, the SLURM partition
-    of a job with or without a GPU; cluster profiles use them, a local run ignores them."""
+    of a job with or without a GPU; cluster profiles use them, a local run ignores them.
+    """
     res = config["resources"]
-    partition = (res["gpu_partition"] or res["partition"]) if gpu_job else res["partition"]
+    partition = (
+        (res["gpu_partition"] or res["partition"]) if gpu_job else res["partition"]
+    )
     resources = {
         "mem_mb": res["mem_mb"] if gpu_job else res["cpu_mem_mb"],
         "runtime": res["runtime"] if gpu_job else res["cpu_runtime"],
@@ -38,8 +54,10 @@ def predict_resources():
     def pick(key):
         return lambda w: (CPU_JOB if w.model == "zf" else GPU_JOB).get(key, "")
 
-    return {"gpu": lambda w: 0 if w.model == "zf" else GPU,
-            **{key: pick(key) for key in sorted(GPU_JOB.keys() | CPU_JOB.keys())}}
+    return {
+        "gpu": lambda w: 0 if w.model == "zf" else GPU,
+        **{key: pick(key) for key in sorted(GPU_JOB.keys() | CPU_JOB.keys())},
+    }
 
 
 def acc_str(value):
@@ -57,6 +75,7 @@ def grid():
 
 CELLS = list(grid())
 DATASETS = sorted({d for _, d, _, _ in CELLS})
+
 
 wildcard_constraints:
     task="recon|sr",
@@ -81,9 +100,13 @@ def train_spec(w):
 
 def train_inputs(w):
     recipe = MODELS[w.model]
-    inputs = {"data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]}
+    inputs = {
+        "data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]
+    }
     if recipe.stage in ("attention", "imitation"):
-        inputs["cache"] = [f"{cell(w)}/teacher/seed{w.seed}/cache/{s}.h5" for s in ("train", "val")]
+        inputs["cache"] = [
+            f"{cell(w)}/teacher/seed{w.seed}/cache/{s}.h5" for s in ("train", "val")
+        ]
     if recipe.init:
         inputs["init"] = f"{cell(w)}/{recipe.init}/seed{w.seed}/model.pt"
     return inputs
@@ -92,10 +115,58 @@ def train_inputs(w):
 def train_options(w, input):
     options = []
     if MODELS[w.model].stage in ("attention", "imitation"):
-        options.append(f"--cache-dir {cell(w)}/teacher/seed{w.seed}/cache")
+        options.append(f"--cache-dir {os.path.dirname(input.cache[0])}")
     if MODELS[w.model].init:
         options.append(f"--init {input.init}")
     return " ".join(options)
+
+
+def input_dir(name):
+    """A params function: the folder of the job's input `name` (of its first file where
+    `name` is a list), for kdmri commands that read fixed file names from a folder."""
+    return lambda wildcards, input: os.path.dirname(_first(input[name]))
+
+
+def output_dir(name):
+    """A params function: the folder of the job's output `name` (of its first file where
+    `name` is a list), for kdmri commands that write fixed file names into a folder."""
+    return lambda wildcards, output: os.path.dirname(_first(output[name]))
+
+
+def _first(files):
+    return files if isinstance(files, str) else files[0]
+
+
+def mask_spec(w):
+    task = config["tasks"][w.task]
+    if w.task == "sr":
+        return spec_json({"kind": "lowres", "acceleration": float(w.acc)})
+    return spec_json(dict(task["mask"], acceleration=float(w.acc)))
+
+
+def predict_model_input(w):
+    if w.model == "zf":
+        return []
+    return f"{cell(w)}/{w.model}/seed{w.seed}/model.pt"
+
+
+def panel_inputs(w):
+    return {m: prediction(w, m) for m in config["models"]}
+
+
+def curve_inputs(w):
+    return {
+        m: f"{cell(w)}/{m}/seed{w.seed}/history.csv"
+        for m in config["models"]
+        if m != "zf"
+    }
+
+
+def writes_ablation():
+    """Whether `kdmri tables` writes ablation.csv for this study: the metrics it reads are
+    those of config["models"], and kdmri.tables.has_ablation decides from their models.
+    """
+    return has_ablation(pd.DataFrame({"model": config["models"]}))
 
 
 def prediction(w, model):

@@ -1,10 +1,6 @@
 # Figures: reconstruction panel, training curves and mask of every study cell.
 
 
-def panel_inputs(w):
-    return {m: prediction(w, m) for m in config["models"]}
-
-
 rule figure_panel:
     input:
         unpack(panel_inputs),
@@ -15,21 +11,25 @@ rule figure_panel:
             caption="../report/panel.rst",
             category="Reconstructions",
             subcategory="{task} {dataset}",
-            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+            labels={
+                "task": "{task}",
+                "dataset": "{dataset}",
+                "acceleration": "{acc}",
+                "seed": "{seed}",
+            },
         ),
-    params:
-        preds=lambda w, input: " ".join(f"{m}={input[m]}" for m in config["models"]),
     log:
         f"{R}/logs/figures/panel_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
     threads: 1
+    params:
+        preds=lambda w, input: " ".join(f"{m}={input[m]}" for m in config["models"]),
     shell:
         "kdmri figures --kind panel --inputs {input.test} --pred {params.preds}"
         " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x (seed {wildcards.seed})'"
         " --out {output} 2> {log}"
-
-
-def curve_inputs(w):
-    return {m: f"{cell(w)}/{m}/seed{w.seed}/history.csv" for m in config["models"] if m != "zf"}
 
 
 rule figure_curves:
@@ -41,13 +41,21 @@ rule figure_curves:
             caption="../report/curves.rst",
             category="Training curves",
             subcategory="{task} {dataset}",
-            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+            labels={
+                "task": "{task}",
+                "dataset": "{dataset}",
+                "acceleration": "{acc}",
+                "seed": "{seed}",
+            },
         ),
-    params:
-        histories=lambda w, input: " ".join(f"{m}={input[m]}" for m in curve_inputs(w)),
     log:
         f"{R}/logs/figures/curves_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
     threads: 1
+    params:
+        histories=lambda w, input: " ".join(f"{m}={input[m]}" for m in curve_inputs(w)),
     shell:
         "kdmri figures --kind curves --history {params.histories}"
         " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x (seed {wildcards.seed})'"
@@ -62,10 +70,18 @@ rule figure_mask:
             f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/mask.png",
             caption="../report/mask.rst",
             category="Masks",
-            labels={"task": "{task}", "dataset": "{dataset}", "acceleration": "{acc}", "seed": "{seed}"},
+            labels={
+                "task": "{task}",
+                "dataset": "{dataset}",
+                "acceleration": "{acc}",
+                "seed": "{seed}",
+            },
         ),
     log:
         f"{R}/logs/figures/mask_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
     threads: 1
     shell:
         "kdmri figures --kind mask --mask {input}"

@@ -1,20 +1,50 @@
 # Results tables and provenance.
 
 
+# Every file `kdmri tables` writes is an output: ablation.csv exactly where the study
+# evaluates kd_imitation or kd_attention (writes_ablation), which the tool writes then.
 rule tables:
     input:
-        metrics_files(),
+        metrics=metrics_files(),
     output:
-        summary=report(f"{R}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        **(
+            {
+                "ablation": report(
+                    f"{R}/tables/ablation.csv",
+                    caption="../report/ablation.rst",
+                    category="Tables",
+                )
+            }
+            if writes_ablation()
+            else {}
+        ),
+        summary=report(
+            f"{R}/tables/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
         markdown=f"{R}/tables/summary.md",
         latex=f"{R}/tables/summary.tex",
-        html=report(f"{R}/tables/summary.html", caption="../report/summary_html.rst", category="Tables"),
-        kd_gain=report(f"{R}/tables/kd_gain.csv", caption="../report/kd_gain.rst", category="Tables"),
+        html=report(
+            f"{R}/tables/summary.html",
+            caption="../report/summary_html.rst",
+            category="Tables",
+        ),
+        kd_gain=report(
+            f"{R}/tables/kd_gain.csv",
+            caption="../report/kd_gain.rst",
+            category="Tables",
+        ),
     log:
         f"{R}/logs/tables.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
     threads: 1
+    params:
+        out_dir=output_dir("summary"),
     shell:
-        "kdmri tables --metrics {input} --out-dir $(dirname {output.summary}) 2> {log}"
+        "kdmri tables --metrics {input.metrics} --out-dir {params.out_dir} 2> {log}"
 
 
 rule provenance:
@@ -22,13 +52,23 @@ rule provenance:
         models=list(trained_models().values()),
         tables=rules.tables.output.summary,
     output:
-        report(f"{R}/tables/provenance.json", caption="../report/provenance.rst", category="Provenance"),
-    params:
-        cfg=spec_json(config),
-        models=" ".join(f"{k}={v}" for k, v in trained_models().items()),
+        report(
+            f"{R}/tables/provenance.json",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
     log:
         f"{R}/logs/provenance.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
     threads: 1
+    params:
+        cfg=spec_json(config),
+        # name=path of every trained model, the paths being this job's inputs
+        models=lambda w, input: " ".join(
+            f"{name}={path}" for name, path in zip(trained_models(), input.models)
+        ),
     shell:
         "kdmri provenance --config-json {params.cfg:q} --models {params.models}"
         " --out {output} 2> {log}"

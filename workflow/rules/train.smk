@@ -13,51 +13,65 @@ for _stage in STAGES:
     rule:
         name:
             f"train_{_stage}"
-        priority: PRIORITY[_stage]
         input:
             unpack(train_inputs),
         output:
             model=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
             history=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/history.csv",
-        wildcard_constraints:
-            model="|".join(m for m, recipe in MODELS.items() if recipe.stage == _stage),
-        params:
-            spec=train_spec,
-            options=lambda w, input: train_options(w, input),
-            device=config["device"],
         log:
             f"{R}/logs/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
         benchmark:
             f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+        wildcard_constraints:
+            model="|".join(m for m, recipe in MODELS.items() if recipe.stage == _stage),
+        priority: PRIORITY[_stage]
+        conda:
+            "../envs/kdmri.yaml"
         threads: TRAIN_THREADS
         resources:
-            gpu=GPU,
             **GPU_JOB,
+            gpu=GPU,
+        params:
+            spec=train_spec,
+            options=lambda w, input: train_options(w, input),
+            device=config["device"],
+            inputs_dir=input_dir("data"),
+            out_dir=output_dir("model"),
         shell:
-            "kdmri train --spec {params.spec:q} --inputs-dir $(dirname {input.data[0]})"
-            " {params.options} --out-dir $(dirname {output.model})"
+            "kdmri train --spec {params.spec:q} --inputs-dir {params.inputs_dir}"
+            " {params.options} --out-dir {params.out_dir}"
             " --device {params.device} --threads {threads} 2> {log}"
 
 
 rule cache_teacher:
-    priority: 30
     input:
         teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/model.pt",
-        data=[f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5" for s in ("train", "val")],
+        data=[
+            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5"
+            for s in ("train", "val")
+        ],
     output:
-        [f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/cache/{s}.h5" for s in ("train", "val")],
-    params:
-        spec=lambda w: spec_json(teacher_cache_spec(config, w.task)),
-        device=config["device"],
+        cache=[
+            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/cache/{s}.h5"
+            for s in ("train", "val")
+        ],
     log:
         f"{R}/logs/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
+    priority: 30
+    conda:
+        "../envs/kdmri.yaml"
     threads: TRAIN_THREADS
     resources:
-        gpu=GPU,
         **GPU_JOB,
+        gpu=GPU,
+    params:
+        spec=lambda w: spec_json(teacher_cache_spec(config, w.task)),
+        device=config["device"],
+        inputs_dir=input_dir("data"),
+        out_dir=output_dir("cache"),
     shell:
         "kdmri cache-teacher --teacher {input.teacher} --spec {params.spec:q}"
-        " --inputs-dir $(dirname {input.data[0]}) --out-dir $(dirname {output[0]})"
+        " --inputs-dir {params.inputs_dir} --out-dir {params.out_dir}"
         " --device {params.device} --threads {threads} 2> {log}"
