@@ -2,12 +2,11 @@
 #   snakemake --cores all                       the demo study of config/config.yaml
 #   snakemake --cores all --configfile config/test.yaml      a tiny study
 #   snakemake --report results/report.html      the HTML report of the last run
+# The workflow is workflow/Snakefile (the Snakemake workflow catalog's layout). This file
+# runs it from the repository as a module, exactly as another workflow uses it
+# (config/README.md); an `include:` would not do, since Snakemake keeps the including
+# file's default target, and the workflow's is its rule `all`.
 import os
-
-from snakemake.utils import min_version
-
-min_version("9.0")
-
 
 # The demo study unless --configfile names another study, which then replaces it whole
 # (keys it does not give take the schema's defaults); --config KEY=VALUE overrides either.
@@ -16,31 +15,11 @@ if not workflow.config_settings.configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-
-report: "workflow/report/workflow.rst"
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/tables.smk"
-include: "workflow/rules/figures.smk"
+module kdmri:
+    snakefile:
+        "workflow/Snakefile"
+    config:
+        config
 
 
-# Jobs too light to be worth a cluster job: under --executor slurm the Snakemake process
-# itself runs them (a local run runs every job locally anyway).
-localrules:
-    all,
-    mask,
-    tables,
-    provenance,
-    figure_panel,
-    figure_curves,
-    figure_mask,
-
-
-rule all:
-    input:
-        all_outputs(),
-    default_target: True
+use rule * from kdmri
