@@ -11,6 +11,7 @@ from kdmri.config import (
     MODELS,
     SPLITS,
     STAGES,
+    apply_overrides,
     model_spec,
     teacher_cache_spec,
     validate,
@@ -19,7 +20,10 @@ from kdmri.data.readers import dataset_spec, source_files
 from kdmri.tables import has_ablation
 
 # Validate before any key is read: an unknown key or a wrong type stops the run here.
-config = validate(config, source="config")
+# --config values arrive as strings where nested; apply_overrides types them by the schema.
+config = validate(
+    apply_overrides(config, workflow.config_settings.config or {}), source="config"
+)
 
 R = config["results"]
 TRAIN_THREADS = config["resources"]["train_threads"]
