@@ -5,7 +5,7 @@ what was expected or found, no traceback, and no output file.
 Each call runs ``kdmri.cli.main`` (the ``kdmri`` console script) in a process of its own,
 forked by ``cli_runner.py`` so that torch is imported once; two cases run again through
 ``python -m kdmri`` and must answer the same. The list of bad inputs covered here and in
-``test_config_errors.py`` and ``test_disk_full.py``, with the count: ``README.md``.
+``test_config_errors.py`` and ``test_disk_full.py``, with the count: ``tests/reliability/README.md``.
 """
 
 from __future__ import annotations
