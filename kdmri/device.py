@@ -8,6 +8,11 @@ crash. So ``snakemake --cores all --resources gpu=2`` on a two-GPU machine train
 on two different GPUs. Under a scheduler that sets ``CUDA_VISIBLE_DEVICES`` (SLURM) the
 process uses what it is given.
 
+With ``KDMRI_JOBS_PER_GPU=k`` (the workflow sets it from ``resources.jobs_per_gpu``) each
+GPU takes k jobs at once: there are ``k x GPUs`` slots and slot i runs on GPU ``i // k``, so
+``--resources gpu=N`` counts slots (N = k x GPUs). Small networks leave a GPU mostly idle
+with one training, as the host queues kernels faster than one job's steps use them.
+
 ``KDMRI_FAKE_GPUS=N`` pretends N GPUs are visible (the slots are claimed and logged but the
 work runs on the CPU): this is how the allocator is tested on machines without a GPU.
 ``KDMRI_LOCK_DIR`` overrides the lock folder (default: the system temp folder).
@@ -65,18 +70,32 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def jobs_per_gpu() -> int:
+    """Concurrent jobs per GPU from ``KDMRI_JOBS_PER_GPU`` (1 when unset)."""
+    value = os.environ.get("KDMRI_JOBS_PER_GPU", "1")
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise KdmriError(f"KDMRI_JOBS_PER_GPU must be an integer >= 1, found {value!r}")
+    return k
+
+
 def lock_dir() -> Path:
     return Path(os.environ.get("KDMRI_LOCK_DIR", Path(tempfile.gettempdir()) / "kdmri-gpu-locks"))
 
 
 @dataclass
 class GpuSlot:
-    """A claimed GPU slot; the lock is held while this object's file stays open."""
+    """A claimed GPU slot; the lock is held while this object's file stays open. Slot
+    ``index`` runs on GPU ``gpu`` (``index // jobs per GPU``)."""
 
     index: int
     path: Path
     _handle: object | None = None
     log: object = print
+    gpu: int = 0
 
     def release(self) -> None:
         if self._handle is not None:
@@ -87,8 +106,9 @@ class GpuSlot:
 
 
 def claim_gpu_slot(count: int, poll_s: float = 1.0, timeout_s: float | None = None,
-                   log=print) -> GpuSlot:
-    """Claim the first free slot among ``count``, waiting (and saying so) while all are taken."""
+                   log=print, per_gpu: int = 1) -> GpuSlot:
+    """Claim the first free slot among ``count`` (``per_gpu`` consecutive slots share a
+    GPU), waiting (and saying so) while all are taken."""
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -106,8 +126,9 @@ def claim_gpu_slot(count: int, poll_s: float = 1.0, timeout_s: float | None = No
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
             handle.flush()
-            log(f"gpu slot: claimed slot {index} of {count} ({path}) at {time.time():.3f}")
-            return GpuSlot(index, path, handle, log)
+            gpu = index // per_gpu
+            log(f"gpu slot: claimed slot {index} of {count} (GPU {gpu}; {path}) at {time.time():.3f}")
+            return GpuSlot(index, path, handle, log, gpu)
         if not announced:
             log(f"gpu slot: all {count} slots busy, waiting for one to be released")
             announced = True
@@ -142,7 +163,8 @@ def select_device(name: str = "auto", log=print) -> tuple[torch.device, GpuSlot 
         log(f"gpu slot: using the GPU the scheduler gave (CUDA_VISIBLE_DEVICES="
             f"{os.environ['CUDA_VISIBLE_DEVICES']})")
         return torch.device("cuda:0"), None
-    slot = claim_gpu_slot(count, log=log)
+    per_gpu = jobs_per_gpu()
+    slot = claim_gpu_slot(count * per_gpu, log=log, per_gpu=per_gpu)
     if fake:
         return torch.device("cpu"), slot
-    return torch.device(f"cuda:{slot.index}"), slot
+    return torch.device(f"cuda:{slot.gpu}"), slot

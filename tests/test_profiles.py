@@ -247,3 +247,53 @@ def test_more_jobs_than_gpus_wait_on_the_gpu_lock(two_gpus):
     holders = [_slot(t) for log, t in over["logs"].items() if log not in waited]
     assert sorted(holders) == ["0", "1"]
     assert all(re.search(r"^done: ", t, flags=re.M) for t in over["logs"].values())
+
+
+# ------------------------------------------------------- two GPUs, two jobs on each
+#: Four trainings that become ready together: --resources gpu=4 counts slots, four of them
+#: with resources.jobs_per_gpu 2 on two GPUs.
+FOUR_TRAININGS = [("4", "teacher"), ("8", "teacher"), ("4", "student"), ("8", "student")]
+
+
+def _holdings(log_text: str) -> tuple[int, int, float, float]:
+    """(slot, GPU, claimed at, released at) from a training log's slot lines."""
+    claimed = re.findall(r"gpu slot: claimed slot (\d+) of 4 \(GPU (\d+); .*\) at ([0-9.]+)",
+                         log_text)
+    released = re.findall(r"gpu slot: released slot (\d+) at ([0-9.]+)", log_text)
+    assert len(claimed) == 1 and len(released) == 1, log_text
+    (slot, gpu, start), (freed, end) = claimed[0], released[0]
+    assert slot == freed, log_text
+    return int(slot), int(gpu), float(start), float(end)
+
+
+@pytest.mark.slow
+def test_two_jobs_per_gpu_run_four_trainings_two_on_each_gpu(tmp_path):
+    workdir = tmp_path / "study"
+    workdir.mkdir()
+    study = dict(GPU_STUDY, train={"epochs": 12, "batch_size": 4},
+                 resources={"jobs_per_gpu": 2})
+    configfile = tmp_path / "study.yaml"
+    configfile.write_text(yaml.safe_dump(study))
+    write_prepared_stores(workdir / "results/gpus/data/demo", VOLUMES, (32, 32))
+    env = dict(os.environ, KDMRI_FAKE_GPUS="2", KDMRI_LOCK_DIR=str(tmp_path / "locks"),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("KDMRI_JOBS_PER_GPU", None)  # the workflow sets it from the study config
+    targets = [CELL.format(acc=acc, model=model) for acc, model in FOUR_TRAININGS]
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(workdir), "--configfile", str(configfile), "--cores", "4",
+         *targets, "--resources", "gpu=4"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=workdir)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    held = {}
+    for acc, model in FOUR_TRAININGS:
+        log = workdir / f"results/gpus/logs/train/recon_demo_acc{acc}_{model}_seed0.log"
+        held[(acc, model)] = _holdings(log.read_text())
+    assert sorted(slot for slot, _, _, _ in held.values()) == [0, 1, 2, 3]
+    assert all(gpu == slot // 2 for slot, gpu, _, _ in held.values())
+    # the four held their slots at one instant: the last claim came before the first release
+    assert max(start for _, _, start, _ in held.values()) < min(end for _, _, _, end in held.values())
+    # and no GPU ever had three: at each claim, count the jobs holding the same GPU
+    for _, gpu, start, _ in held.values():
+        on_gpu = [s for s, g, a, b in held.values() if g == gpu and a <= start < b]
+        assert len(on_gpu) <= 2, held

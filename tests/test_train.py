@@ -432,6 +432,29 @@ def test_fake_gpus_claim_a_slot_but_run_on_cpu(tmp_path, monkeypatch):
         slot.release()
 
 
+def test_jobs_per_gpu_give_k_slots_per_gpu(tmp_path, monkeypatch):
+    # two fake GPUs, two jobs each: four slots, slot i on GPU i // 2; a fifth job waits
+    monkeypatch.setenv("KDMRI_FAKE_GPUS", "2")
+    monkeypatch.setenv("KDMRI_JOBS_PER_GPU", "2")
+    monkeypatch.setenv("KDMRI_LOCK_DIR", str(tmp_path))
+    messages: list[str] = []
+    slots = [select_device("auto", log=messages.append)[1] for _ in range(4)]
+    try:
+        assert [(slot.index, slot.gpu) for slot in slots] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+        assert [m.split(" (")[0] for m in messages] == [
+            f"gpu slot: claimed slot {i} of 4" for i in range(4)]
+        assert all(f"(GPU {i // 2}; " in m for i, m in enumerate(messages))
+        with pytest.raises(KdmriError, match="no free GPU slot among 4"):
+            claim_gpu_slot(4, poll_s=0.05, timeout_s=0.2, log=lambda message: None, per_gpu=2)
+    finally:
+        for slot in slots:
+            slot.release()
+    for bad in ("0", "two"):
+        monkeypatch.setenv("KDMRI_JOBS_PER_GPU", bad)
+        with pytest.raises(KdmriError, match=f"KDMRI_JOBS_PER_GPU must be an integer >= 1, found '{bad}'"):
+            select_device("auto")
+
+
 HOLDER = """
 import sys, time
 from pathlib import Path

@@ -29,6 +29,9 @@ R = config["results"]
 TRAIN_THREADS = config["resources"]["train_threads"]
 THREADS = config["resources"]["threads"]
 GPU = config["resources"]["gpu"]
+# k GPU jobs share each GPU (kdmri.device reads this when a job claims its slot). An
+# environment variable, not a command option: changing how jobs share GPUs re-runs nothing.
+os.environ.update(KDMRI_JOBS_PER_GPU=str(config["resources"]["jobs_per_gpu"]))
 
 
 def cluster_resources(gpu_job):
