@@ -267,6 +267,33 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from kdmri.export import export_model, summary
+
+    _setup_torch(args)
+    _log(summary(export_model(args.model, args.format, args.out)))
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from kdmri.apply import apply_model, write_output
+    from kdmri.device import select_device
+
+    _setup_torch(args)
+    device, slot = select_device(args.device, log=_log)
+    try:
+        result = apply_model(args.model, args.input, args.mask, axis=args.axis, device=device,
+                             progress=not args.quiet)
+    finally:
+        if slot is not None:
+            slot.release()
+    write_output(result, args.out)
+    note = f"; {result.volume.note}" if result.volume.note else ""
+    _log(f"applied {args.model} ({result.task}) to {len(result.output)} slices of "
+         f"{tuple(result.output.shape[1:])} -> {args.out}{note}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def _positive_int(text: str) -> int:
     try:
@@ -343,6 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON columns to add (task, dataset, model, ...), or @file")
     p.add_argument("--predict-info", default=None, help="predict's JSON (params, latency)")
     p.add_argument("--out", required=True)
+
+    p = add("export", cmd_export, "write a trained network as one self-contained TorchScript "
+            "or ONNX file (docs/deploy.md)")
+    p.add_argument("--model", required=True, help="model.pt written by kdmri train")
+    p.add_argument("--format", default="torchscript", help="torchscript (default) or onnx")
+    p.add_argument("--out", required=True, help="file to write (FILE.json is written beside it)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+
+    p = add("apply", cmd_apply, "run a trained network on one NIfTI, fastMRI HDF5 or DICOM "
+            "volume and write a NIfTI (docs/deploy.md)")
+    p.add_argument("--model", required=True, help="model.pt written by kdmri train")
+    p.add_argument("--input", required=True,
+                   help="volume: .nii/.nii.gz, fastMRI .h5, or a DICOM series folder")
+    p.add_argument("--out", required=True, help="output .nii or .nii.gz")
+    p.add_argument("--mask", default=None,
+                   help="the study's mask.npy: required for reconstruction; for "
+                        "super-resolution, makes the low-resolution input from the volume")
+    p.add_argument("--axis", type=int, default=2, help="NIfTI axis the slices are taken "
+                   "across (default 2, as the nifti reader)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_args(p)
 
     for register in _EXTRA_COMMANDS:
         register(add)

@@ -92,6 +92,21 @@ def load_model(path: str | Path, expect_net: dict | None = None, role: str = "mo
     return model, ckpt
 
 
+def write_model_file(path: str | Path, spec: dict, state_dict: dict, **meta) -> None:
+    """Write a ``model.pt`` (:data:`MODEL_FORMAT`): the network ``spec["net"]``, the model
+    spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params, device), atomically.
+    The file :class:`Trainer` writes and :func:`load_model` reads."""
+    save_torch({
+        "format": MODEL_FORMAT,
+        "kdmri_version": __version__,
+        "net": spec["net"],
+        "spec": spec,
+        "spec_digest": digest(spec),
+        "state_dict": state_dict,
+        **meta,
+    }, path)
+
+
 def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based) of a complete schedule
     (every key of the schema's ``schedule``) for base learning rate ``lr``.
@@ -469,19 +484,10 @@ class Trainer:
                 "params": self.params}
 
     def _write_outputs(self) -> None:
-        model_file = {
-            "format": MODEL_FORMAT,
-            "kdmri_version": __version__,
-            "net": self.spec["net"],
-            "spec": self.spec,
-            "spec_digest": self.spec_digest,
-            "state_dict": self.best["state_dict"],
-            "epoch": self.best["epoch"],
-            "val_loss": self.best["val_loss"],
-            "val_psnr": self.best["val_psnr"],
-            "params": self.params,
-            "device": str(self.device),
-        }
-        save_torch(model_file, self.out_dir / "model.pt")
+        write_model_file(
+            self.out_dir / "model.pt", self.spec, self.best["state_dict"],
+            epoch=self.best["epoch"], val_loss=self.best["val_loss"],
+            val_psnr=self.best["val_psnr"], params=self.params, device=str(self.device),
+        )
         with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)

@@ -1,0 +1,428 @@
+"""``kdmri export``: a trained network as one self-contained file, data consistency included.
+
+==============  ==========================================================================
+format          what the file is
+==============  ==========================================================================
+``torchscript`` a scripted module (``torch.jit.script``): ``torch.jit.load(FILE)`` runs it
+                with PyTorch alone (no kdmri). Called ``model(image, kspace, mask)`` as the
+                eager network: image float32 ``(N, 1, H, W)``, kspace complex64
+                ``(N, 1, H, W)``, mask float32 0/1 broadcastable to ``(H, W)`` (``(H, W)``,
+                ``(1, W)``, ``(W,)`` or ``(N, 1, H, W)``); VDSR ignores kspace and mask.
+                Any N, H and W, odd sizes too (the data consistency branches at run time).
+``onnx``        an ONNX graph (``torch.onnx.export(..., dynamo=True)``, run by onnxruntime).
+                ONNX has no complex type: k-space enters as float32 ``(N, 1, H, W, 2)``
+                (real, imaginary: ``torch.view_as_real``), the mask as ``(H, W)``, and the
+                data consistency runs on ONNX's ``DFT`` op. Dynamic N, H and W. VDSR's graph
+                takes ``image`` only.
+==============  ==========================================================================
+
+Both hold a copy of the network built here from plain operators (``nn.Conv2d``, ReLU, the
+FFTs), with the trained weights: the same arithmetic as :class:`kdmri.models.DCCNN` and
+:class:`kdmri.models.VDSR` (tests/test_export.py compares them within 1e-5) without the
+CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`, so the file runs on any
+device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
+source model's sha256 and the check made after writing it (the reloaded file against the
+eager network on random inputs).
+
+Reaching the ONNX graph took two changes to the module torch's exporter sees (torch 2.13,
+onnxscript 0.7): the k-space input must be real (a complex graph input fails in the
+translation step: ``No ONNX function found for <OpOverload(op='aten.sym_size',
+overload='int')>. Failure message: No decompositions registered for the complex-valued
+input``), and the centring shifts are slices and concatenations (``torch.roll`` with a
+shift that depends on the image size fails: ``Unsupported attribute type: '<class
+'list'>'`` in ``aten_roll``). Neither changes a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdmri.errors import KdmriError
+
+EXPORT_FORMAT = "kdmri-export/1"
+FORMATS = ("torchscript", "onnx")
+#: Size of the example input the exporters see and of the check after writing.
+EXAMPLE_SIZE = (32, 32)
+#: Largest difference allowed between the written file and the eager network in that check.
+CHECK_TOLERANCE = 1e-4
+
+
+# ------------------------------------------------------------------ exportable networks
+def _plain_cnn(block: nn.Sequential) -> nn.Sequential:
+    """A copy of a :func:`kdmri.models.blocks.plain_cnn` with ``nn.Conv2d`` layers."""
+    layers: list[nn.Module] = []
+    for layer in block:
+        if isinstance(layer, nn.Conv2d):
+            conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                             padding=layer.padding)
+            conv.load_state_dict(layer.state_dict())
+            layers.append(conv)
+        elif isinstance(layer, nn.ReLU):
+            layers.append(nn.ReLU(inplace=True))
+        else:
+            raise KdmriError(f"cannot export a network layer of type {type(layer).__name__}")
+    return nn.Sequential(*layers)
+
+
+def _signs(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """``(-1)^(i + j)``: as :func:`kdmri.mri._alternating_signs`."""
+    rows = 1 - 2 * (torch.arange(height, device=device) % 2)
+    cols = 1 - 2 * (torch.arange(width, device=device) % 2)
+    return (rows[:, None] * cols[None, :]).to(torch.float32)
+
+
+class ScriptedDCCNN(nn.Module):
+    """DC-CNN in TorchScript: :class:`kdmri.models.DCCNN` with
+    :class:`kdmri.mri.DataConsistency` written out (the sign form for even sizes, the
+    shifted form for odd ones, chosen per call)."""
+
+    def __init__(self, cnns: list[nn.Sequential], complex: bool = False):
+        super().__init__()
+        self.cnns = nn.ModuleList(cnns)
+        self.complex = complex
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(torch.float32)
+        if m.dim() < 2:
+            m = m.reshape(1, -1)
+        height, width = kspace.shape[-2], kspace.shape[-1]
+        shifted = height % 2 == 1 or width % 2 == 1
+        m = torch.fft.ifftshift(m, dim=(-2, -1))
+        kept = m * torch.fft.ifftshift(kspace.to(torch.complex64), dim=(-2, -1))
+        free = 1.0 - m
+        if not shifted:
+            kept = kept * _signs(height, width, kspace.device)
+        x = image.to(torch.float32)
+        for cnn in self.cnns:
+            x = x + cnn(x)
+            if self.complex:  # two channels (real, imaginary): kdmri.mri.from_channels
+                z = torch.complex(x[:, 0:1], x[:, 1:2])
+            else:
+                z = x.to(torch.complex64)
+            if shifted:
+                z = torch.fft.ifftshift(z, dim=(-2, -1))
+            z = torch.fft.ifft2(kept + free * torch.fft.fft2(z, norm="ortho"), norm="ortho")
+            if shifted:
+                z = torch.fft.fftshift(z, dim=(-2, -1))
+            if self.complex:
+                x = torch.cat([z.real, z.imag], dim=1)
+            else:
+                x = z.real.contiguous()
+        return x
+
+
+def _half_roll(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
+    """``ifftshift`` (``inverse``) or ``fftshift`` along ``dim`` as two slices joined."""
+    n = x.shape[dim]
+    start = n // 2 if inverse else (n + 1) // 2
+    return torch.cat([x.narrow(dim, start, n - start), x.narrow(dim, 0, start)], dim)
+
+
+class OnnxDCCNN(nn.Module):
+    """DC-CNN for the ONNX exporter: k-space as float ``(N, 1, H, W, 2)``, the mask
+    ``(H, W)``; every centring shift on a real tensor, as slices (the shifted form of the
+    data consistency, right for any size)."""
+
+    def __init__(self, cnns: list[nn.Sequential]):
+        super().__init__()
+        self.cnns = nn.ModuleList(cnns)
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        m = _half_roll(_half_roll(mask.to(torch.float32), -2, True), -1, True)
+        measured = _half_roll(_half_roll(kspace, -3, True), -2, True)
+        kept = m * torch.view_as_complex(measured.contiguous())
+        free = 1.0 - m
+        x = image
+        for cnn in self.cnns:
+            x = x + cnn(x)
+            x = _half_roll(_half_roll(x, -2, True), -1, True)
+            k = kept + free * torch.fft.fft2(x.to(torch.complex64), norm="ortho")
+            x = torch.fft.ifft2(k, norm="ortho").real
+            x = _half_roll(_half_roll(x, -2, False), -1, False)
+        return x
+
+
+class ScriptedVDSR(nn.Module):
+    """VDSR: ``image + CNN(image)``; k-space and mask are accepted and ignored."""
+
+    def __init__(self, cnn: nn.Sequential):
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return image + self.cnn(image)
+
+
+class OnnxVDSR(nn.Module):
+    def __init__(self, cnn: nn.Sequential):
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image + self.cnn(image)
+
+
+def exportable(model: nn.Module, fmt: str = "torchscript") -> nn.Module:
+    """The plain-operator copy of a kdmri network for ``fmt`` (eval mode, CPU, float32)."""
+    from kdmri.models import DCCNN, VDSR
+
+    model = model.to("cpu", memory_format=torch.contiguous_format)
+    complex_net = bool(getattr(model, "complex", False))
+    if complex_net and fmt == "onnx":
+        raise KdmriError("--format onnx: networks with complex: true (two image channels) are "
+                         "exported as torchscript only; use --format torchscript")
+    if isinstance(model, DCCNN):
+        cnns = [_plain_cnn(cascade.cnn) for cascade in model.cascades]
+        net: nn.Module = (OnnxDCCNN(cnns) if fmt == "onnx"
+                          else ScriptedDCCNN(cnns, complex=complex_net))
+    elif isinstance(model, VDSR):
+        cnn = _plain_cnn(model.cnn)
+        net = OnnxVDSR(cnn) if fmt == "onnx" else ScriptedVDSR(cnn)
+    else:
+        raise KdmriError(f"cannot export a network of type {type(model).__name__}")
+    return net.eval()
+
+
+def script(model: nn.Module) -> torch.jit.ScriptModule:
+    """The TorchScript module of a kdmri network (what ``--format torchscript`` saves)."""
+    return torch.jit.script(exportable(model, "torchscript"))
+
+
+# ------------------------------------------------------------------ inputs and checks
+def example_inputs(height: int, width: int, batch: int = 2, seed: int = 0, channels: int = 1):
+    """Random inputs of the models' contract: image in [0, 1) (``channels`` 2 for a complex
+    network), complex k-space, 0/1 mask."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, channels, height, width, generator=generator)
+    parts = torch.randn(2, batch, 1, height, width, generator=generator)
+    kspace = torch.complex(parts[0], parts[1])
+    mask = (torch.rand(height, width, generator=generator) < 0.5).to(torch.float32)
+    return image, kspace, mask
+
+
+def _family(net: dict) -> str:
+    return str(net.get("family"))
+
+
+def _kind(net: dict) -> str:
+    return "reconstruction" if _family(net) == "dccnn" else "super-resolution"
+
+
+def contract(fmt: str, net: dict) -> dict:
+    """The input and output contract of an exported file, for the sidecar."""
+    dims = ["N", 2 if net.get("complex") else 1, "H", "W"]
+    image = {"name": "image", "dtype": "float32", "shape": dims,
+             "meaning": "the network input: the real part of the zero-filled image "
+                        "(reconstruction) or the low-resolution image (super-resolution), "
+                        "of a volume divided by its maximum; a complex: true network takes "
+                        "the complex image as two channels (real, imaginary)"}
+    if fmt == "torchscript":
+        kspace = {"name": "kspace", "dtype": "complex64", "shape": ["N", 1, "H", "W"],
+                  "meaning": "measured centred k-space (zero where not sampled)"}
+        mask = {"name": "mask", "dtype": "float32", "shape": ["H", "W"],
+                "meaning": "0/1 sampling mask, broadcastable: (H, W), (1, W), (W,) or (N, 1, H, W)"}
+    else:
+        kspace = {"name": "kspace", "dtype": "float32", "shape": ["N", 1, "H", "W", 2],
+                  "meaning": "measured centred k-space as (real, imaginary) in the last dim "
+                             "(torch.view_as_real)"}
+        mask = {"name": "mask", "dtype": "float32", "shape": ["H", "W"],
+                "meaning": "0/1 sampling mask"}
+    inputs = [image, kspace, mask]
+    if _family(net) == "vdsr":
+        if fmt == "onnx":
+            inputs = [image]
+        else:
+            for entry in inputs[1:]:
+                entry["meaning"] = "ignored by VDSR (may be omitted)"
+    return {
+        "inputs": inputs,
+        "outputs": [{"name": "output", "dtype": "float32", "shape": dims,
+                     "meaning": "the network's image on the input's scale"}],
+        "size": "dynamic: any N, H and W (fully convolutional; the data consistency "
+                "works at the input's size, odd sizes included)",
+    }
+
+
+def _run_file(fmt: str, path: Path, image, kspace, mask) -> torch.Tensor:
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return loaded(image, kspace, mask)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"image": image.numpy(), "kspace": torch.view_as_real(kspace).numpy(),
+             "mask": mask.numpy()}
+    names = [i.name for i in session.get_inputs()]
+    return torch.from_numpy(session.run(None, {n: feeds[n] for n in names})[0])
+
+
+def _check(fmt: str, path: Path, model: nn.Module) -> dict:
+    """The written file against the eager network at two sizes (one of them odd)."""
+    sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
+    worst = 0.0
+    for i, (height, width) in enumerate(sizes):
+        channels = 2 if getattr(model, "complex", False) else 1
+        image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
+        with torch.no_grad():
+            expected = model(image, kspace, mask)
+        got = _run_file(fmt, path, image, kspace, mask)
+        if got.shape != expected.shape:
+            raise KdmriError(f"{path}: the exported file returned shape {tuple(got.shape)}, "
+                             f"expected {tuple(expected.shape)}")
+        worst = max(worst, float((got - expected).abs().max()))
+    if not worst <= CHECK_TOLERANCE:
+        raise KdmriError(f"{path}: the exported file differs from the network by {worst:.3g} "
+                         f"(more than {CHECK_TOLERANCE:g}); nothing written")
+    return {"sizes": [list(s) for s in sizes], "max_abs_diff": worst,
+            "runtime": "torch.jit.load" if fmt == "torchscript" else "onnxruntime"}
+
+
+# ------------------------------------------------------------------ writing
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise KdmriError(f"{out}: is a folder; expected the path of the file to write (--out)")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KdmriError(f"{out}: cannot write: {parent} is a file, not a folder (--out)")
+    if not os.access(parent, os.W_OK):
+        raise KdmriError(f"{out}: cannot write in {parent} (permission denied) (--out)")
+
+
+def _onnx_modules():
+    missing = [name for name in ("onnx", "onnxscript") if _find_spec(name) is None]
+    if missing:
+        raise KdmriError(f"--format onnx needs the package(s) {', '.join(missing)}: "
+                         "pip install 'kdmri[export]' (or use --format torchscript)")
+
+
+def _find_spec(name: str):
+    import importlib.util
+
+    return importlib.util.find_spec(name)
+
+
+def _export_onnx(model: nn.Module, net: dict, tmp: Path) -> dict:
+    from torch.export import Dim
+
+    _onnx_modules()
+    module = exportable(model, "onnx")
+    height, width = EXAMPLE_SIZE
+    image, kspace, mask = example_inputs(height, width)
+    batch, h, w = Dim("batch"), Dim("height", min=2), Dim("width", min=2)
+    if _family(net) == "vdsr":
+        args, names = (image,), ["image"]
+        shapes: dict = {"image": {0: batch, 2: h, 3: w}}
+    else:
+        args, names = (image, torch.view_as_real(kspace), mask), ["image", "kspace", "mask"]
+        shapes = {"image": {0: batch, 2: h, 3: w}, "kspace": {0: batch, 2: h, 3: w},
+                  "mask": {0: h, 1: w}}
+    chatter = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, input_names=names,
+                                        output_names=["output"], dynamic_shapes=shapes)
+            program.save(str(tmp))
+    except Exception as exc:  # the exporter's errors are many types, each a wall of text
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        step = next((line for line in lines if "step" in line.lower()), lines[0] if lines else "")
+        cause = next((line for line in reversed(lines) if "Error" in line and ":" in line), "")
+        raise KdmriError(
+            f"ONNX cannot express this {_family(net)} network: torch.onnx.export failed "
+            f"({type(exc).__name__}: {step} {cause}); use --format torchscript"
+        ) from None
+    import onnx
+
+    proto = onnx.load(str(tmp))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset, "onnx_ops": sorted({node.op_type for node in proto.graph.node})}
+
+
+def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
+    """Write ``model_path`` (a ``model.pt``) as ``fmt`` to ``out`` and the sidecar
+    ``out.json``; return the sidecar's content."""
+    from kdmri import __version__
+    from kdmri.io import atomic_path, write_json
+    from kdmri.train import load_model
+
+    model_path, out = Path(model_path), Path(out)
+    if fmt not in FORMATS:
+        raise KdmriError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
+    if not model_path.is_file():
+        raise KdmriError(f"{model_path}: model file not found (--model)")
+    _check_out(out)
+    if fmt == "onnx":
+        _onnx_modules()
+    model, ckpt = load_model(model_path)
+    model = model.eval()
+    net = ckpt["net"]
+    extra: dict = {}
+    with atomic_path(out, suffix=f".{fmt}.tmp") as tmp, warnings.catch_warnings():
+        # torch 2.13 marks TorchScript deprecated (in favour of torch.export); it works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if fmt == "torchscript":
+            torch.jit.save(script(model), str(tmp))
+        else:
+            extra = _export_onnx(model, net, tmp)
+        check = _check(fmt, tmp, model)
+    spec = ckpt.get("spec") or {}
+    info = {
+        "format": EXPORT_FORMAT,
+        "export_format": fmt,
+        "file": out.name,
+        "file_sha256": sha256(out),
+        "net": net,
+        "kind": _kind(net),
+        "task": spec.get("task"),
+        "model": spec.get("model"),
+        "stage": spec.get("stage"),
+        "params": ckpt.get("params"),
+        "source_model": {
+            "path": str(model_path),
+            "sha256": sha256(model_path),
+            "format": ckpt.get("format"),
+            "kdmri_version": ckpt.get("kdmri_version"),
+            "epoch": ckpt.get("epoch"),
+            "val_psnr": ckpt.get("val_psnr"),
+            "spec_digest": ckpt.get("spec_digest"),
+        },
+        "normalisation": "each volume divided by its maximum before the network (kdmri "
+                         "prepare's 'max'); multiply the output by it",
+        **contract(fmt, net),
+        "check": check,
+        "exported_with": {"kdmri": __version__, "torch": torch.__version__, **extra},
+    }
+    write_json(Path(f"{out}.json"), info)
+    return info
+
+
+def summary(info: dict) -> str:
+    """The line ``kdmri export`` prints."""
+    sizes = " and ".join("x".join(map(str, s)) for s in info["check"]["sizes"])
+    return (f"exported {info['net']['family']} ({info['kind']}, {info['params']} parameters) as "
+            f"{info['export_format']} -> {info['file']} (+ .json); reloaded with "
+            f"{info['check']['runtime']} and checked at {sizes}: max difference "
+            f"{info['check']['max_abs_diff']:.2g}")
