@@ -126,7 +126,7 @@ def assert_nothing_written(out: Path) -> None:
 # ------------------------------------------------------------------------ formats
 def test_registry_has_every_format_of_the_schema():
     enum = schema()["$defs"]["dataset"]["properties"]["format"]["enum"]
-    assert set(READERS) == set(enum) == {"demo", "fastmri", "nifti", "kdmri_h5"}
+    assert set(READERS) == set(enum) == {"demo", "fastmri", "nifti", "kdmri_h5", "dicom"}
 
 
 def test_fastmri_single_and_multi_coil_cropped_and_normalised(tmp_path):
@@ -509,7 +509,7 @@ def test_schema_accepts_every_format_and_requires_a_path(tmp_path):
     with pytest.raises(KdmriError, match="unknown key 'datasets.d.crop'"):
         dataset("nifti", tmp_path, crop=3)
     with pytest.raises(KdmriError, match="expected one of"):
-        dataset("dicom", tmp_path)
+        dataset("analyze", tmp_path)
 
 
 def test_dataset_spec_holds_only_the_formats_settings(tmp_path):

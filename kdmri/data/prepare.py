@@ -30,6 +30,7 @@ from tqdm import tqdm
 from kdmri.config import SPLITS, validate
 from kdmri.data.readers import (
     DEFAULT_SIZE,
+    dicom_volumes,
     fastmri_volumes,
     kdmri_h5_volumes,
     nifti_volumes,
@@ -79,6 +80,7 @@ READERS = {
     "fastmri": fastmri_volumes,
     "nifti": nifti_volumes,
     "kdmri_h5": kdmri_h5_volumes,
+    "dicom": dicom_volumes,
 }
 
 

@@ -8,6 +8,8 @@ format         what one file holds
                ``reconstruction_esc`` or ``reconstruction_rss`` of shape (slices, H, W)
 ``nifti``      a NIfTI volume (``.nii``, ``.nii.gz``): 3-D, or 4-D with chosen frames
 ``kdmri_h5``   the original KD-MRI layout: ``volfs`` of shape (H, W, slices), or (H, W)
+``dicom``      DICOM files in a folder tree, one volume per series (SeriesInstanceUID),
+               split by series: :mod:`kdmri.data.dicom`
 =============  ===========================================================================
 
 Every file is one *volume* (a 4-D NIfTI gives one volume per chosen frame) and lands in
@@ -49,9 +51,9 @@ from kdmri.config import SPLITS
 from kdmri.errors import KdmriError
 
 #: File pattern of each format when ``glob`` is empty.
-DEFAULT_GLOB = {"fastmri": "*.h5", "nifti": "**/*.nii*", "kdmri_h5": "**/*.h5"}
+DEFAULT_GLOB = {"fastmri": "*.h5", "nifti": "**/*.nii*", "kdmri_h5": "**/*.h5", "dicom": "**/*"}
 #: In-plane size of each format when ``size`` is not set (None: keep the files' size).
-DEFAULT_SIZE = {"demo": 64, "fastmri": 320, "nifti": None, "kdmri_h5": None}
+DEFAULT_SIZE = {"demo": 64, "fastmri": 320, "nifti": None, "kdmri_h5": None, "dicom": None}
 #: fastMRI magnitude targets, in order of preference, when ``target_key`` is ``auto``.
 FASTMRI_KEYS = ("reconstruction_esc", "reconstruction_rss")
 KDMRI_H5_KEY = "volfs"
@@ -67,6 +69,7 @@ FORMAT_KEYS = {
     "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
+    "dicom": (*_COMMON_KEYS, *_FILE_KEYS),
 }
 
 
@@ -212,6 +215,10 @@ def source_files(cfg: dict) -> list[str]:
     """Every file preparation reads (sources and the frame list): the Snakemake inputs."""
     if cfg["format"] == "demo":
         return []
+    if cfg["format"] == "dicom":  # the DICOM files of every series (headers read)
+        from kdmri.data.dicom import series_files
+
+        return series_files(cfg)
     files = [str(s.path) for s in plan_sources(cfg)]
     if cfg["format"] == "nifti" and cfg["frame_list"]:
         files.append(str(Path(os.path.expanduser(cfg["frame_list"]))))
@@ -451,3 +458,11 @@ def nifti_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
     gives one volume per frame chosen by ``frame_list`` or ``frames``."""
     listed = read_frame_list(cfg["frame_list"]) if cfg["frame_list"] else {}
     return _read_files(cfg, lambda path, c: _load_nifti(path, c, listed), progress)
+
+
+# -------------------------------------------------------------------------------- DICOM
+def dicom_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
+    """DICOM series under ``path``, one volume per series: :mod:`kdmri.data.dicom`."""
+    from kdmri.data.dicom import dicom_volumes as read
+
+    return read(cfg, progress)

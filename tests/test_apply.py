@@ -1,0 +1,167 @@
+"""``kdmri apply``: one volume through a trained network, written with the source's geometry."""
+
+from __future__ import annotations
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from kdmri.cli import main
+from kdmri.models import build_model
+from kdmri.train import load_model, write_model_file
+
+NETS = {
+    "dccnn": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 8},
+    "vdsr": {"family": "vdsr", "convs": 4, "channels": 8},
+}
+
+
+def _model_file(tmp_path, family: str):
+    torch.manual_seed(1)
+    model = build_model(NETS[family])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    path = tmp_path / f"{family}.pt"
+    write_model_file(path, {"task": "recon" if family == "dccnn" else "sr",
+                            "net": NETS[family]}, model.state_dict())
+    return path, load_model(path)[0].eval()
+
+
+def _volume(shape=(20, 24, 5), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape, dtype=np.float32) * 300 + 10).astype(np.float32)
+
+
+def _affine() -> np.ndarray:
+    affine = np.array([[0.0, -0.9, 0.1, 12.0], [1.1, 0.0, 0.0, -30.0],
+                       [0.0, 0.05, 2.5, 7.5], [0, 0, 0, 1]])
+    return affine
+
+
+def _mask(height, width, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), dtype=np.float32)
+    mask[:, rng.random(width) < 0.4] = 1
+    mask[:, width // 2 - 1: width // 2 + 2] = 1
+    return mask
+
+
+def _fft2c(x):
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"),
+                           axes=(-2, -1))
+
+
+def _ifft2c(k):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
+                           axes=(-2, -1))
+
+
+def _expected(model, slices: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The network slice by slice on the normalised, undersampled slices, scaled back."""
+    scale = slices.max()
+    out = []
+    for image in slices / scale:
+        if mask is None:
+            zf, kspace, m = image.astype(np.complex64), _fft2c(image), np.ones_like(image)
+        else:
+            kspace = _fft2c(image) * mask
+            zf, m = _ifft2c(kspace), mask
+        with torch.no_grad():
+            y = model(torch.from_numpy(zf.real.astype(np.float32))[None, None],
+                      torch.from_numpy(kspace.astype(np.complex64))[None, None],
+                      torch.from_numpy(m.astype(np.float32)))
+        out.append(y[0, 0].numpy())
+    return np.stack(out) * scale
+
+
+@pytest.mark.parametrize("axis", [2, 0])
+def test_nifti_keeps_geometry_and_matches_the_network(tmp_path, axis):
+    path, model = _model_file(tmp_path, "dccnn")
+    data = _volume()
+    image = nib.Nifti1Image(data, _affine())
+    image.header.set_zooms((1.1, 0.9, 2.5))
+    nib.save(image, tmp_path / "in.nii.gz")
+    slices = np.moveaxis(data, axis, 0)
+    mask = _mask(*slices.shape[1:])
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "out" / "recon.nii.gz"
+    assert main(["apply", "--model", str(path), "--input", str(tmp_path / "in.nii.gz"),
+                 "--mask", str(tmp_path / "mask.npy"), "--axis", str(axis), "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    written = nib.load(out)
+    source = nib.load(tmp_path / "in.nii.gz")
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.header.get_zooms() == source.header.get_zooms()
+    assert written.shape == data.shape
+    got = np.moveaxis(np.asanyarray(written.dataobj), axis, 0)
+    expected = _expected(model, slices, mask)
+    np.testing.assert_allclose(got, expected, atol=1e-5 * data.max(), rtol=0)
+
+
+def test_hdf5_input_and_super_resolution(tmp_path):
+    path, model = _model_file(tmp_path, "vdsr")
+    slices = _volume((3, 16, 18), seed=2)
+    with h5py.File(tmp_path / "file1000.h5", "w") as handle:
+        handle["reconstruction_rss"] = slices
+    out = tmp_path / "sr.nii"
+    assert main(["apply", "--model", str(path), "--input", str(tmp_path / "file1000.h5"),
+                 "--out", str(out), "--quiet"]) == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, np.eye(4))
+    got = np.asanyarray(written.dataobj).transpose(2, 1, 0)  # (columns, rows, slices)
+    np.testing.assert_allclose(got, _expected(model, slices, None), atol=1e-5 * slices.max(),
+                               rtol=0)
+
+
+def _error(capsys, argv) -> str:
+    assert main([*argv, "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_errors_are_one_line_naming_the_file(tmp_path, capsys):
+    path, _ = _model_file(tmp_path, "dccnn")
+    data = _volume((8, 10, 3))
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "in.nii")
+    np.save(tmp_path / "mask.npy", _mask(8, 10))
+    np.save(tmp_path / "wrong.npy", _mask(10, 8))
+    base = ["apply", "--model", str(path), "--out", str(tmp_path / "o.nii.gz")]
+    line = _error(capsys, [*base, "--input", str(tmp_path / "in.nii")])
+    assert "needs --mask" in line
+    line = _error(capsys, [*base, "--input", str(tmp_path / "in.nii"), "--mask",
+                           str(tmp_path / "wrong.npy")])
+    assert "wrong.npy" in line and "does not match" in line and "in.nii" in line
+    (tmp_path / "junk.nii.gz").write_bytes(b"nonsense")
+    line = _error(capsys, [*base, "--input", str(tmp_path / "junk.nii.gz"), "--mask",
+                           str(tmp_path / "mask.npy")])
+    assert "junk.nii.gz: expected a NIfTI file" in line
+    nib.save(nib.Nifti1Image(np.ones((8, 10), np.float32), np.eye(4)), tmp_path / "flat.nii")
+    line = _error(capsys, [*base, "--input", str(tmp_path / "flat.nii"), "--mask",
+                           str(tmp_path / "mask.npy")])
+    assert "flat.nii: expected a 3-D volume" in line
+    bad = data.copy()
+    bad[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), tmp_path / "nan.nii")
+    line = _error(capsys, [*base, "--input", str(tmp_path / "nan.nii"), "--mask",
+                           str(tmp_path / "mask.npy")])
+    assert "nan.nii" in line and "NaN" in line
+    with h5py.File(tmp_path / "nokey.h5", "w") as handle:
+        handle["kspace"] = np.zeros((2, 8, 10), np.complex64)
+    line = _error(capsys, [*base, "--input", str(tmp_path / "nokey.h5"), "--mask",
+                           str(tmp_path / "mask.npy")])
+    assert "nokey.h5: missing key 'reconstruction_esc' or 'reconstruction_rss'" in line
+    line = _error(capsys, [*base, "--input", str(tmp_path / "none.nii")])
+    assert "none.nii: input not found" in line
+    line = _error(capsys, ["apply", "--model", str(tmp_path / "no.pt"), "--input",
+                           str(tmp_path / "in.nii"), "--out", str(tmp_path / "o.nii")])
+    assert "no.pt: model file not found" in line
+    assert not (tmp_path / "o.nii.gz").exists()
+    (tmp_path / "notdicom").mkdir()
+    (tmp_path / "notdicom" / "a.txt").write_text("x")
+    line = _error(capsys, [*base, "--input", str(tmp_path / "notdicom"), "--mask",
+                           str(tmp_path / "mask.npy")])
+    assert line.startswith("kdmri: error: ") and "notdicom" in line
