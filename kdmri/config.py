@@ -236,6 +236,35 @@ def _check_references(config: dict, source: str) -> None:
                     f"{source}: key 'tasks.{task}.datasets': unknown dataset {name!r}; "
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
+    _check_complex(config, source)
+
+
+def is_complex(dataset: dict) -> bool:
+    """Whether a dataset's targets are complex images (fastmri prepared from k-space)."""
+    return dataset["source"] == "kspace"
+
+
+def _check_complex(config: dict, source: str) -> None:
+    """``source: kspace`` is a fastmri option, and a task's networks are complex exactly
+    when its datasets are (one task cannot mix complex and magnitude datasets)."""
+    for name, dataset in config["datasets"].items():
+        if is_complex(dataset) and dataset["format"] != "fastmri":
+            raise KdmriError(
+                f"{source}: key 'datasets.{name}.source': kspace is an option of format "
+                f"fastmri, found format {dataset['format']!r}"
+            )
+    for task, settings in config["tasks"].items():
+        for name in settings["datasets"]:
+            data = "complex (source: kspace)" if is_complex(config["datasets"][name]) \
+                else "magnitude"
+            for role in ("teacher", "student"):
+                if settings[role]["complex"] != is_complex(config["datasets"][name]):
+                    raise KdmriError(
+                        f"{source}: key 'tasks.{task}.{role}.complex': dataset {name!r} is "
+                        f"{data} but the {role} network has complex: "
+                        f"{str(settings[role]['complex']).lower()}; a task's networks are "
+                        "complex exactly when its datasets are"
+                    )
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -323,13 +352,13 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
         "model": model,
         "stage": recipe.stage,
         "init": recipe.init,
-        "net": task_cfg[net_role],
+        "net": net_spec(task_cfg[net_role]),
         "loss_weights": {t: weights[t] for t in terms},
         "train": train_settings(config, task, recipe.stage),
         "seed": int(seed),
     }
     if recipe.stage in ("attention", "imitation"):
-        spec["teacher_net"] = task_cfg["teacher"]
+        spec["teacher_net"] = net_spec(task_cfg["teacher"])
     if recipe.stage == "attention":
         spec["pairs"] = task_cfg["pairs"]
     return spec
@@ -338,7 +367,14 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
 def teacher_cache_spec(config: dict, task: str) -> dict:
     """What the teacher cache depends on besides the teacher weights: the layer pairs."""
     task_cfg = config["tasks"][task]
-    return {"teacher_net": task_cfg["teacher"], "pairs": task_cfg["pairs"]}
+    return {"teacher_net": net_spec(task_cfg["teacher"]), "pairs": task_cfg["pairs"]}
+
+
+def net_spec(net: dict) -> dict:
+    """A network as jobs see it: ``complex`` only where it is true, so that a magnitude
+    network's spec (a job's params, a model file's ``net``) is the one it had before the
+    option existed and a study trained before is neither re-run nor refused."""
+    return {k: v for k, v in net.items() if not (k == "complex" and v is False)}
 
 
 def models_needed(model: str) -> list[str]:

@@ -83,10 +83,13 @@ def median_slice(target: np.ndarray, output: np.ndarray, volume: np.ndarray) -> 
 
 
 def read_panel_data(inputs: str | Path, preds: dict[str, Path]) -> dict:
-    """Targets and each model's outputs, checked to cover the same slices in order."""
+    """Targets and each model's outputs, checked to cover the same slices in order
+    (magnitudes where they are complex images)."""
     from kdmri.data.store import read_store
+    from kdmri.metrics import magnitude
 
     truth = read_store(inputs, ["target", "volume", "slice"])
+    truth["target"] = magnitude(truth["target"])
     outputs = {}
     for name, path in preds.items():
         pred = read_store(path, ["output", "volume", "slice"])
@@ -98,7 +101,7 @@ def read_panel_data(inputs: str | Path, preds: dict[str, Path]) -> dict:
                 f"{path}: predictions of {name!r} {pred['output'].shape} do not cover the "
                 f"slices of {inputs} {truth['target'].shape} in the same order"
             )
-        outputs[name] = pred["output"]
+        outputs[name] = magnitude(pred["output"])
     return {"truth": truth, "outputs": outputs}
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from kdmri.config import digest
-from kdmri.data.store import SliceDataset, write_store
+from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import attention_map
 from kdmri.errors import KdmriError
 from kdmri.models import place_model
 from kdmri.mri import real_image
-from kdmri.train import load_model, make_batch
+from kdmri.train import check_complex, load_model, make_batch, stored_image
 
 PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
 
@@ -24,8 +24,10 @@ PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test stor
 def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
               batch_size: int = PREDICT_BATCH, feature_paths: list[str] | None = None,
               amp: bool = False) -> dict[str, np.ndarray]:
-    """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store, and optionally
-    the normalised attention maps ``(N, P, H*W)`` of the modules at ``feature_paths``."""
+    """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store (complex64 for a
+    complex network), and optionally the normalised attention maps ``(N, P, H*W)`` of the
+    modules at ``feature_paths``."""
+    check_complex(store, model)
     dataset = SliceDataset(store, keys=["zf"], extra=["mask"])
     model = place_model(model, device).eval()
     outputs, maps = [], []
@@ -33,11 +35,12 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
         for idx in np.array_split(np.arange(len(dataset)), max(1, -(-len(dataset) // batch_size))):
             if idx.size == 0:
                 continue
-            batch = make_batch(dataset.batch(idx)["zf"], dataset.extra["mask"], None, device)
+            batch = make_batch(dataset.batch(idx)["zf"], dataset.extra["mask"], None, device,
+                               complex=model.complex)
             with torch.autocast(device_type=device.type, dtype=torch.float16,
                                 enabled=amp and device.type == "cuda"):
                 out = model(batch.image, batch.kspace, batch.mask)
-            outputs.append(out[:, 0].float().cpu())
+            outputs.append(stored_image(out.float(), model.complex).cpu())
             if feature_paths:
                 maps.append(torch.stack([attention_map(f) for f in hooks.pop()], 1).cpu())
     result = {"output": torch.cat(outputs).numpy(), "volume": dataset.volume,
@@ -66,10 +69,12 @@ def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[
 
 
 def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
-    """The zero-filled baseline ``zf``: the real image of the zero-filled input."""
+    """The zero-filled baseline ``zf``: the real image of the zero-filled input, or the
+    complex zero-filled image itself where the targets are complex."""
     dataset = SliceDataset(store, keys=["zf"])
     zf = dataset.batch(np.arange(len(dataset)))["zf"]
-    return {"output": real_image(zf).numpy(), "volume": dataset.volume, "slice": dataset.slice,
+    output = zf if is_complex_store(store) else real_image(zf)
+    return {"output": output.numpy(), "volume": dataset.volume, "slice": dataset.slice,
             "volume_names": dataset.volume_names}
 
 
@@ -86,7 +91,7 @@ def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.dev
     model = model.to(device).eval()
     zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
     mask = torch.ones(shape)
-    batch = make_batch(zf, mask, None, device)
+    batch = make_batch(zf, mask, None, device, complex=getattr(model, "complex", False))
     times = []
     for i in range(repeats + 3):
         if device.type == "cuda":

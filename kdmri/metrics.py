@@ -5,6 +5,11 @@ volume, and SSIM (scikit-image, 7x7 window) is computed per slice and averaged.
 NMSE = ||gt - pred||^2 / ||gt||^2; HFEN = ||LoG(gt) - LoG(pred)||_2 / ||LoG(gt)||_2 with a
 Laplacian of Gaussian of sigma 1.5 applied per slice.
 
+Complex images (a dataset prepared from k-space) are compared by their magnitudes ``|x|``
+(fastMRI evaluates magnitude images): every function takes the magnitude of complex
+inputs first, so the data range is the volume's maximum magnitude and the tables of
+complex and magnitude studies measure the same thing.
+
 The ``*_slices`` variants return one value per slice (data range still the volume's
 maximum unless given) for per-slice tables and paired tests. Identical inputs give
 PSNR = inf without a warning.
@@ -19,9 +24,15 @@ from skimage.metrics import structural_similarity
 HFEN_SIGMA = 1.5
 
 
+def magnitude(image) -> np.ndarray:
+    """``|x|`` of a complex array; a real array unchanged."""
+    image = np.asarray(image)
+    return np.abs(image) if np.iscomplexobj(image) else image
+
+
 def _check(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gt = np.asarray(gt, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(magnitude(gt), dtype=np.float64)
+    pred = np.asarray(magnitude(pred), dtype=np.float64)
     if gt.shape != pred.shape:
         raise ValueError(f"target {gt.shape} and prediction {pred.shape} differ in shape")
     if gt.ndim != 3:
@@ -100,7 +111,9 @@ SLICE_METRICS = {
 
 
 def slice_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """All per-slice metrics of one volume, data range = the volume's target maximum."""
+    """All per-slice metrics of one volume, data range = the volume's target maximum
+    (maximum magnitude for complex images)."""
+    gt, pred = magnitude(gt), magnitude(pred)
     data_range = float(np.max(gt))
     return {
         "psnr": psnr_slices(gt, pred, data_range),

@@ -6,8 +6,13 @@ mask samples whole columns. k-space is complex64 with the zero frequency at the 
 Masks are real ``(H, W)`` (or broadcastable to the data, e.g. ``(1, W)``) with values 0/1
 and broadcast over any leading batch dims. Nothing here ever promotes to float64.
 
-Images are real-valued magnitude images; a complex image is mapped back to a real one
-with :func:`real_image` (the real part), the single place where that choice is made.
+Images are real-valued magnitude images, or complex images where a dataset is prepared
+from acquired k-space (``source: kspace``). On the magnitude path a complex image is
+mapped back to a real one with :func:`real_image` (the real part), the single place where
+that choice is made. On the complex path networks see a complex image ``(..., 1, H, W)``
+as two real channels ``(..., 2, H, W)`` (real, imaginary): :func:`to_channels` and
+:func:`from_channels` convert, and :class:`DataConsistency` built with ``complex=True``
+keeps the whole complex result.
 """
 
 from __future__ import annotations
@@ -43,6 +48,20 @@ def real_image(image: torch.Tensor) -> torch.Tensor:
     return image.real if image.is_complex() else image
 
 
+def to_channels(image: torch.Tensor) -> torch.Tensor:
+    """A complex image ``(..., 1, H, W)`` as two real channels ``(..., 2, H, W)``: real and
+    imaginary part (float32)."""
+    return torch.cat([image.real, image.imag], dim=-3).float()
+
+
+def from_channels(image: torch.Tensor) -> torch.Tensor:
+    """Two real channels ``(..., 2, H, W)`` (real, imaginary) as a complex image
+    ``(..., 1, H, W)`` (complex64): the inverse of :func:`to_channels`."""
+    if image.ndim < 3 or image.shape[-3] != 2:
+        raise ValueError(f"expected two channels (..., 2, H, W), got shape {tuple(image.shape)}")
+    return torch.complex(image[..., 0:1, :, :].float(), image[..., 1:2, :, :].float())
+
+
 def undersample(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Retrospectively undersampled k-space ``m * FFT(image)`` (complex64)."""
     return fft2c(image) * mask.to(torch.float32)
@@ -55,7 +74,10 @@ def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
 
 class DataConsistency:
     """Hard data consistency against one measurement: ``k = m * k0 + (1 - m) * FFT(x)``,
-    returned as the real image of ``IFFT(k)``.
+    returned as the real image of ``IFFT(k)`` or, with ``complex=True``, as the whole
+    complex ``IFFT(k)`` in two channels: the image is then ``(..., 2, H, W)`` (real,
+    imaginary; :func:`to_channels`) against ``measured`` ``(..., 1, H, W)``, and so is
+    the result.
 
     ``measured`` is the measured k-space ``k0`` (zero where not sampled), ``mask`` the 0/1
     sampling mask. Both are prepared once, here, so that a network applying DC many times
@@ -72,8 +94,9 @@ class DataConsistency:
     (moved to FFT order here, two shifts per call).
     """
 
-    def __init__(self, measured: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, measured: torch.Tensor, mask: torch.Tensor, complex: bool = False):
         _check_spatial(measured, "kspace")
+        self.complex = complex
         m = mask.to(torch.float32)
         if m.ndim < 2:
             m = m.reshape(1, -1)  # a (W,) column mask
@@ -86,14 +109,19 @@ class DataConsistency:
             self._kept = self._kept * _alternating_signs(height, width, measured.device)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """DC of the network's real prediction ``image`` ``(..., H, W)``."""
+        """DC of the network's prediction ``image``: real ``(..., H, W)``, or with
+        ``complex=True`` two channels ``(..., 2, H, W)``."""
         _check_spatial(image, "image")
         with torch.autocast(device_type=image.device.type, enabled=False):
-            x = image.float()
+            x = from_channels(image) if self.complex else image.float()
             if self._shifted:
                 x = torch.fft.ifftshift(x, dim=(-2, -1))
             k = self._kept + self._free * torch.fft.fft2(x.to(torch.complex64), norm="ortho")
-            x = real_image(torch.fft.ifft2(k, norm="ortho"))
+            x = torch.fft.ifft2(k, norm="ortho")
+            if self.complex:
+                x = torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x
+                return to_channels(x)
+            x = real_image(x)
             # a real view of the complex result would keep that buffer alive and be strided
             return torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x.contiguous()
 
@@ -107,7 +135,7 @@ def _alternating_signs(height: int, width: int, device: torch.device) -> torch.T
 
 
 def data_consistency(
-    image: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor
+    image: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, complex: bool = False
 ) -> torch.Tensor:
     """Hard data consistency of ``image`` with ``measured`` k-space: see :class:`DataConsistency`."""
-    return DataConsistency(measured, mask)(image)
+    return DataConsistency(measured, mask, complex=complex)(image)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from kdmri import __version__
 from kdmri.config import digest
-from kdmri.data.store import SliceDataset, store_info
+from kdmri.data.store import SliceDataset, is_complex_store, store_info
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import (
     attention_transfer_loss,
@@ -45,7 +45,7 @@ from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, load_torch, save_torch
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
-from kdmri.mri import fft2c
+from kdmri.mri import fft2c, from_channels, to_channels
 
 MODEL_FORMAT = "kdmri-model/1"
 STATE_FORMAT = "kdmri-train-state/1"
@@ -58,7 +58,8 @@ DATA_ON_GPU_SHARE = 0.25
 
 @dataclass
 class Batch:
-    """What every network consumes: real input, measured k-space, mask, target (N,1,H,W)."""
+    """What every network consumes: real input, measured k-space, mask, target (N,1,H,W);
+    for a complex network input and target are two channels (N,2,H,W) (real, imaginary)."""
 
     image: torch.Tensor
     kspace: torch.Tensor
@@ -67,15 +68,42 @@ class Batch:
 
 
 def make_batch(zf: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None,
-               device: torch.device) -> Batch:
-    """Build a :class:`Batch` from zero-filled complex images ``(N, H, W)``."""
+               device: torch.device, complex: bool = False) -> Batch:
+    """Build a :class:`Batch` from zero-filled complex images ``(N, H, W)``: the network's
+    input is their real part, or with ``complex`` the whole image in two channels."""
     zf = zf.to(device, non_blocking=True).unsqueeze(1)
     return Batch(
-        image=zf.real.contiguous(),
+        image=to_channels(zf) if complex else zf.real.contiguous(),
         kspace=fft2c(zf),
         mask=mask.to(device),
-        target=None if target is None else target.to(device, non_blocking=True).unsqueeze(1),
+        target=None if target is None else network_image(
+            target.to(device, non_blocking=True), complex),
     )
+
+
+def network_image(images: torch.Tensor, complex: bool) -> torch.Tensor:
+    """Images ``(N, H, W)`` as a network takes and returns them: ``(N, 1, H, W)``, or for
+    a complex network two channels ``(N, 2, H, W)``."""
+    images = images.unsqueeze(1)
+    return to_channels(images) if complex else images
+
+
+def stored_image(output: torch.Tensor, complex: bool) -> torch.Tensor:
+    """A network's output ``(N, C, H, W)`` as stored: ``(N, H, W)``, complex for a complex
+    network (the inverse of :func:`network_image`)."""
+    return (from_channels(output) if complex else output)[:, 0]
+
+
+def check_complex(store: str | Path, model, what: str = "the network") -> None:
+    """Refuse a store whose targets are complex for a magnitude network, or the reverse."""
+    data = is_complex_store(store)
+    if data != model.complex:
+        kind = "complex (a dataset prepared from k-space)" if data else "magnitude images"
+        raise KdmriError(
+            f"{store}: the targets are {kind} but {what} has complex: "
+            f"{str(model.complex).lower()}; set the task's nets to complex: "
+            f"{str(data).lower()}"
+        )
 
 
 def load_model(path: str | Path, expect_net: dict | None = None, role: str = "model"):
@@ -165,6 +193,8 @@ class Trainer:
         self._place_data()
         torch.manual_seed(spec["seed"])
         self.model = place_model(build_model(spec["net"]), self.device)
+        check_complex(train_store, self.model, f"the {spec['model']} network")
+        self.complex = self.model.complex
         if init is not None:
             init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
             self.model.load_state_dict(init_model.state_dict())
@@ -267,8 +297,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ losses
     def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
-        batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device)
+        batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device,
+                           complex=self.complex)
         extra = {k: data[k][idx].to(self.device) for k in ("teacher_output", "attention") if k in data}
+        if "teacher_output" in extra:
+            extra["teacher_output"] = network_image(extra["teacher_output"], self.complex)
         return batch, extra
 
     def losses(self, batch: Batch, extra: dict, hooks: FeatureHooks | None):
@@ -280,7 +313,7 @@ class Trainer:
         if "reconstruction" in self.weights:
             terms["reconstruction"] = reconstruction_loss(prediction, batch.target)
         if "imitation" in self.weights:
-            terms["imitation"] = imitation_loss(prediction, extra["teacher_output"].unsqueeze(1))
+            terms["imitation"] = imitation_loss(prediction, extra["teacher_output"])
         if "attention" in self.weights:
             features = hooks.pop()
             teacher_maps = list(extra["attention"].unbind(1))
@@ -435,7 +468,7 @@ class Trainer:
                 sums["loss"] = sums.get("loss", 0.0) + total.item() * len(idx)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
-                outputs.append(prediction[:, 0].cpu())
+                outputs.append(stored_image(prediction, self.complex).cpu())
         prediction = torch.cat(outputs).numpy()
         target = data["target"].cpu().numpy()
         volumes = data["volume"].cpu().numpy()

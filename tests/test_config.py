@@ -42,8 +42,10 @@ def test_defaults_filled():
     assert config["datasets"]["demo"]["size"] is None  # the format decides (demo: 64)
     assert config["datasets"]["demo"]["subjects"] == {"train": 8, "val": 2, "test": 2}
     recon = config["tasks"]["recon"]
-    assert recon["teacher"] == {"family": "dccnn", "cascades": 5, "convs": 5, "channels": 32}
-    assert recon["student"] == {"family": "dccnn", "cascades": 5, "convs": 3, "channels": 32}
+    assert recon["teacher"] == {"family": "dccnn", "cascades": 5, "convs": 5, "channels": 32,
+                                "complex": False}
+    assert recon["student"] == {"family": "dccnn", "cascades": 5, "convs": 3, "channels": 32,
+                                "complex": False}
     assert recon["pairs"] == [[3, 2]]
     assert recon["mask"] == {"kind": "random", "center_fraction": 0.08, "file": ""}
     assert config["tasks"]["sr"]["pairs"] == [[6, 4]]
@@ -243,14 +245,15 @@ def test_imitation_stage_has_student_epochs_by_default():
 def test_spec_contents_per_stage():
     config = validate(minimal())
     teacher = model_spec(config, "recon", "teacher", 0)
-    assert teacher["net"] == config["tasks"]["recon"]["teacher"]
+    # a magnitude net's spec leaves out complex: false (the spec as before the option)
+    assert teacher["net"] == {"family": "dccnn", "cascades": 5, "convs": 5, "channels": 32}
     assert teacher["loss_weights"] == {"reconstruction": 1.0}
     assert "teacher_net" not in teacher and "pairs" not in teacher
     attention = model_spec(config, "recon", "attention", 0)
-    assert attention["net"] == config["tasks"]["recon"]["student"]
+    assert attention["net"] == {"family": "dccnn", "cascades": 5, "convs": 3, "channels": 32}
     assert attention["loss_weights"] == {"attention": 1.0}
     assert attention["pairs"] == [[3, 2]]
-    assert attention["teacher_net"] == config["tasks"]["recon"]["teacher"]
+    assert attention["teacher_net"] == teacher["net"]
     assert models_needed("kd") == ["attention", "kd"]
     assert models_needed("teacher") == ["teacher"]
 
@@ -305,8 +308,9 @@ def test_a_partial_network_gets_its_family_defaults():
         "sr": {"datasets": ["demo"], "student": {"family": "vdsr", "channels": 16}},
     }))
     assert config["tasks"]["recon"]["student"] == {"family": "dccnn", "cascades": 5, "convs": 2,
-                                                   "channels": 32}
-    assert config["tasks"]["sr"]["student"] == {"family": "vdsr", "convs": 11, "channels": 16}
+                                                   "channels": 32, "complex": False}
+    assert config["tasks"]["sr"]["student"] == {"family": "vdsr", "convs": 11, "channels": 16,
+                                                "complex": False}
 
 
 def test_the_family_defaults_build_the_papers_teachers():

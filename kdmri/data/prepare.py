@@ -92,7 +92,8 @@ def _subsample_store(path: Path, max_slices: int, attrs: dict) -> None:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in src.attrs["volume_names"]]
         keep = np.unique(np.linspace(0, len(volume_ids) - 1, max_slices).round().astype(int))
         target = src["target"]
-        with StoreWriter(path.with_suffix(".sub.h5"), target.shape[1:], attrs=attrs) as writer:
+        with StoreWriter(path.with_suffix(".sub.h5"), target.shape[1:], attrs=attrs,
+                         dtype=target.dtype) as writer:
             for vid in np.unique(volume_ids[keep]):
                 rows = keep[volume_ids[keep] == vid]
                 writer.add_volume(names[vid], target[rows.tolist()])
@@ -103,7 +104,7 @@ def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
     """Stream every volume of the dataset into its split's store in ``staging``."""
     attrs = {"dataset": name}
     splits = {s: {"volumes": [], "slices": 0} for s in SPLITS}
-    shape, names = None, set()
+    shape, dtype, names = None, "float32", set()
     with contextlib.ExitStack() as stack:
         writers: dict[str, StoreWriter] = {}
         for split, volume_name, volume in READERS[cfg["format"]](cfg, progress=progress):
@@ -114,9 +115,10 @@ def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
                                       where=f"dataset {name!r}, volume {volume_name!r}")
             if shape is None:
                 shape = tuple(volume.shape[1:])
+                dtype = "complex64" if np.iscomplexobj(volume) else "float32"
             if split not in writers:
                 writers[split] = stack.enter_context(
-                    StoreWriter(staging / f"{split}.h5", shape, attrs=attrs))
+                    StoreWriter(staging / f"{split}.h5", shape, attrs=attrs, dtype=dtype))
             writers[split].add_volume(volume_name, volume)
             splits[split]["volumes"].append(volume_name)
             splits[split]["slices"] += volume.shape[0]
@@ -133,7 +135,7 @@ def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
                                    for n in handle.attrs["volume_names"]]
                 info["slices"] = int(handle["volume"].shape[0])
         info["shape"] = list(shape)
-    return {"splits": splits, "slices_read": read}
+    return {"splits": splits, "slices_read": read, "complex": dtype == "complex64"}
 
 
 def _commit(staging: Path, out_dir: Path) -> None:
@@ -153,6 +155,9 @@ def _commit(staging: Path, out_dir: Path) -> None:
 
 def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
     """Write ``<out_dir>/{train,val,test}.h5`` and ``info.json`` for one configured dataset.
+
+    ``info.json`` records ``complex``: whether the targets are complex images (fastmri with
+    ``source: kspace``; the stores' ``target`` is then complex64).
 
     ``cfg`` is checked against the schema's dataset entry and its defaults filled. Every
     source file is read once; all three stores appear together, or none does.
@@ -180,7 +185,7 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
     seconds = time.perf_counter() - start
     info = {
         "dataset": name, "format": fmt, "splits": written["splits"],
-        "normalization": cfg["normalization"],
+        "normalization": cfg["normalization"], "complex": written["complex"],
         "slices_read": written["slices_read"], "seconds": round(seconds, 3),
         "slices_per_s": round(written["slices_read"] / seconds, 1),
     }
@@ -190,7 +195,8 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
 
 def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str | Path) -> None:
     """Write the input store of one split: zero-filled images ``zf`` (complex64), ``target``,
-    ``mask``, ``volume`` and ``slice``."""
+    ``mask``, ``volume`` and ``slice``. A complex target (a dataset prepared from k-space)
+    stays complex, and ``zf`` is then its complex zero-filled image as for any target."""
     data = SliceDataset(target_store, keys=["target"])
     target = data.batch(np.arange(len(data)))["target"]
     if tuple(target.shape[1:]) != tuple(mask.shape):

@@ -1,11 +1,13 @@
 """Readers of source data: one function per file format, each yielding
-``(split, volume name, slices)`` with ``slices`` a float32 array ``(S, H, W)``.
+``(split, volume name, slices)`` with ``slices`` a float32 array ``(S, H, W)`` (complex64
+for ``fastmri`` with ``source: kspace``).
 
 =============  ===========================================================================
 format         what one file holds
 =============  ===========================================================================
 ``fastmri``    fastMRI HDF5 (single- or multi-coil): the magnitude target
-               ``reconstruction_esc`` or ``reconstruction_rss`` of shape (slices, H, W)
+               ``reconstruction_esc`` or ``reconstruction_rss`` of shape (slices, H, W);
+               with ``source: kspace`` the complex image of the single-coil ``kspace``
 ``nifti``      a NIfTI volume (``.nii``, ``.nii.gz``): 3-D, or 4-D with chosen frames
 ``kdmri_h5``   the original KD-MRI layout: ``volfs`` of shape (H, W, slices), or (H, W)
 ``dicom``      DICOM files in a folder tree, one volume per series (SeriesInstanceUID),
@@ -56,6 +58,8 @@ DEFAULT_GLOB = {"fastmri": "*.h5", "nifti": "**/*.nii*", "kdmri_h5": "**/*.h5", 
 DEFAULT_SIZE = {"demo": 64, "fastmri": 320, "nifti": None, "kdmri_h5": None, "dicom": None}
 #: fastMRI magnitude targets, in order of preference, when ``target_key`` is ``auto``.
 FASTMRI_KEYS = ("reconstruction_esc", "reconstruction_rss")
+#: fastMRI's acquired k-space (``source: kspace``).
+FASTMRI_KSPACE_KEY = "kspace"
 KDMRI_H5_KEY = "volfs"
 _SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5")
 
@@ -66,7 +70,7 @@ _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 #: The dataset settings each format reads (the others do not change its data).
 FORMAT_KEYS = {
     "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise"),
-    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
+    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
     "dicom": (*_COMMON_KEYS, *_FILE_KEYS),
@@ -77,7 +81,10 @@ def dataset_spec(cfg: dict) -> dict:
     """The settings of a dataset that its format reads: the prepare job's spec, so a
     setting of another format does not re-run it."""
     keys = FORMAT_KEYS.get(cfg["format"], tuple(cfg))
-    return {k: cfg[k] for k in keys if k in cfg}
+    spec = {k: cfg[k] for k in keys if k in cfg}
+    if "source" in spec and spec["source"] == "image":  # the default: the spec as before
+        del spec["source"]
+    return spec
 
 
 @dataclass(frozen=True)
@@ -243,12 +250,14 @@ def fit_size(slices: np.ndarray, size: int | None) -> np.ndarray:
 def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") -> np.ndarray:
     """Scale one volume: ``max`` divides by its maximum (as the paper), ``percentile``
     divides by its ``percentile``-th percentile over all voxels (brighter voxels then
-    exceed 1). Raises :class:`KdmriError` if the scale is not positive."""
+    exceed 1). A complex volume is divided by the maximum (or percentile) of its
+    magnitudes and stays complex. Raises :class:`KdmriError` if the scale is not positive."""
     kind = settings["kind"]
+    values = np.abs(volume) if np.iscomplexobj(volume) else volume
     if kind == "max":
-        scale = float(volume.max())
+        scale = float(values.max())
     elif kind == "percentile":
-        scale = float(np.percentile(volume, settings["percentile"]))
+        scale = float(np.percentile(values, settings["percentile"]))
     else:
         raise KdmriError(
             f"{where}: unknown normalization kind {kind!r}; expected max or percentile"
@@ -259,7 +268,8 @@ def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") 
         )
     if scale == 1.0:
         return volume
-    return (volume / np.float32(scale)).astype(np.float32, copy=False)
+    dtype = np.complex64 if np.iscomplexobj(volume) else np.float32
+    return (volume / np.float32(scale)).astype(dtype, copy=False)
 
 
 def _as_float32(array: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -338,6 +348,9 @@ def _read_h5(dataset, path: Path, key: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ fastMRI
 def _load_fastmri(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
+    if cfg["source"] == "kspace":
+        yield from _load_fastmri_kspace(path)
+        return
     keys = FASTMRI_KEYS if cfg["target_key"] == "auto" else (cfg["target_key"],)
     with _open_h5(path) as handle:
         key, dataset = _h5_dataset(handle, path, keys)
@@ -349,9 +362,44 @@ def _load_fastmri(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
     yield "", _as_float32(data, path, f"key {key!r}")
 
 
+def ifft2c(kspace: np.ndarray) -> np.ndarray:
+    """The centred orthonormal 2-D inverse FFT over the last two dims (complex64), as
+    :func:`kdmri.mri.ifft2c` and fastMRI's ``ifft2c``: ``fftshift(ifft2(ifftshift(k)))``
+    with ``norm="ortho"`` (NumPy here: this module does not import torch)."""
+    shifted = np.fft.ifftshift(kspace, axes=(-2, -1))
+    image = np.fft.ifft2(shifted, axes=(-2, -1), norm="ortho")
+    return np.fft.fftshift(image, axes=(-2, -1)).astype(np.complex64)
+
+
+def _load_fastmri_kspace(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """The complex image of a single-coil file's ``kspace`` (slices, H, W) (full size;
+    :func:`_read_files` then centre-crops it in image space, as fastMRI its targets)."""
+    key = FASTMRI_KSPACE_KEY
+    with _open_h5(path) as handle:
+        key, dataset = _h5_dataset(handle, path, (key,))
+        if dataset.ndim == 4:
+            raise KdmriError(
+                f"{path}: key {key!r} has shape {dataset.shape} (slices, coils, H, W): a "
+                f"multi-coil file of {dataset.shape[1]} coils; source kspace is single-coil "
+                "only (source image reads its reconstruction_rss)"
+            )
+        if dataset.ndim != 3:
+            raise KdmriError(
+                f"{path}: key {key!r} must have 3 dims (slices, H, W), found shape {dataset.shape}"
+            )
+        data = _read_h5(dataset, path, key)
+    if data.dtype.kind != "c":
+        raise KdmriError(f"{path}: key {key!r} must hold complex numbers, found dtype {data.dtype}")
+    if not np.isfinite(data).all():
+        raise KdmriError(f"{path}: key {key!r} contains NaN or infinite values")
+    yield "", ifft2c(data)
+
+
 def fastmri_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
     """fastMRI HDF5 files: the magnitude target (``reconstruction_esc``, else
-    ``reconstruction_rss``, or ``target_key``), centre-cropped to ``size`` (320)."""
+    ``reconstruction_rss``, or ``target_key``), centre-cropped to ``size`` (320); with
+    ``source: kspace`` the complex image of the single-coil ``kspace`` (centred orthonormal
+    inverse FFT), centre-cropped to ``size`` in image space."""
     return _read_files(cfg, _load_fastmri, progress)
 
 

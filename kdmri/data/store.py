@@ -7,12 +7,15 @@ chunk, plus ``volume`` (int32, index into the ``volume_names`` attribute) and ``
 =============  =============================  ===========================================
 key            shape / dtype                  written by
 =============  =============================  ===========================================
-``target``     (N, H, W) float32              prepare (data stores), undersample (inputs)
+``target``     (N, H, W) float32/complex64    prepare (data stores), undersample (inputs)
 ``zf``         (N, H, W) complex64            undersample: zero-filled image ``IFFT(m*k)``
 ``mask``       (H, W) float32, not per slice  undersample
-``output``     (N, H, W) float32              cache-teacher, predict
+``output``     (N, H, W) float32/complex64    cache-teacher, predict
 ``attention``  (N, P, H*W) float32            cache-teacher: normalised teacher maps
 =============  =============================  ===========================================
+
+``target`` and ``output`` are complex64 in the stores of a complex dataset (fastmri with
+``source: kspace``: :func:`is_complex_store`), float32 (magnitude images) otherwise.
 
 Files are written under a temporary name and renamed when complete
 (:func:`kdmri.io.atomic_path`). Reading validates keys, dimensions and finiteness and
@@ -113,6 +116,15 @@ def image_shape(path: str | Path, key: str = "target") -> tuple[int, int]:
     return tuple(shape[1:])
 
 
+def is_complex_store(path: str | Path, key: str = "target") -> bool:
+    """Whether ``key`` of a store holds complex images (a dataset prepared from k-space)."""
+    path = Path(path)
+    info = store_info(path)
+    if key not in info["keys"]:
+        raise KdmriError(f"{path}: missing key {key!r} (found {sorted(info['keys'])})")
+    return np.dtype(info["keys"][key][1]).kind == "c"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -211,13 +223,19 @@ def _attr(value):
 class StoreWriter:
     """Append volumes to a new store slice-block by slice-block; renamed into place on close.
 
+    ``target`` is float32, or complex64 with ``dtype="complex64"`` (a complex dataset).
+
     >>> with StoreWriter(path, (64, 64)) as writer:  # doctest: +SKIP
     ...     writer.add_volume("sub-01", volume)
     """
 
-    def __init__(self, path: str | Path, image_shape: tuple[int, int], attrs: dict | None = None):
+    def __init__(self, path: str | Path, image_shape: tuple[int, int], attrs: dict | None = None,
+                 dtype: str = "float32"):
         self.path = Path(path)
         self.image_shape = tuple(image_shape)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.complex64):
+            raise KdmriError(f"{self.path}: target dtype {self.dtype}; expected float32 or complex64")
         self.attrs = attrs or {}
         self.names: list[str] = []
         self._ctx = atomic_path(self.path, suffix=".h5")
@@ -232,7 +250,7 @@ class StoreWriter:
             raise
         h, w = self.image_shape
         self._target = self._h5.create_dataset(
-            "target", shape=(0, h, w), maxshape=(None, h, w), dtype="float32", chunks=(1, h, w),
+            "target", shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype, chunks=(1, h, w),
             fletcher32=True,
         )
         self._volume = self._h5.create_dataset("volume", shape=(0,), maxshape=(None,),
@@ -242,7 +260,9 @@ class StoreWriter:
         return self
 
     def add_volume(self, name: str, volume: np.ndarray) -> None:
-        volume = np.asarray(volume, dtype=np.float32)
+        if np.iscomplexobj(volume) and self.dtype.kind != "c":
+            raise KdmriError(f"volume {name!r}: complex images, but the store holds real ones")
+        volume = np.asarray(volume, dtype=self.dtype)
         if volume.ndim != 3 or tuple(volume.shape[1:]) != self.image_shape:
             raise KdmriError(
                 f"volume {name!r}: expected slices of {self.image_shape}, found {volume.shape}"

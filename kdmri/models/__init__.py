@@ -2,7 +2,9 @@
 
 Every model is called as ``model(image, kspace, mask)`` with ``image`` the real input
 ``(N, 1, H, W)``, ``kspace`` the measured complex k-space ``(N, 1, H, W)`` and ``mask``
-broadcastable to it (VDSR ignores the last two). Every model names the module whose
+broadcastable to it (VDSR ignores the last two). A network built with ``complex: true``
+takes and returns the complex image as two channels ``(N, 2, H, W)`` (real, imaginary)
+instead; its ``complex`` attribute says which. Every model names the module whose
 output is the activation after its k-th convolution via ``feature_paths(k)`` (1-based,
 one path per cascade for DC-CNN), which is all distillation needs to know.
 """
