@@ -29,7 +29,9 @@ figure                      what is timed
 
 Every stage keeps networks in channels-last memory format (:func:`kdmri.models.place_model`);
 ``channels_last_*`` compare it with the plain (contiguous) layout and ``compile_*`` with
-``torch.compile`` (values > 1 mean faster).
+``torch.compile`` (values > 1 mean faster). ``latency_ms_student_torchscript`` times the
+student as ``kdmri export`` writes it (TorchScript, saved and loaded back) and
+``torchscript_vs_eager_student`` divides that by the eager student's latency (no target).
 On CUDA the bench adds mixed-precision rows and the teacher's training throughput at
 256 x 256 with batch 4 and 16.
 
@@ -482,6 +484,8 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
         variants[f"{role}_b{PREDICT_BATCH}"] = (model, plan.size, False, PREDICT_BATCH)
     variants["teacher_contiguous"] = (
         fresh("teacher").to(memory_format=torch.contiguous_format), plan.size, False, 1)
+    # the student as `kdmri export` writes it (TorchScript), saved and loaded back
+    variants["student_torchscript"] = (_torchscript(fresh("student"), device), plan.size, False, 1)
     compile_s = NAN
     if plan.compile:
         _log("bench: compiling the teacher for inference (torch.compile)")
@@ -532,6 +536,27 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
     bench.add("compile_speedup_infer_teacher",
               _ratio(best["teacher"], best.get("teacher_compiled", NAN)), "ratio (>1 faster)")
     bench.add("compile_s_infer_teacher", compile_s, "s (first compiled pass)")
+    bench.add("latency_ms_student_torchscript", best["student_torchscript"],
+              f"ms/slice at {plan.size}x{plan.size} (kdmri export, torch.jit.load)")
+    bench.add("torchscript_vs_eager_student",
+              _ratio(best["student_torchscript"], best["student"]), "ratio (<1 faster)")
+
+
+def _torchscript(model, device):
+    """``model`` as ``kdmri export --format torchscript`` writes it, saved and loaded back."""
+    import io
+    import warnings
+
+    import torch
+
+    from kdmri.export import script
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript, torch >= 2.13
+        torch.jit.save(script(model), buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location=device).eval()
 
 
 # ---------------------------------------------------------------------- cuda only

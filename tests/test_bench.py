@@ -21,6 +21,7 @@ OTHER_ROWS = [
     "latency_ratio_256", "float64_ops_per_step", "channels_last_speedup_teacher",
     "compile_speedup_teacher", "channels_last_speedup_infer_teacher",
     "compile_speedup_infer_teacher", "torch_threads", "latency_ratio_b16", "latency_ms_student_b16",
+    "latency_ms_student_torchscript", "torchscript_vs_eager_student",
 ]
 
 
