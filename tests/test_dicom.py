@@ -360,6 +360,8 @@ def dicom_tree(root: Path, n=6) -> dict[str, list[Path]]:
     series["MR_small"] = [root / "MR_small.dcm"]
     (root / "README.txt").write_text("acquired 2024\n")
     (root / ".hidden").write_text("x")
+    (root / ".trash").mkdir()  # a DICOM file in a hidden folder is skipped
+    small(SeriesInstanceUID=generate_uid()).save_as(root / ".trash" / "old.dcm")
     return series
 
 
@@ -423,7 +425,7 @@ def _no_pixel_data(src):
     ds = small(SeriesInstanceUID=generate_uid())
     del ds.PixelData
     ds.save_as(src / "nopix.dcm")
-    return "nopix.dcm", r"no pixel data"
+    return "nopix.dcm", r"nopix.dcm: no pixel data \(element \(7FE0,0010\) is missing\)"
 
 
 def _mixed_orientations(src):
