@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import warnings
 from pathlib import Path
