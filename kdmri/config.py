@@ -154,11 +154,12 @@ def validate(config: dict, source: str = "config") -> dict:
 
 def fill_defaults(definition: str, instance: dict) -> dict:
     """A copy of ``instance`` with the defaults of the schema's ``$defs/<definition>`` filled
-    in (for a job's ``--spec`` written by hand: ``train``, ``net``)."""
+    in (for a job's ``--spec`` written by hand: ``train``, ``net``; a network as
+    :func:`net_spec` writes it, as :func:`model_spec` does)."""
     root = schema()
     filled = copy.deepcopy(instance)
     _fill_defaults(root["$defs"][definition], filled, root)
-    return filled
+    return net_spec(filled) if definition == "net" else filled
 
 
 def _child(node: dict, key: str, instance: dict, root: dict) -> dict | None:

@@ -332,3 +332,17 @@ def test_a_complex_study_reaches_the_tables(tmp_path):
     assert len(preds) == 4
     for pred in preds:
         assert store_info(pred)["keys"]["output"][1] == "complex64"
+
+
+def test_job_specs_keep_complex_only_where_true():
+    from kdmri.config import fill_defaults, model_spec
+
+    assert fill_defaults("net", {"family": "vdsr"}) == {"family": "vdsr", "convs": 11,
+                                                        "channels": 64}
+    assert fill_defaults("net", {"family": "vdsr", "complex": True})["complex"] is True
+    dataset = {"format": "fastmri", "path": "x", "source": "kspace"}
+    nets = {"teacher": {"family": "dccnn", "complex": True},
+            "student": {"family": "dccnn", "convs": 3, "complex": True}}
+    config = validate({"datasets": {"k": dataset}, "tasks": {"recon": {"datasets": ["k"], **nets}}})
+    spec = model_spec(config, "recon", "kd", 0)
+    assert spec["net"]["complex"] is True and spec["teacher_net"]["complex"] is True
