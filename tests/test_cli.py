@@ -39,7 +39,7 @@ from tests.reliability.helpers import (
 )
 
 SUBCOMMANDS = {"prepare", "mask", "undersample", "train", "cache-teacher", "predict", "evaluate",
-               "tables", "figures", "provenance", "bench"}
+               "tables", "figures", "provenance", "bench", "export", "apply"}
 MASK_SPEC = json.dumps({"kind": "random", "acceleration": 4})
 
 
@@ -221,9 +221,10 @@ def test_user_error_is_one_line_naming_what_is_wrong(stores, tmp_path, capsys, n
 
 
 def test_every_subcommand_has_an_error_case():
-    """bench's are in tests/test_bench.py."""
+    """bench's are in tests/test_bench.py, export's and apply's in tests/test_export.py and
+    tests/test_apply.py."""
     covered = {name.split("_")[0] for name in CASES}
-    assert covered == {name.split("-")[0] for name in SUBCOMMANDS - {"bench"}}
+    assert covered == {name.split("-")[0] for name in SUBCOMMANDS - {"bench", "export", "apply"}}
 
 
 def test_a_library_message_is_printed_on_one_line(capsys, monkeypatch):
