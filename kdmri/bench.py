@@ -17,8 +17,9 @@ figure                      what is timed
                             baseline student (<= 1.15)
 ``latency_ratio``           :func:`kdmri.inference.latency_ms` student / teacher at the
                             bench size, one slice per pass (<= 0.55; ``_256``: at
-                            256 x 256, <= 0.50, the paper's "2x faster"); ``_b16``: per slice in passes of 16 slices, as
-                            ``kdmri predict`` runs a test set (no target)
+                            256 x 256, <= 0.50: the paper's "2x faster"); ``_b16``: per
+                            slice in passes of 16 slices, as ``kdmri predict`` runs a
+                            test set (no target)
 ``loading_speedup``         :class:`kdmri.data.store.SliceDataset` (built, then one epoch of
                             shuffled batches) against opening the HDF5 file for every slice,
                             the authors' loader (>= 20)

@@ -135,9 +135,9 @@ def error_cases(data: Path, inputs: Path, tmp: Path) -> dict[str, tuple[list, li
     return {
         "prepare_spec_not_an_object": (["prepare", "--name", "d", "--spec", "[1]",
                                         "--out-dir", out], ["--spec must be a JSON object"], out),
-        "prepare_unknown_format": (["prepare", "--name", "d", "--spec", '{"format": "dicom"}',
+        "prepare_unknown_format": (["prepare", "--name", "d", "--spec", '{"format": "analyze"}',
                                     "--out-dir", out],
-                                   ["'datasets.d.format'", "'dicom'", "nifti"], out / "info.json"),
+                                   ["'datasets.d.format'", "'analyze'", "nifti"], out / "info.json"),
         "prepare_missing_path": (["prepare", "--name", "d", "--spec",
                                   json.dumps({"format": "nifti", "path": str(tmp / "nowhere")}),
                                   "--out-dir", out],
