@@ -459,20 +459,24 @@ def _same_position(src):
     return "s/IM", r"two images of one series at the same position"
 
 
-def _jpeg_ls(src):
-    path = shipped("MR_small_jpeg_ls_lossless.dcm")
+def _undecodable(src, name: str, skip: str):
+    """Copy shipped file ``name`` into ``src``, skipping the case where its decoder exists."""
+    path = shipped(name)
     if pydicom.pixels.get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID).is_available:
-        pytest.skip("a JPEG-LS decoder is installed")
-    shutil.copy(path, src / "jls.dcm")
-    return "jls.dcm", r"JPEG-LS.*no decoder for it is installed; install one: .*pylibjpeg-libjpeg"
+        pytest.skip(skip)
+    shutil.copy(path, src / name)
+    return name
+
+
+def _jpeg_ls(src):
+    name = _undecodable(src, "MR_small_jpeg_ls_lossless.dcm", "a JPEG-LS decoder is installed")
+    return name, r"JPEG-LS.*no decoder for it is installed; install one: .*pylibjpeg-libjpeg"
 
 
 def _jpeg2000(src):
-    path = shipped("MR_small_jp2klossless.dcm")
-    if pydicom.pixels.get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID).is_available:
-        pytest.skip("a JPEG 2000 decoder is installed (see test_jpeg2000_decoded_when_installed)")
-    shutil.copy(path, src / "j2k.dcm")
-    return "j2k.dcm", r"JPEG 2000.*install one: .*pylibjpeg-openjpeg"
+    name = _undecodable(src, "MR_small_jp2klossless.dcm",
+                        "a JPEG 2000 decoder is installed (see test_jpeg2000_decoded_when_installed)")
+    return name, r"JPEG 2000.*install one: .*pylibjpeg-openjpeg"
 
 
 BAD = {"no_pixel_data": _no_pixel_data, "mixed_orientations": _mixed_orientations,
