@@ -143,7 +143,7 @@ def _check_slices(path: Path, slices: np.ndarray) -> None:
 
 
 def _task(net: dict) -> str:
-    return "recon" if net.get("family") == "dccnn" else "sr"
+    return "recon" if net["family"] == "dccnn" else "sr"
 
 
 @dataclass

@@ -212,16 +212,17 @@ def example_inputs(height: int, width: int, batch: int = 2, seed: int = 0, chann
 
 
 def _family(net: dict) -> str:
-    return str(net.get("family"))
+    return str(net["family"])
 
 
 def _kind(net: dict) -> str:
     return "reconstruction" if _family(net) == "dccnn" else "super-resolution"
 
 
-def contract(fmt: str, net: dict) -> dict:
-    """The input and output contract of an exported file, for the sidecar."""
-    dims = ["N", 2 if net.get("complex") else 1, "H", "W"]
+def contract(fmt: str, net: dict, complex_image: bool) -> dict:
+    """The input and output contract of an exported file, for the sidecar (``complex_image``:
+    the network takes the complex image as two channels)."""
+    dims = ["N", 2 if complex_image else 1, "H", "W"]
     image = {"name": "image", "dtype": "float32", "shape": dims,
              "meaning": "the network input: the real part of the zero-filled image "
                         "(reconstruction) or the low-resolution image (super-resolution), "
@@ -410,7 +411,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
         },
         "normalisation": "each volume divided by its maximum before the network (kdmri "
                          "prepare's 'max'); multiply the output by it",
-        **contract(fmt, net),
+        **contract(fmt, net, model.complex),
         "check": check,
         "exported_with": {"kdmri": __version__, "torch": torch.__version__, **extra},
     }
