@@ -11,6 +11,7 @@ import torch
 from kdmri.cli import main
 from kdmri.models import build_model
 from kdmri.train import load_model, write_model_file
+from tests.oracles import np_fft2c, np_ifft2c
 
 NETS = {
     "dccnn": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 8},
@@ -49,26 +50,16 @@ def _mask(height, width, seed=0) -> np.ndarray:
     return mask
 
 
-def _fft2c(x):
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"),
-                           axes=(-2, -1))
-
-
-def _ifft2c(k):
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
-                           axes=(-2, -1))
-
-
 def _expected(model, slices: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """The network slice by slice on the normalised, undersampled slices, scaled back."""
     scale = slices.max()
     out = []
     for image in slices / scale:
         if mask is None:
-            zf, kspace, m = image.astype(np.complex64), _fft2c(image), np.ones_like(image)
+            zf, kspace, m = image.astype(np.complex64), np_fft2c(image), np.ones_like(image)
         else:
-            kspace = _fft2c(image) * mask
-            zf, m = _ifft2c(kspace), mask
+            kspace = np_fft2c(image) * mask
+            zf, m = np_ifft2c(kspace), mask
         with torch.no_grad():
             y = model(torch.from_numpy(zf.real.astype(np.float32))[None, None],
                       torch.from_numpy(kspace.astype(np.complex64))[None, None],
@@ -113,6 +104,33 @@ def test_hdf5_input_and_super_resolution(tmp_path):
     np.testing.assert_allclose(written.affine, np.eye(4))
     got = np.asanyarray(written.dataobj).transpose(2, 1, 0)  # (columns, rows, slices)
     np.testing.assert_allclose(got, _expected(model, slices, None), atol=1e-5 * slices.max(),
+                               rtol=0)
+
+
+def test_dicom_series_keeps_its_affine(tmp_path):
+    """A real MR slice that pydicom ships, as a one-file series: the output has the affine
+    kdmri.data.dicom computes from the file's geometry, and the network's output."""
+    pydicom = pytest.importorskip("pydicom")
+    from kdmri.data.dicom import read_dicom_volume
+
+    path, model = _model_file(tmp_path, "dccnn")
+    series = tmp_path / "series"
+    series.mkdir()
+    source = pydicom.data.get_testdata_file("MR_small.dcm")
+    (series / "IM0001").write_bytes(open(source, "rb").read())
+    volume, affine, _ = read_dicom_volume(series)
+    ds = pydicom.dcmread(source)
+    np.testing.assert_allclose(volume[0], ds.pixel_array * float(ds.get("RescaleSlope", 1))
+                               + float(ds.get("RescaleIntercept", 0)))
+    mask = _mask(*volume.shape[1:])
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "dicom.nii.gz"
+    assert main(["apply", "--model", str(path), "--input", str(series), "--mask",
+                 str(tmp_path / "mask.npy"), "--out", str(out), "--quiet"]) == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, affine)
+    got = np.asanyarray(written.dataobj).transpose(2, 1, 0)  # (slices, rows, columns)
+    np.testing.assert_allclose(got, _expected(model, volume, mask), atol=1e-5 * volume.max(),
                                rtol=0)
 
 
