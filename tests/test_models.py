@@ -148,8 +148,8 @@ def test_bad_conv_index_raises(family, conv):
 
 
 def test_unknown_family_raises():
-    with pytest.raises(KdmriError, match="unknown model family 'unet'") as info:
-        build_model({"family": "unet"})
+    with pytest.raises(KdmriError, match="unknown model family 'resnet'") as info:
+        build_model({"family": "resnet"})
     assert "dccnn" in str(info.value) and "vdsr" in str(info.value)
     with pytest.raises(KdmriError, match="unknown model family None"):
         build_model({"convs": 3})

@@ -1,12 +1,15 @@
-"""Network families by name: DC-CNN for reconstruction, VDSR for super-resolution.
+"""Network families by name: DC-CNN for reconstruction, VDSR for super-resolution, the
+U-Net for either (the families, options and sizes: docs/networks.md).
 
 Every model is called as ``model(image, kspace, mask)`` with ``image`` the real input
 ``(N, 1, H, W)``, ``kspace`` the measured complex k-space ``(N, 1, H, W)`` and ``mask``
-broadcastable to it (VDSR ignores the last two). A network built with ``complex: true``
-takes and returns the complex image as two channels ``(N, 2, H, W)`` (real, imaginary)
-instead; its ``complex`` attribute says which. Every model names the module whose
-output is the activation after its k-th convolution via ``feature_paths(k)`` (1-based,
-one path per cascade for DC-CNN), which is all distillation needs to know.
+broadcastable to it (VDSR, and the U-Net with ``dc: false``, ignore the last two). A
+network built with ``complex: true`` takes and returns the complex image as two channels
+``(N, 2, H, W)`` (real, imaginary) instead; its ``complex`` attribute says which. Every
+model names the module whose output is the activation after its k-th convolution via
+``feature_paths(k)`` (1-based, one path per cascade for DC-CNN; the k-th conv block for
+the U-Net), which is all distillation needs to know. :func:`flops_per_slice` counts a
+network's FLOPs.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from torch import nn
 
 from kdmri.errors import KdmriError
 from kdmri.models.dccnn import DCCNN
+from kdmri.models.flops import flops_per_slice
+from kdmri.models.unet import UNet
 from kdmri.models.vdsr import VDSR
 
-MODEL_FAMILIES: dict[str, type[nn.Module]] = {"dccnn": DCCNN, "vdsr": VDSR}
+MODEL_FAMILIES: dict[str, type[nn.Module]] = {"dccnn": DCCNN, "vdsr": VDSR, "unet": UNet}
 
 
 def build_model(spec: dict) -> nn.Module:
@@ -52,4 +57,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DCCNN", "VDSR", "MODEL_FAMILIES", "build_model", "count_parameters", "place_model"]
+__all__ = ["DCCNN", "VDSR", "UNet", "MODEL_FAMILIES", "build_model", "count_parameters",
+           "flops_per_slice", "place_model"]
