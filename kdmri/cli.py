@@ -220,21 +220,22 @@ def cmd_predict(args) -> int:
     from kdmri.device import select_device
     from kdmri.inference import latency_ms, run_model, zero_filled_output
     from kdmri.io import write_json
-    from kdmri.models import count_parameters
+    from kdmri.models import count_parameters, flops_per_slice
     from kdmri.train import load_model
 
     _setup_torch(args)
     info: dict = {"model": args.model}
     if args.model == "zf":
         result = zero_filled_output(args.inputs)
-        info.update(params=0, latency_ms=0.0, device="none")
+        info.update(params=0, flops=0, latency_ms=0.0, device="none")
     else:
         device, slot = select_device(args.device, log=_log)
         try:
             model, ckpt = load_model(args.model)
             result = run_model(model, args.inputs, device)
             shape = result["output"].shape[1:]
-            info.update(params=count_parameters(model), device=str(device),
+            info.update(params=count_parameters(model), flops=flops_per_slice(model, *shape),
+                        device=str(device),
                         latency_ms=latency_ms(model, shape, device, repeats=args.repeats),
                         trained_on=ckpt.get("device"), best_epoch=ckpt.get("epoch"))
         finally:
@@ -255,7 +256,8 @@ def cmd_evaluate(args) -> int:
     meta = _spec(args.meta, "--meta")
     if args.predict_info:
         info = _json_file(args.predict_info, "--predict-info")
-        meta.update(params=info.get("params"), latency_ms=info.get("latency_ms"))
+        meta.update(params=info.get("params"), flops=info.get("flops"),
+                    latency_ms=info.get("latency_ms"))
     frame = evaluate(args.inputs, args.predictions)
     for i, (key, value) in enumerate(meta.items()):
         if key in frame.columns:
@@ -358,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model.pt, or zf for the zero-filled baseline")
     p.add_argument("--inputs", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--info", required=True, help="JSON file for parameters, latency, device")
+    p.add_argument("--info", required=True,
+                   help="JSON file for parameters, FLOPs per slice, latency, device")
     p.add_argument("--repeats", type=_positive_int, default=20,
                    help="timed forward passes for latency")
     device_args(p)
@@ -368,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True)
     p.add_argument("--meta", default="{}",
                    help="JSON columns to add (task, dataset, model, ...), or @file")
-    p.add_argument("--predict-info", default=None, help="predict's JSON (params, latency)")
+    p.add_argument("--predict-info", default=None, help="predict's JSON (params, flops, latency)")
     p.add_argument("--out", required=True)
 
     p = add("export", cmd_export, "write a trained network as one self-contained TorchScript "

@@ -5,8 +5,9 @@
 ``summary.csv``
     One row per (task, dataset, acceleration, model): mean and standard deviation of
     PSNR, SSIM, NMSE and HFEN over all test slices pooled over seeds, the number of
-    distinct test slices, the parameter count, the latency (mean over seeds) and the
-    number of seeds.
+    distinct test slices, the parameter count, the FLOPs of one forward pass on one test
+    slice (``kdmri.models.flops_per_slice``; empty where the metrics files predate it),
+    the latency (mean over seeds) and the number of seeds.
 ``summary.md``, ``summary.tex``
     The paper's table: one block per task and dataset, models as rows, accelerations as
     column groups, cells ``PSNR mean ± std / SSIM mean ± std``; per column the best value
@@ -37,7 +38,8 @@ import pandas as pd
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, write_text
 
-#: Columns every metrics.csv must have.
+#: Columns every metrics.csv must have (``flops`` is read where present: files written
+#: before it existed have none).
 METRICS_COLUMNS = [
     "task", "dataset", "acceleration", "model", "seed", "params", "latency_ms",
     "volume", "slice", "psnr", "ssim", "nmse", "hfen",
@@ -50,7 +52,7 @@ SUMMARY_COLUMNS = [
     "task", "dataset", "acceleration", "model",
     "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
     "nmse_mean", "nmse_std", "hfen_mean", "hfen_std",
-    "n_slices", "params", "latency_ms", "n_seeds",
+    "n_slices", "params", "flops", "latency_ms", "n_seeds",
 ]
 KD_GAIN_COLUMNS = [
     "task", "dataset", "acceleration",
@@ -127,10 +129,10 @@ def _sorted(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return frame.sort_values(list(by), key=_sort_key, kind="stable").reset_index(drop=True)
 
 
-def _param_value(values: pd.Series, where: str):
+def _param_value(values: pd.Series, where: str, what: str = "parameter counts"):
     distinct = values.dropna().unique()
     if len(distinct) > 1:
-        raise KdmriError(f"metrics: {where} has different parameter counts {sorted(distinct)}")
+        raise KdmriError(f"metrics: {where} has different {what} {sorted(distinct)}")
     return int(distinct[0]) if len(distinct) else np.nan
 
 
@@ -153,12 +155,15 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_std"] = float(np.std(values))
         row["n_slices"] = int(len(group[["volume", "slice"]].drop_duplicates()))
         row["params"] = _param_value(group["params"], f"model {key[3]!r} at {key[:3]}")
+        row["flops"] = (_param_value(group["flops"], f"model {key[3]!r} at {key[:3]}",
+                                     "FLOP counts") if "flops" in group else np.nan)
         per_seed = group.groupby("seed")["latency_ms"].mean()
         row["latency_ms"] = float(per_seed.mean()) if per_seed.notna().any() else np.nan
         row["n_seeds"] = int(group["seed"].nunique())
         rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     summary["params"] = summary["params"].astype("Int64")
+    summary["flops"] = summary["flops"].astype("Int64")
     return _sorted(summary, [*GROUP, "model"])
 
 
@@ -318,7 +323,8 @@ def _cells(summary: pd.DataFrame) -> list[tuple]:
     A cell is ``((psnr_mean, psnr_std, rank), (ssim_mean, ssim_std, rank))`` as text plus
     the rank of the shown mean among the block's models at that acceleration.
     """
-    missing = [c for c in SUMMARY_COLUMNS[:-1] if c not in summary.columns]
+    optional = ("flops", "n_seeds")  # the tables show neither
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns and c not in optional]
     if missing:
         raise KdmriError(f"summary: missing columns {missing}")
     summary = _sorted(summary, [*GROUP, "model"])

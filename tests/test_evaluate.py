@@ -82,7 +82,7 @@ def test_one_row_per_slice_with_the_metrics_of_their_formulas(case):
 
 def test_cli_writes_the_rows_with_the_meta_and_predict_info_columns(case, tmp_path):
     info = tmp_path / "predict.json"
-    info.write_text(json.dumps({"model": "kd", "params": 1234, "latency_ms": 2.5,
+    info.write_text(json.dumps({"model": "kd", "params": 1234, "flops": 5678, "latency_ms": 2.5,
                                 "device": "cpu"}))
     out = tmp_path / "metrics" / "kd.csv"
     meta = {"task": "recon", "dataset": "tiny", "acceleration": 4, "model": "kd", "seed": 1}
@@ -90,8 +90,8 @@ def test_cli_writes_the_rows_with_the_meta_and_predict_info_columns(case, tmp_pa
                  str(case.predictions), "--meta", json.dumps(meta), "--predict-info", str(info),
                  "--out", str(out)]) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == [*meta, "params", "latency_ms", *METRIC_COLUMNS]
-    for key, value in {**meta, "params": 1234, "latency_ms": 2.5}.items():
+    assert list(frame.columns) == [*meta, "params", "flops", "latency_ms", *METRIC_COLUMNS]
+    for key, value in {**meta, "params": 1234, "flops": 5678, "latency_ms": 2.5}.items():
         assert frame[key].tolist() == [value] * len(frame), key
     assert_metrics_equal(frame, expected_rows(case))
     assert sorted(p.name for p in out.parent.iterdir()) == ["kd.csv"]  # no temporary file

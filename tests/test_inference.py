@@ -18,7 +18,7 @@ from kdmri.distill import attention_map
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.inference import latency_ms, run_model, zero_filled_output
-from kdmri.models import build_model
+from kdmri.models import build_model, flops_per_slice
 from kdmri.train import load_model
 from tests.oracles import np_fft2c, np_zero_filled
 from tests.reliability.helpers import STUDENT_NET, write_model_file
@@ -116,6 +116,8 @@ def test_predict_writes_the_outputs_and_the_models_info(model_file, store, tmp_p
     assert_slices_of(written, store)
     state = torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
     assert info["params"] == sum(v.numel() for v in state.values())
+    height, width = written["output"].shape[1:]
+    assert info["flops"] == flops_per_slice(load_model(model_file)[0], height, width) > 0
     assert info["model"] == str(model_file) and info["device"] == "cpu"
     assert info["trained_on"] == "cpu" and info["best_epoch"] == 1  # from the model file
     assert math.isfinite(info["latency_ms"]) and info["latency_ms"] > 0
@@ -128,7 +130,7 @@ def test_predict_zf_writes_the_zero_filled_image(stores, store, tmp_path):
                                np_zero_filled(stores.targets[SPLIT], stores.mask),
                                rtol=0, atol=1e-5)
     assert_slices_of(written, store)
-    assert info == {"model": "zf", "params": 0, "latency_ms": 0.0, "device": "none",
+    assert info == {"model": "zf", "params": 0, "flops": 0, "latency_ms": 0.0, "device": "none",
                     "torch_threads": torch.get_num_threads()}
 
 

@@ -15,6 +15,7 @@ N_SLICES = 30  # 6 volumes x 5 slices
 OFFSETS = {"zf": -4.0, "teacher": 1.0, "student": 0.0, "kd": 0.5}
 PARAMS = {"zf": 0, "teacher": 5_000_000, "student": 1_000, "kd": 1_000,
           "kd_imitation": 1_000, "kd_attention": 1_000}
+FLOPS = {model: 4_096 * params for model, params in PARAMS.items()}
 
 
 def metrics_frame(models=("zf", "teacher", "student", "kd"), seeds=(0, 1),
@@ -32,6 +33,7 @@ def metrics_frame(models=("zf", "teacher", "student", "kd"), seeds=(0, 1),
                     rows.append({
                         "task": "recon", "dataset": "demo", "acceleration": acc,
                         "model": model, "seed": seed, "params": PARAMS[model],
+                        "flops": FLOPS[model],
                         "latency_ms": 0.0 if model == "zf" else 1.0 + seed,
                         "volume": f"vol{i // 5}", "slice": i % 5,
                         "psnr": base[i] + offsets[model] + extra * np.sin(i + seed),
@@ -56,7 +58,7 @@ def test_summary_columns_order_and_values() -> None:
     assert list(summary.columns) == [
         "task", "dataset", "acceleration", "model", "psnr_mean", "psnr_std", "ssim_mean",
         "ssim_std", "nmse_mean", "nmse_std", "hfen_mean", "hfen_std", "n_slices", "params",
-        "latency_ms", "n_seeds",
+        "flops", "latency_ms", "n_seeds",
     ]
     assert summary["model"].tolist() == ["zf", "teacher", "student", "kd"] * 2
     assert summary["acceleration"].tolist() == [4] * 4 + [8] * 4
@@ -66,6 +68,18 @@ def test_summary_columns_order_and_values() -> None:
     assert row["psnr_std"] == pytest.approx(np.std(part["psnr"].to_numpy()))  # ddof=0
     assert row["n_slices"] == N_SLICES and row["n_seeds"] == 2
     assert row["params"] == 1_000 and row["latency_ms"] == pytest.approx(1.5)
+    assert row["flops"] == 4_096_000
+
+
+def test_flops_are_optional_and_must_agree() -> None:
+    """Metrics files written before FLOPs were counted give an empty flops column."""
+    summary = tables.summarise(metrics_frame().drop(columns="flops"))
+    assert summary["flops"].isna().all() and summary["params"].notna().all()
+    tables.to_markdown(summary.drop(columns="flops"))
+    frame = metrics_frame()
+    frame.loc[(frame["model"] == "kd") & (frame["seed"] == 1), "flops"] = 1
+    with pytest.raises(KdmriError, match="different FLOP counts"):
+        tables.summarise(frame)
 
 
 def test_kd_gain_known_answer_and_wilcoxon() -> None:

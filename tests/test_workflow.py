@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 SUMMARY_COLUMNS = [
     "task", "dataset", "acceleration", "model", "psnr_mean", "psnr_std", "ssim_mean",
     "ssim_std", "nmse_mean", "nmse_std", "hfen_mean", "hfen_std", "n_slices", "params",
-    "latency_ms",
+    "flops", "latency_ms",
 ]
 KD_GAIN_COLUMNS = [
     "task", "dataset", "acceleration", "kd_minus_student_psnr", "kd_minus_student_ssim",
@@ -45,6 +45,9 @@ def test_summary_table_rows_and_columns(study):
     params = summary[summary.task == "recon"].set_index("model")["params"]
     assert params["teacher"] == 141_765 and params["student"] == params["kd"] == 49_285
     assert params["zf"] == 0
+    flops = summary[summary.task == "recon"].set_index("model")["flops"]  # per 32 x 32 slice
+    assert flops["teacher"] == 2 * 5 * 9 * (32 + 3 * 32 * 32 + 32) * 32 * 32 and flops["zf"] == 0
+    assert flops["student"] == flops["kd"] == 2 * 5 * 9 * (32 + 32 * 32 + 32) * 32 * 32
     sr_params = summary[summary.task == "sr"].set_index("model")["params"]
     assert sr_params["teacher"] == 333_569 and sr_params["kd"] == 185_857
     assert (summary.n_slices > 0).all() and summary.psnr_mean.notna().all()
