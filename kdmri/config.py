@@ -124,6 +124,15 @@ def _format_error(error: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: unknown key '{key}'{hint}"
     if error.validator == "required":
         return f"{source}: key '{where}': {error.message}"
+    if error.validator == "enum" and "propertyNames" in error.schema_path:  # a family's keys
+        key = _printable(".".join([*map(str, error.absolute_path), str(error.instance)]))
+        return (f"{source}: unknown key '{key}'; allowed keys here: "
+                f"{sorted(error.validator_value)}")
+    if error.validator == "not" and error.validator_value == {} and "description" in error.schema:
+        return f"{source}: key '{where}': {error.schema['description']}"
+    if error.validator == "pattern" and error.schema.get("x-expected"):
+        return (f"{source}: key '{where}': expected {error.schema['x-expected']}, "
+                f"found {error.instance!r}")
     if error.validator == "enum":
         return f"{source}: key '{where}': expected one of {error.validator_value}, found {error.instance!r}"
     if error.validator == "type":
@@ -193,6 +202,13 @@ def _scalar(node: dict, text: str) -> Any:
 def _typed(node: dict | None, value: Any, root: dict) -> Any:
     if node is None:
         return value
+    if "oneOf" in node and "type" not in node:  # the first choice the typed value fits
+        for choice in node["oneOf"]:
+            choice = _resolve(choice, root)
+            typed = _typed(choice, value, root)
+            if jsonschema.Draft202012Validator({**choice, "$defs": root["$defs"]}).is_valid(typed):
+                return typed
+        return value
     if isinstance(value, str):
         return _scalar(node, value)
     if isinstance(value, list) and isinstance(node.get("items"), dict):
@@ -238,6 +254,26 @@ def _check_references(config: dict, source: str) -> None:
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
     _check_complex(config, source)
+    _check_pairs(config, source)
+
+
+def _check_pairs(config: dict, source: str) -> None:
+    """A ``family: python`` network has no numbered convolutions: its task's attention
+    pairs name modules by path (checked where the study trains an attention stage)."""
+    attention = any(MODELS[m].stage == "attention" for name in config["models"] if name in MODELS
+                    for m in models_needed(name))
+    for task, settings in config["tasks"].items():
+        if not attention:
+            break
+        python = [role for role in ("teacher", "student") if settings[role]["family"] == "python"]
+        numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
+        if python and numbered:
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.pairs': the {' and '.join(python)} network "
+                f"(family python) is addressed by module path; give each pair as two module "
+                f"paths [teacher, student], e.g. [\"cascades.2.cnn.4\", \"body.3\"], "
+                f"found {numbered[0]}"
+            )
 
 
 def is_complex(dataset: dict) -> bool:

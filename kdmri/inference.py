@@ -12,6 +12,7 @@ from kdmri.config import digest
 from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import attention_map
+from kdmri.distill.pairs import pair_paths, pairs_attr
 from kdmri.errors import KdmriError
 from kdmri.models import place_model
 from kdmri.mri import real_image
@@ -50,11 +51,11 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
     return result
 
 
-def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[int]],
+def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[int | str]],
                   inputs: dict[str, Path], out_dir: str | Path, device: torch.device) -> None:
     """Run the frozen teacher once per split; store outputs and the paired attention maps."""
     teacher, _ = load_model(teacher_ckpt, expect_net=teacher_net, role="teacher")
-    paths = [p for t_conv, _ in pairs for p in teacher.feature_paths(t_conv)]
+    paths = pair_paths(teacher, pairs, "teacher")
     # every split is computed before any is written: a bad input leaves no partial cache
     results = {split: run_model(teacher, store, device, feature_paths=paths)
                for split, store in inputs.items()}
@@ -63,7 +64,7 @@ def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[
             Path(out_dir) / f"{split}.h5",
             {"output": result["output"], "attention": result["attention"],
              "volume": result["volume"], "slice": result["slice"]},
-            attrs={"teacher_net": digest(teacher_net), "pairs": np.asarray(pairs),
+            attrs={"teacher_net": digest(teacher_net), "pairs": pairs_attr(pairs),
                    "volume_names": result["volume_names"].tolist()},
         )
 

@@ -15,7 +15,9 @@ key                    value
 ``snakemake``          snakemake version (from the installed metadata), or null
 ``platform``           ``platform.platform()``
 ``models``             per name: ``path``, ``device`` it was trained on, ``epoch`` (best)
-                       and ``params`` as stored in the model file
+                       and ``params`` as stored in the model file; for a ``family:
+                       python`` network also ``source``: its ``target``, the ``file``
+                       defining the class and that file's ``sha256`` when trained
 ``config_digest``      :func:`kdmri.config.digest` of the config: sha256 of its sorted
                        JSON, first 16 hex digits (the digest used for specs elsewhere)
 ``created_utc``        ISO 8601 UTC time of this record
@@ -86,12 +88,15 @@ def model_info(path: str | Path) -> dict:
     from kdmri.io import load_torch
 
     ckpt = load_torch(path)
-    return {
+    info = {
         "path": str(path),
         "device": ckpt.get("device"),
         "epoch": ckpt.get("epoch"),
         "params": ckpt.get("params"),
     }
+    if ckpt.get("source"):  # a family: python network (kdmri.models.python_family)
+        info["source"] = ckpt["source"]
+    return info
 
 
 def collect_provenance(config: dict, models: dict[str, str | Path], cwd: str | Path = ".") -> dict:

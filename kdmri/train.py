@@ -41,10 +41,12 @@ from kdmri.distill.losses import (
     imitation_loss,
     reconstruction_loss,
 )
+from kdmri.distill.pairs import pair_paths, plain_pairs
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, load_torch, save_torch
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
+from kdmri.models.python_family import check_forward, is_user_network, source_record
 from kdmri.mri import fft2c, from_channels, to_channels
 
 MODEL_FORMAT = "kdmri-model/1"
@@ -195,15 +197,17 @@ class Trainer:
         self.model = place_model(build_model(spec["net"]), self.device)
         check_complex(train_store, self.model, f"the {spec['model']} network")
         self.complex = self.model.complex
+        if is_user_network(self.model):  # the user's forward, once, before any epoch
+            first = make_batch(self.train_data["zf"][:2], self.train_data["mask"], None,
+                               self.device, complex=self.complex)
+            check_forward(self.model, first.image, first.kspace, first.mask)
         if init is not None:
             init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
             self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
         self.feature_paths: list[str] = []
         if "attention" in self.weights:
-            self.feature_paths = [
-                path for _, s_conv in spec["pairs"] for path in self.model.feature_paths(s_conv)
-            ]
+            self.feature_paths = pair_paths(self.model, spec["pairs"], "student")
             n_maps = self.train_data["attention"].shape[1]
             if n_maps != len(self.feature_paths):
                 raise KdmriError(
@@ -256,9 +260,8 @@ class Trainer:
                     f"teacher {self.spec['teacher_net']}"
                 )
             cached_pairs = info["attrs"].get("pairs")
-            if "pairs" in self.spec and cached_pairs is not None and [
-                list(map(int, p)) for p in cached_pairs
-            ] != [list(map(int, p)) for p in self.spec["pairs"]]:
+            if "pairs" in self.spec and cached_pairs is not None and plain_pairs(
+                    cached_pairs) != plain_pairs(self.spec["pairs"]):
                 raise KdmriError(
                     f"{cache_path}: cached attention maps are for layer pairs {cached_pairs}, "
                     f"the config asks for {self.spec['pairs']}"
@@ -517,10 +520,12 @@ class Trainer:
                 "params": self.params}
 
     def _write_outputs(self) -> None:
+        source = source_record(self.model)  # a family: python network's target and file hash
         write_model_file(
             self.out_dir / "model.pt", self.spec, self.best["state_dict"],
             epoch=self.best["epoch"], val_loss=self.best["val_loss"],
             val_psnr=self.best["val_psnr"], params=self.params, device=str(self.device),
+            **({"source": source} if source else {}),
         )
         with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)

@@ -21,10 +21,12 @@ from torch import nn
 from kdmri.errors import KdmriError
 from kdmri.models.dccnn import DCCNN
 from kdmri.models.flops import flops_per_slice
+from kdmri.models.python_family import UserNetwork
 from kdmri.models.unet import UNet
 from kdmri.models.vdsr import VDSR
 
-MODEL_FAMILIES: dict[str, type[nn.Module]] = {"dccnn": DCCNN, "vdsr": VDSR, "unet": UNet}
+MODEL_FAMILIES: dict[str, type] = {"dccnn": DCCNN, "vdsr": VDSR, "unet": UNet,
+                                  "python": UserNetwork}  # the user's own class
 
 
 def build_model(spec: dict) -> nn.Module:
