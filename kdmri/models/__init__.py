@@ -9,7 +9,8 @@ network built with ``complex: true`` takes and returns the complex image as two 
 model names the module whose output is the activation after its k-th convolution via
 ``feature_paths(k)`` (1-based, one path per cascade for DC-CNN; the k-th conv block for
 the U-Net), which is all distillation needs to know. :func:`flops_per_slice` counts a
-network's FLOPs.
+network's FLOPs. Family ``python`` builds a class of the user's own code
+(:mod:`kdmri.models.python_family`); its feature layers are named by module path.
 """
 
 from __future__ import annotations
