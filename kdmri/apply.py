@@ -142,10 +142,6 @@ def _check_slices(path: Path, slices: np.ndarray) -> None:
                          f"{slices.shape}")
 
 
-def _task(net: dict) -> str:
-    return "recon" if net["family"] == "dccnn" else "sr"
-
-
 @dataclass
 class Result:
     output: np.ndarray  # (S, H, W), on the input's scale
@@ -171,7 +167,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     if not model_path.is_file():
         raise KdmriError(f"{model_path}: model file not found (--model)")
     model, ckpt = load_model(model_path)
-    task = _task(ckpt["net"])
+    task = ckpt["spec"]["task"]  # recon or sr, as the model was trained (any family)
     volume = read_volume(input_path, axis)
     _check_slices(input_path, volume.slices)
     shape = tuple(volume.slices.shape[1:])
