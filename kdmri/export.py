@@ -255,22 +255,25 @@ def contract(fmt: str, net: dict, complex_image: bool) -> dict:
     }
 
 
-def _run_file(fmt: str, path: Path, image, kspace, mask) -> torch.Tensor:
+def _run_exported(fmt: str, exported, image, kspace, mask) -> torch.Tensor:
+    """Run what was exported: the TorchScript module that was saved (kdmri never loads a
+    TorchScript file, which can hold code: tests/reliability/test_unsafe_checkpoints.py; the
+    tests load the written files without kdmri), or the written ONNX file in onnxruntime."""
     if fmt == "torchscript":
-        loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
-            return loaded(image, kspace, mask)
+            return exported(image, kspace, mask)
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     feeds = {"image": image.numpy(), "kspace": torch.view_as_real(kspace).numpy(),
              "mask": mask.numpy()}
     names = [i.name for i in session.get_inputs()]
     return torch.from_numpy(session.run(None, {n: feeds[n] for n in names})[0])
 
 
-def _check(fmt: str, path: Path, model: nn.Module) -> dict:
-    """The written file against the eager network at two sizes (one of them odd)."""
+def _check(fmt: str, path: Path, model: nn.Module, exported) -> dict:
+    """What was exported (``exported``: the saved TorchScript module, or the ONNX file at
+    ``path``) against the eager network at two sizes (one of them odd)."""
     sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
     worst = 0.0
     for i, (height, width) in enumerate(sizes):
@@ -278,7 +281,7 @@ def _check(fmt: str, path: Path, model: nn.Module) -> dict:
         image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
         with torch.no_grad():
             expected = model(image, kspace, mask)
-        got = _run_file(fmt, path, image, kspace, mask)
+        got = _run_exported(fmt, exported, image, kspace, mask)
         if got.shape != expected.shape:
             raise KdmriError(f"{path}: the exported file returned shape {tuple(got.shape)}, "
                              f"expected {tuple(expected.shape)}")
@@ -287,7 +290,7 @@ def _check(fmt: str, path: Path, model: nn.Module) -> dict:
         raise KdmriError(f"{path}: the exported file differs from the network by {worst:.3g} "
                          f"(more than {CHECK_TOLERANCE:g}); nothing written")
     return {"sizes": [list(s) for s in sizes], "max_abs_diff": worst,
-            "runtime": "torch.jit.load" if fmt == "torchscript" else "onnxruntime"}
+            "runtime": "the saved TorchScript module" if fmt == "torchscript" else "onnxruntime"}
 
 
 # ------------------------------------------------------------------ writing
@@ -384,10 +387,11 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
         # torch 2.13 marks TorchScript deprecated (in favour of torch.export); it works
         warnings.simplefilter("ignore", DeprecationWarning)
         if fmt == "torchscript":
-            torch.jit.save(script(model), str(tmp))
+            exported = script(model)
+            torch.jit.save(exported, str(tmp))
         else:
-            extra = _export_onnx(model, net, tmp)
-        check = _check(fmt, tmp, model)
+            extra, exported = _export_onnx(model, net, tmp), tmp
+        check = _check(fmt, tmp, model, exported)
     spec = ckpt.get("spec") or {}
     info = {
         "format": EXPORT_FORMAT,
