@@ -538,7 +538,7 @@ def bench_inference(bench: Bench, plan: Plan, device) -> None:
               _ratio(best["teacher"], best.get("teacher_compiled", NAN)), "ratio (>1 faster)")
     bench.add("compile_s_infer_teacher", compile_s, "s (first compiled pass)")
     bench.add("latency_ms_student_torchscript", best["student_torchscript"],
-              f"ms/slice at {plan.size}x{plan.size} (kdmri export, torch.jit.load)")
+              f"ms/slice at {plan.size}x{plan.size} (the module kdmri export saves)")
     bench.add("torchscript_vs_eager_student",
               _ratio(best["student_torchscript"], best["student"]), "ratio (<1 faster)")
 
