@@ -1,8 +1,8 @@
 """The one training engine: every stage of every task runs through :class:`Trainer`.
 
-A stage is a weighted sum of named loss terms (``reconstruction``, ``imitation``,
-``attention``), the network it trains and the weights it starts from, all read from a
-model spec (:func:`kdmri.config.model_spec`). The distillation terms read the teacher's
+A stage is a weighted sum of named loss terms (the table :data:`kdmri.distill.terms.TERMS`:
+``reconstruction``, ``imitation``, ``attention``, ...), the network it trains and the
+weights it starts from, all read from a model spec (:func:`kdmri.config.model_spec`). The distillation terms read the teacher's
 outputs and attention maps from the teacher cache (:mod:`kdmri.teacher`), so the teacher
 is never run during distillation.
 
@@ -36,12 +36,8 @@ from kdmri import __version__
 from kdmri.config import digest
 from kdmri.data.store import SliceDataset, is_complex_store, store_info
 from kdmri.distill.hooks import FeatureHooks
-from kdmri.distill.losses import (
-    attention_transfer_loss,
-    imitation_loss,
-    reconstruction_loss,
-)
 from kdmri.distill.pairs import pair_paths, plain_pairs
+from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, load_torch, save_torch
 from kdmri.metrics import psnr
@@ -169,6 +165,30 @@ def _spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+#: The inputs the trainer gives loss terms, and the teacher cache key of those it reads there.
+TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps")
+CACHE_KEYS = {"teacher_output": "output", "teacher_maps": "attention"}
+
+
+def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
+    """The terms a stage weighs (a weight of 0 leaves a term out), in the order of
+    :data:`kdmri.distill.terms.TERMS`; an unknown name, or a term needing an input the
+    trainer cannot give, raises a one-line error."""
+    unknown = sorted(set(weights) - set(TERMS))
+    if unknown:
+        raise KdmriError(f"stage {stage!r}: unknown loss term {unknown[0]!r}; "
+                         f"known terms: {', '.join(TERMS)}")
+    names = [name for name in TERMS if weights.get(name)]
+    for name in names:
+        missing = [i for i in TERMS[name].inputs if i not in TRAINER_INPUTS]
+        if missing:
+            what = ("teacher features the teacher cache does not hold"
+                    if any(i.startswith("teacher") for i in missing) else "inputs")
+            raise KdmriError(f"stage {stage!r}: loss term {name!r} needs {what} "
+                             f"({', '.join(missing)}); it cannot be trained yet")
+    return names
+
+
 class Trainer:
     """Train one model of one stage. See the module docstring."""
 
@@ -186,7 +206,9 @@ class Trainer:
         self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
         self.spec_digest = digest(spec)
 
-        distill = {"imitation", "attention"} & set(self.weights)
+        self.terms = stage_terms(spec["loss_weights"], spec["stage"])
+        needs = {i for name in self.terms for i in TERMS[name].inputs}
+        distill = [CACHE_KEYS[i] for i in CACHE_KEYS if i in needs]
         self.train_data = self._data(train_store, cache_dir, "train", distill)
         self.val_data = self._data(val_store, cache_dir, "val", distill)
         if len(self.train_data["target"]) == 0:
@@ -206,8 +228,9 @@ class Trainer:
             self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
         self.feature_paths: list[str] = []
-        if "attention" in self.weights:
+        if "student_features" in needs:
             self.feature_paths = pair_paths(self.model, spec["pairs"], "student")
+        if "teacher_maps" in needs:
             n_maps = self.train_data["attention"].shape[1]
             if n_maps != len(self.feature_paths):
                 raise KdmriError(
@@ -249,9 +272,7 @@ class Trainer:
             if cache_dir is None:
                 raise KdmriError(f"stage {self.spec['stage']!r} needs the teacher cache (--cache-dir)")
             cache_path = Path(cache_dir) / f"{split}.h5"
-            keys = (["output"] if "imitation" in distill else []) + (
-                ["attention"] if "attention" in distill else []
-            )
+            keys = distill
             info = store_info(cache_path)
             teacher_net = info["attrs"].get("teacher_net")
             if teacher_net is not None and teacher_net != digest(self.spec["teacher_net"]):
@@ -311,16 +332,23 @@ class Trainer:
         """Named loss terms and their weighted total for one batch."""
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             prediction = self.model(batch.image, batch.kspace, batch.mask)
-        terms: dict[str, torch.Tensor] = {}
         prediction = prediction.float()
-        if "reconstruction" in self.weights:
-            terms["reconstruction"] = reconstruction_loss(prediction, batch.target)
-        if "imitation" in self.weights:
-            terms["imitation"] = imitation_loss(prediction, extra["teacher_output"])
-        if "attention" in self.weights:
-            features = hooks.pop()
-            teacher_maps = list(extra["attention"].unbind(1))
-            terms["attention"] = attention_transfer_loss(features, teacher_maps)
+        inputs = {
+            "prediction": lambda: prediction,
+            "target": lambda: batch.target,
+            "teacher_output": lambda: extra["teacher_output"],
+            "student_features": lambda: hooks.pop(),
+            "teacher_maps": lambda: list(extra["attention"].unbind(1)),
+        }
+        gathered: dict = {}
+        terms: dict[str, torch.Tensor] = {}
+        for name in self.terms:
+            args = []
+            for key in TERMS[name].inputs:
+                if key not in gathered:
+                    gathered[key] = inputs[key]()
+                args.append(gathered[key])
+            terms[name] = TERMS[name].function(*args)
         # (a weight of 1 multiplies nothing: two fewer kernels per step, same numbers)
         weighted = [value if self.weights[name] == 1.0 else self.weights[name] * value
                     for name, value in terms.items()]

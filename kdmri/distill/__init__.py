@@ -2,11 +2,11 @@
 
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import (
-    LOSS_TERMS,
     attention_map,
     attention_transfer_loss,
     imitation_objective,
 )
+from kdmri.distill.terms import LOSS_TERMS, TERMS, Term
 
 __all__ = [
     "FeatureHooks",
@@ -14,4 +14,6 @@ __all__ = [
     "attention_map",
     "attention_transfer_loss",
     "imitation_objective",
+    "TERMS",
+    "Term",
 ]

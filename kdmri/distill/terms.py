@@ -1,0 +1,65 @@
+"""The loss terms a training stage can name: a table of name -> :class:`Term`.
+
+A stage's spec weights terms by name (``"loss_weights": {"reconstruction": 0.5,
+"imitation": 0.5}``); the trainer (:mod:`kdmri.train`) computes the named terms in the
+table's order and sums them, weighted. Each term says which inputs its function takes, in
+order, from :data:`INPUTS`, so the trainer gathers them without knowing the term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kdmri.distill import losses
+
+#: What a term's function may take, and what each is.
+INPUTS = {
+    "prediction": "the student's output (N, 1, H, W), or (N, 2, H, W) when complex",
+    "target": "the reference image, as the prediction",
+    "teacher_output": "the teacher's output, as the prediction (teacher cache: output)",
+    "student_features": "the student's features at the layer pairs, a list of (N, C, H, W)",
+    "teacher_maps": "the teacher's per-sample normalised attention maps at the layer pairs, "
+                    "a list of (N, H*W) (teacher cache: attention)",
+    "teacher_features": "the teacher's features at the layer pairs, a list of (N, C, H, W)",
+    "student_feature_pairs": "pairs (F1, F2) of the student's features, a list",
+    "teacher_feature_pairs": "pairs (F1, F2) of the teacher's features, a list",
+    "adapters": "one learnt module per layer pair mapping student to teacher features",
+}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term: ``function(*inputs)`` is a scalar tensor."""
+
+    function: Callable
+    inputs: tuple[str, ...]
+    formula: str
+
+
+#: The loss terms by name, in the order the trainer computes and sums them.
+TERMS: dict[str, Term] = {
+    "reconstruction": Term(losses.reconstruction_loss, ("prediction", "target"),
+                           "mean |x - x_S| over pixels (L1)"),
+    "imitation": Term(losses.imitation_loss, ("prediction", "teacher_output"),
+                      "mean |x_T - x_S| over pixels (L1)"),
+    "attention": Term(losses.attention_transfer_loss, ("student_features", "teacher_maps"),
+                      "sum over pairs of batch mean || Q_S/|Q_S| - Q_T/|Q_T| ||_2, "
+                      "Q = vec(sum_c A_c^2) normalised per sample (paper eq. 1)"),
+    "attention_batchnorm": Term(losses.attention_batchnorm_loss,
+                                ("student_features", "teacher_features"),
+                                "as attention, Q (N, H*W) normalised over the batch "
+                                "(F.normalize(Q, dim=0), the authors' released code)"),
+    "fitnets": Term(losses.fitnets_loss, ("student_features", "teacher_features", "adapters"),
+                    "sum over pairs of mean (r(F_S) - F_T)^2, r a learnt 1x1 convolution"),
+    "fsp": Term(losses.fsp_loss, ("student_feature_pairs", "teacher_feature_pairs"),
+                "sum over pairs of batch mean ||G_S - G_T||_2^2, G = F1^T F2 / (H*W)"),
+    "sp": Term(losses.sp_loss, ("student_features", "teacher_features"),
+               "sum over pairs of ||G_S - G_T||_F^2 / N^2, G = Q Q^T row-normalised"),
+    "cc": Term(losses.cc_loss, ("student_features", "teacher_features"),
+               "sum over pairs of ||C_S - C_T||_F^2 / N^2, C the order-2 Taylor "
+               "Gaussian kernel (gamma 0.4) of pooled, normalised embeddings"),
+}
+
+#: Names of the loss terms.
+LOSS_TERMS = tuple(TERMS)
