@@ -2,9 +2,9 @@
 
 A stage is a weighted sum of named loss terms (the table :data:`kdmri.distill.terms.TERMS`:
 ``reconstruction``, ``imitation``, ``attention``, ...), the network it trains and the
-weights it starts from, all read from a model spec (:func:`kdmri.config.model_spec`). The distillation terms read the teacher's
-outputs and attention maps from the teacher cache (:mod:`kdmri.teacher`), so the teacher
-is never run during distillation.
+weights it starts from, all read from a model spec (:func:`kdmri.config.model_spec`).
+The distillation terms read the teacher's outputs and attention maps from the teacher
+cache (:mod:`kdmri.teacher`), so the teacher is never run during distillation.
 
 Per epoch: train, validate (loss and PSNR), append a row to ``history.csv``, and write the
 resume checkpoint ``checkpoint/last.pt`` atomically (model, optimiser, scheduler, epoch,
