@@ -141,7 +141,11 @@ def fsp_loss(student_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     _check_layers(student_pairs, teacher_pairs)
     total = student_pairs[0][0].new_zeros((), dtype=torch.float32)
     for (s1, s2), (t1, t2) in zip(student_pairs, teacher_pairs, strict=True):
-        diff = fsp_matrix(s1, s2) - fsp_matrix(t1, t2)
+        g_s, g_t = fsp_matrix(s1, s2), fsp_matrix(t1, t2)
+        if g_s.shape != g_t.shape:
+            raise ValueError(f"FSP matrices differ in size: student {tuple(g_s.shape)} vs "
+                             f"teacher {tuple(g_t.shape)}")
+        diff = g_s - g_t
         total = total + diff.pow(2).sum(dim=(1, 2)).mean()
     return total
 
