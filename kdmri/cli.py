@@ -65,6 +65,7 @@ def _check_train_spec(spec: dict) -> dict:
     """Check a training ``--spec`` and return it with the schema's defaults filled in for
     the train settings and the networks (a spec from kdmri.config.model_spec has them all)."""
     from kdmri.config import MODELS, STAGES, fill_defaults
+    from kdmri.distill.terms import TERMS
 
     number = {"type": "number", "minimum": 0}
     _check_spec(spec, {
@@ -75,15 +76,15 @@ def _check_train_spec(spec: dict) -> dict:
         "pairs": {"$ref": "#/$defs/pairs"},
         "seed": {"type": "integer", "minimum": 0},
         "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
-                         "properties": {k: number for k in ("reconstruction", "imitation",
-                                                            "attention")}},
+                         "properties": {k: number for k in TERMS}},
         "train": {"$ref": "#/$defs/train"},
     }, ["model", "stage", "net", "loss_weights", "train", "seed"])
-    for term in ("imitation", "attention"):
-        if spec["loss_weights"].get(term) and "teacher_net" not in spec:
+    for term in TERMS:
+        inputs = TERMS[term].inputs if spec["loss_weights"].get(term) else ()
+        if any(i.startswith("teacher") for i in inputs) and "teacher_net" not in spec:
             raise KdmriError(f"--spec: key 'teacher_net' is required by the {term} loss")
-    if spec["loss_weights"].get("attention") and "pairs" not in spec:
-        raise KdmriError("--spec: key 'pairs' is required by the attention loss")
+        if any(i.startswith("student_feature") for i in inputs) and "pairs" not in spec:
+            raise KdmriError(f"--spec: key 'pairs' is required by the {term} loss")
     filled = dict(spec, train=fill_defaults("train", spec["train"]))
     for key in ("net", "teacher_net"):
         if key in spec:

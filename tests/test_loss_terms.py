@@ -209,3 +209,15 @@ def test_terms_needing_teacher_features_are_refused(stores, tmp_path, term):
         Trainer(bad, inputs / "train.h5", inputs / "val.h5", tmp_path, cache_dir=tmp_path)
     message = str(error.value)
     assert "\n" not in message and repr(term) in message and "teacher cache" in message
+
+
+def test_train_spec_check_knows_the_table():
+    from kdmri.cli import _check_train_spec
+
+    sp = dict(spec("attention"), loss_weights={"sp": 1.0})
+    assert _check_train_spec(sp)["loss_weights"] == {"sp": 1.0}  # the trainer refuses it
+    with pytest.raises(KdmriError, match="'pairs' is required by the cc loss"):
+        _check_train_spec({k: v for k, v in sp.items() if k != "pairs"} | {
+            "loss_weights": {"cc": 1.0}})
+    with pytest.raises(KdmriError, match="perceptual"):
+        _check_train_spec(dict(sp, loss_weights={"perceptual": 1.0}))
