@@ -77,6 +77,7 @@ def _check_train_spec(spec: dict) -> dict:
         "seed": {"type": "integer", "minimum": 0},
         "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
                          "properties": {k: number for k in TERMS}},
+        "loss_options": {"type": "object", "additionalProperties": {"type": "object"}},
         "train": {"$ref": "#/$defs/train"},
     }, ["model", "stage", "net", "loss_weights", "train", "seed"])
     for term in TERMS:

@@ -189,6 +189,23 @@ def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
     return names
 
 
+def term_options(options: dict, names: list[str], stage: str) -> dict[str, dict]:
+    """A spec's ``loss_options`` checked against the terms it weighs and their options."""
+    for name, given in options.items():
+        if name not in names:
+            raise KdmriError(f"stage {stage!r}: loss_options for {name!r}, which the stage "
+                             f"does not weigh (it weighs {', '.join(names)})")
+        allowed = TERMS[name].options
+        for key, value in given.items():
+            if key not in allowed:
+                raise KdmriError(f"stage {stage!r}: loss term {name!r} has no option {key!r}; "
+                                 f"options: {', '.join(allowed) or 'none'}")
+            if value not in allowed[key]:
+                raise KdmriError(f"stage {stage!r}: loss term {name!r}: {key} {value!r}; "
+                                 f"expected one of {', '.join(map(str, allowed[key]))}")
+    return {name: dict(given) for name, given in options.items() if given}
+
+
 class Trainer:
     """Train one model of one stage. See the module docstring."""
 
@@ -207,6 +224,7 @@ class Trainer:
         self.spec_digest = digest(spec)
 
         self.terms = stage_terms(spec["loss_weights"], spec["stage"])
+        self.term_options = term_options(spec.get("loss_options", {}), self.terms, spec["stage"])
         needs = {i for name in self.terms for i in TERMS[name].inputs}
         distill = [CACHE_KEYS[i] for i in CACHE_KEYS if i in needs]
         self.train_data = self._data(train_store, cache_dir, "train", distill)
@@ -348,7 +366,7 @@ class Trainer:
                 if key not in gathered:
                     gathered[key] = inputs[key]()
                 args.append(gathered[key])
-            terms[name] = TERMS[name].function(*args)
+            terms[name] = TERMS[name].function(*args, **self.term_options.get(name, {}))
         # (a weight of 1 multiplies nothing: two fewer kernels per step, same numbers)
         weighted = [value if self.weights[name] == 1.0 else self.weights[name] * value
                     for name, value in terms.items()]

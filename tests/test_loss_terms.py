@@ -46,6 +46,22 @@ def test_image_terms():
     close(TERMS["imitation"].function(x, y), expected)
 
 
+def test_reconstruction_norms():
+    x, y = rand(3, 1, 9, 10, seed=21), rand(3, 1, 9, 10, seed=22).abs()
+    term = TERMS["reconstruction"]
+    assert term.options == {"norm": ("l1", "l2", "ssim")}
+    close(term.function(x, y, norm="l2"), ((np_(x) - np_(y)) ** 2).mean())
+    assert torch.equal(term.function(x, y, norm="l1"), term.function(x, y))
+    # SSIM as skimage computes it per slice (7 x 7 windows, data range the target's maximum)
+    from skimage.metrics import structural_similarity
+
+    expected = np.mean([structural_similarity(np_(y)[i, 0], np_(x)[i, 0],
+                                              data_range=np_(y)[i].max()) for i in range(3)])
+    close(term.function(x, y, norm="ssim"), 1 - expected)
+    with pytest.raises(ValueError, match="unknown norm"):
+        term.function(x, y, norm="l3")
+
+
 def np_attention_distance(student, teacher, batch_normalised: bool) -> float:
     """Per layer pair: q[n, p] = sum_c a[n, c, p]^2, normalised per sample (or per pixel over
     the batch), then the batch mean of the per-sample L2 distance; summed over pairs."""
@@ -221,3 +237,25 @@ def test_train_spec_check_knows_the_table():
             "loss_weights": {"cc": 1.0}})
     with pytest.raises(KdmriError, match="perceptual"):
         _check_train_spec(dict(sp, loss_weights={"perceptual": 1.0}))
+    l2 = dict(spec("student"), loss_options={"reconstruction": {"norm": "l2"}})
+    assert _check_train_spec(l2)["loss_options"] == l2["loss_options"]
+
+
+def test_reconstruction_options_in_a_spec(stores, tmp_path):
+    inputs = stores.inputs_dir
+    l2 = dict(spec("student"), loss_options={"reconstruction": {"norm": "l2"}})
+    trainer = Trainer(l2, inputs / "train.h5", inputs / "val.h5", tmp_path,
+                      log=lambda message: None, progress=False)
+    trainer.model.eval()
+    batch, extra = trainer._batch(trainer.val_data, torch.arange(3))
+    with torch.no_grad(), FeatureHooks(trainer.model, []) as hooks:
+        total, terms, prediction = trainer.losses(batch, extra, hooks)
+    close(terms["reconstruction"], ((np_(prediction) - np_(batch.target)) ** 2).mean())
+    for options, words in (({"reconstruction": {"norm": "l3"}}, ["'l3'", "l1, l2, ssim"]),
+                           ({"reconstruction": {"p": 2}}, ["no option 'p'", "norm"]),
+                           ({"imitation": {"norm": "l2"}}, ["'imitation'", "does not weigh"])):
+        with pytest.raises(KdmriError) as error:
+            Trainer(dict(l2, loss_options=options), inputs / "train.h5", inputs / "val.h5",
+                    tmp_path)
+        assert "\n" not in str(error.value)
+        assert all(word in str(error.value) for word in words), str(error.value)

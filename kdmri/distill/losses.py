@@ -54,9 +54,44 @@ def attention_transfer_loss(
     return total
 
 
-def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``||x - x_S||_1`` as a mean over pixels."""
-    return F.l1_loss(prediction, target)
+#: The norms of the reconstruction term (its option ``norm``); the first is the default.
+RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
+
+
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor,
+                        norm: str = "l1") -> torch.Tensor:
+    """``||x - x_S||_1`` as a mean over pixels; with ``norm="l2"`` the mean squared error,
+    with ``norm="ssim"`` ``1 - ssim(x, x_S)`` (:func:`ssim_index`)."""
+    if norm == "l1":
+        return F.l1_loss(prediction, target)
+    if norm == "l2":
+        return F.mse_loss(prediction, target)
+    if norm == "ssim":
+        return 1 - ssim_index(prediction, target)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {RECONSTRUCTION_NORMS}")
+
+
+def ssim_index(prediction: torch.Tensor, target: torch.Tensor, window: int = 7,
+               k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Differentiable mean SSIM of images ``(N, C, H, W)`` as ``skimage``'s
+    ``structural_similarity`` computes it per channel (the image metric of
+    :mod:`kdmri.metrics`): uniform ``window x window`` means, sample covariances
+    (``window^2 / (window^2 - 1)``), the windows inside the image only, and
+    ``data_range`` the target's maximum per sample; averaged over channels and the batch."""
+    x, y = prediction.float(), target.float()
+    data_range = y.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    cov_norm = window ** 2 / (window ** 2 - 1)
+
+    def mean(t):
+        return F.avg_pool2d(t, window, stride=1)
+
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean()
 
 
 def imitation_loss(prediction: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:

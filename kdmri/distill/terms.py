@@ -1,15 +1,17 @@
 """The loss terms a training stage can name: a table of name -> :class:`Term`.
 
 A stage's spec weights terms by name (``"loss_weights": {"reconstruction": 0.5,
-"imitation": 0.5}``); the trainer (:mod:`kdmri.train`) computes the named terms in the
-table's order and sums them, weighted. Each term says which inputs its function takes, in
-order, from :data:`INPUTS`, so the trainer gathers them without knowing the term.
+"imitation": 0.5}``), and may set a term's options (``"loss_options": {"reconstruction":
+{"norm": "l2"}}``; without it each term takes its defaults); the trainer
+(:mod:`kdmri.train`) computes the named terms in the table's order and sums them,
+weighted. Each term says which inputs its function takes, in order, from :data:`INPUTS`,
+so the trainer gathers them without knowing the term.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdmri.distill import losses
 
@@ -35,12 +37,16 @@ class Term:
     function: Callable
     inputs: tuple[str, ...]
     formula: str
+    #: Keyword options of the function, each with its allowed values (the first: default).
+    options: dict[str, tuple] = field(default_factory=dict)
 
 
 #: The loss terms by name, in the order the trainer computes and sums them.
 TERMS: dict[str, Term] = {
     "reconstruction": Term(losses.reconstruction_loss, ("prediction", "target"),
-                           "mean |x - x_S| over pixels (L1)"),
+                           "mean |x - x_S| over pixels (L1); norm l2: mean (x - x_S)^2; "
+                           "norm ssim: 1 - SSIM(x, x_S)",
+                           {"norm": losses.RECONSTRUCTION_NORMS}),
     "imitation": Term(losses.imitation_loss, ("prediction", "teacher_output"),
                       "mean |x_T - x_S| over pixels (L1)"),
     "attention": Term(losses.attention_transfer_loss, ("student_features", "teacher_maps"),
