@@ -179,6 +179,9 @@ def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
         raise KdmriError(f"stage {stage!r}: unknown loss term {unknown[0]!r}; "
                          f"known terms: {', '.join(TERMS)}")
     names = [name for name in TERMS if weights.get(name)]
+    if not names:
+        raise KdmriError(f"stage {stage!r}: every loss weight is 0; weigh at least one of "
+                         f"{', '.join(TERMS)}")
     for name in names:
         missing = [i for i in TERMS[name].inputs if i not in TRAINER_INPUTS]
         if missing:

@@ -214,6 +214,9 @@ def test_unknown_term_is_a_one_line_error_listing_the_terms(stores, tmp_path):
     message = str(error.value)
     assert "\n" not in message and "'perceptual'" in message
     assert all(name in message for name in TERMS)
+    bad["loss_weights"] = {"reconstruction": 0.0}
+    with pytest.raises(KdmriError, match="every loss weight is 0"):
+        Trainer(bad, inputs / "train.h5", inputs / "val.h5", tmp_path)
 
 
 @pytest.mark.parametrize("term", FEATURE_TERMS)
