@@ -33,21 +33,23 @@ FAULT_CALL = (FAULT_EPOCH - 1) * BATCHES_PER_EPOCH + FAULT_BATCH
 #: Child-process set-up: the reconstruction loss of the FAULT_CALL-th training batch turns
 #: {value} (validation runs without gradients and is left alone).
 LOSS_FAULT = """
+import dataclasses
 import torch
-import kdmri.train
+from kdmri.distill import terms
 
-original = kdmri.train.reconstruction_loss
+original = terms.TERMS["reconstruction"].function
 calls = [0]
 
-def reconstruction_loss(prediction, target):
-    loss = original(prediction, target)
+def reconstruction_loss(prediction, target, **options):
+    loss = original(prediction, target, **options)
     if torch.is_grad_enabled():
         calls[0] += 1
         if calls[0] == {call}:
             return loss * float("{value}")
     return loss
 
-kdmri.train.reconstruction_loss = reconstruction_loss
+terms.TERMS["reconstruction"] = dataclasses.replace(terms.TERMS["reconstruction"],
+                                                    function=reconstruction_loss)
 """
 
 
