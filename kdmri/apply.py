@@ -86,16 +86,10 @@ def read_volume(path: str | Path, axis: int = 2) -> Volume:
 
 
 def _read_nifti(path: Path, axis: int) -> Volume:
-    import nibabel as nib
+    from kdmri.data.readers import _as_float32, nifti_data, open_nifti
 
-    from kdmri.data.readers import _as_float32, _first_line
-
-    try:
-        image = nib.load(path)
-        shape = tuple(image.shape)
-    except Exception as exc:  # nibabel raises many types for a file that is not NIfTI
-        raise KdmriError(f"{path}: expected a NIfTI file (.nii, .nii.gz), found unreadable "
-                         f"or other data ({_first_line(exc)})") from None
+    image = open_nifti(path)
+    shape = tuple(image.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -104,12 +98,7 @@ def _read_nifti(path: Path, axis: int) -> Volume:
                             if len(shape) == 4 else ""))
     if axis not in (0, 1, 2):
         raise KdmriError(f"--axis must be 0, 1 or 2, found {axis}")
-    try:
-        data = np.asanyarray(image.dataobj).reshape(shape)
-    except Exception as exc:  # truncated or corrupt image data
-        raise KdmriError(f"{path}: image data is unreadable, truncated or corrupt "
-                         f"({_first_line(exc)})") from None
-    data = _as_float32(data, path, "the image")
+    data = _as_float32(nifti_data(path, image).reshape(shape), path, "the image")
     return Volume(np.ascontiguousarray(np.moveaxis(data, axis, 0)), "nifti",
                   image.affine, header=image.header, axis=axis)
 
@@ -123,16 +112,10 @@ def _read_hdf5(path: Path) -> Volume:
 
 
 def _read_dicom(path: Path) -> Volume:
-    try:
-        from kdmri.data.dicom import read_dicom_volume
-    except ModuleNotFoundError as exc:
-        if exc.name != "kdmri.data.dicom":
-            raise
-        raise KdmriError(f"{path}: not a NIfTI (.nii, .nii.gz) or HDF5 (.h5) file, and this "
-                         "kdmri has no DICOM reader (kdmri.data.dicom)") from None
-    volume, affine, _ = read_dicom_volume(path)
+    from kdmri.data.dicom import read_dicom_volume
     from kdmri.data.readers import _as_float32
 
+    volume, affine, _ = read_dicom_volume(path)
     return Volume(_as_float32(volume, path, "the image"), "dicom", np.asarray(affine))
 
 

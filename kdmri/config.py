@@ -260,11 +260,10 @@ def _check_references(config: dict, source: str) -> None:
 def _check_pairs(config: dict, source: str) -> None:
     """A ``family: python`` network has no numbered convolutions: its task's attention
     pairs name modules by path (checked where the study trains an attention stage)."""
-    attention = any(MODELS[m].stage == "attention" for name in config["models"] if name in MODELS
-                    for m in models_needed(name))
+    if not any(MODELS[m].stage == "attention" for name in config["models"] if name in MODELS
+               for m in models_needed(name)):
+        return
     for task, settings in config["tasks"].items():
-        if not attention:
-            break
         python = [role for role in ("teacher", "student") if settings[role]["family"] == "python"]
         numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
         if python and numbered:

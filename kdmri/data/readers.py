@@ -470,26 +470,38 @@ def _frames_for(path: Path, cfg: dict, n_frames: int, listed: dict[str, list[int
     return out
 
 
-def _load_nifti(path: Path, cfg: dict, listed: dict[str, list[int]]
-                ) -> Iterator[tuple[str, np.ndarray]]:
+def open_nifti(path: Path):
+    """The nibabel image of a NIfTI file (header only), or a one-line error naming it."""
     import nibabel as nib
 
     try:
         image = nib.load(path)
-        shape = tuple(image.shape)
+        image.shape  # noqa: B018 (a damaged header fails here)
     except Exception as exc:  # nibabel raises many types for a file that is not NIfTI
         raise KdmriError(
             f"{path}: expected a NIfTI file (.nii, .nii.gz), found unreadable or other data "
             f"({_first_line(exc)})"
         ) from None
-    if len(shape) not in (3, 4):
-        raise KdmriError(f"{path}: expected a 3-D or 4-D volume, found shape {shape}")
+    return image
+
+
+def nifti_data(path: Path, image) -> np.ndarray:
+    """The voxels of an image from :func:`open_nifti`, or a one-line error naming the file."""
     try:
-        data = np.asanyarray(image.dataobj)
+        return np.asanyarray(image.dataobj)
     except Exception as exc:  # truncated or corrupt image data (gzip, EOF, size errors)
         raise KdmriError(
             f"{path}: image data is unreadable, truncated or corrupt ({_first_line(exc)})"
         ) from None
+
+
+def _load_nifti(path: Path, cfg: dict, listed: dict[str, list[int]]
+                ) -> Iterator[tuple[str, np.ndarray]]:
+    image = open_nifti(path)
+    shape = tuple(image.shape)
+    if len(shape) not in (3, 4):
+        raise KdmriError(f"{path}: expected a 3-D or 4-D volume, found shape {shape}")
+    data = nifti_data(path, image)
     axis = cfg["axis"]
     if data.ndim == 3:
         volumes = [("", data)]
