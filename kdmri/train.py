@@ -301,12 +301,16 @@ class Trainer:
                     f"{cache_path}: cached teacher architecture differs from the config's "
                     f"teacher {self.spec['teacher_net']}"
                 )
+            # the maps depend on the teacher's side of the pairs only: students of other
+            # shapes (a compression study's) pair their own layers with the same maps
             cached_pairs = info["attrs"].get("pairs")
-            if "pairs" in self.spec and cached_pairs is not None and plain_pairs(
-                    cached_pairs) != plain_pairs(self.spec["pairs"]):
+            if "pairs" in self.spec and cached_pairs is not None and [
+                    p[0] for p in plain_pairs(cached_pairs)] != [
+                    p[0] for p in plain_pairs(self.spec["pairs"])]:
                 raise KdmriError(
-                    f"{cache_path}: cached attention maps are for layer pairs {cached_pairs}, "
-                    f"the config asks for {self.spec['pairs']}"
+                    f"{cache_path}: cached attention maps are for teacher layers "
+                    f"{[p[0] for p in plain_pairs(cached_pairs)]} (pairs {cached_pairs}), "
+                    f"the config asks for pairs {self.spec['pairs']}"
                 )
             cache = SliceDataset(cache_path, keys=keys)
             if len(cache) != len(dataset):

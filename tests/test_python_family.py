@@ -330,10 +330,15 @@ def test_attention_stage_with_pairs_by_path(nets, stores, tmp_path):
     ckpt = train(spec, stores, tmp_path / "attention", cache_dir=tmp_path / "cache")
     assert ckpt["spec"]["pairs"] == [["body.1", "body.1"]]
 
-    other = dict(spec, pairs=[["body.1", "body.2"]])  # the cache was made for body.1
-    with pytest.raises(KdmriError, match="cached attention maps are for layer pairs"):
+    other = dict(spec, pairs=[["body.2", "body.1"]])  # the cache was made for body.1
+    with pytest.raises(KdmriError, match=r"cached attention maps are for teacher layers "
+                                         r"\['body.1'\]"):
         Trainer(other, inputs["train"], inputs["val"], tmp_path / "other",
                 cache_dir=tmp_path / "cache", log=lambda message: None, progress=False)
+    # the student's side is the student's own: another student layer uses the same maps
+    Trainer(dict(spec, pairs=[["body.1", "body.2"]]), inputs["train"], inputs["val"],
+            tmp_path / "student_side", cache_dir=tmp_path / "cache", log=lambda message: None,
+            progress=False)
     with pytest.raises(KdmriError, match=r"pairs: the teacher \(Recon\) has no module 'head'"):
         cache_teacher(teacher / "model.pt", spec["teacher_net"], [["head", "body.1"]], inputs,
                       tmp_path / "other_cache", torch.device("cpu"))
