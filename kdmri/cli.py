@@ -64,12 +64,12 @@ def _check_spec(spec: dict, properties: dict, required: list[str]) -> None:
 def _check_train_spec(spec: dict) -> dict:
     """Check a training ``--spec`` and return it with the schema's defaults filled in for
     the train settings and the networks (a spec from kdmri.config.model_spec has them all)."""
-    from kdmri.config import MODELS, STAGES, fill_defaults
+    from kdmri.config import MODEL_NAME, STAGES, fill_defaults
     from kdmri.distill.terms import TERMS
 
     number = {"type": "number", "minimum": 0}
     _check_spec(spec, {
-        "model": {"enum": sorted(MODELS)},
+        "model": MODEL_NAME,
         "stage": {"enum": sorted(STAGES)},
         "net": {"$ref": "#/$defs/net"},
         "teacher_net": {"$ref": "#/$defs/net"},

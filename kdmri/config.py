@@ -56,6 +56,65 @@ MODELS = {
     "kd_attention": ModelRecipe("student", init="attention"),
 }
 EVALUATED = ("zf", "teacher", "student", "kd", "kd_imitation", "kd_attention")
+#: The distilled models a compression study may train for each of its students.
+COMPRESSION_METHODS = ("kd", "kd_imitation", "kd_attention")
+#: Between a model and a compression student's name: ``kd@d5c3f16`` is the model ``kd``
+#: trained with the student network ``d5c3f16`` of its task's ``compression.students``.
+VARIANT = "@"
+_BASE_NAMES = "|".join(sorted(MODELS, key=len, reverse=True))
+#: The schema of a trained model's name (a job spec's ``model``).
+MODEL_NAME = {
+    "type": "string",
+    "pattern": f"^({_BASE_NAMES})({VARIANT}[A-Za-z0-9_]+)?$",
+    "x-expected": f"one of {sorted(MODELS)}, optionally followed by {VARIANT}<student name>",
+}
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """``(model, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
+    ``("kd", None)`` for ``kd``. Raises :class:`KdmriError` for a name that is neither."""
+    base, sep, variant = model.partition(VARIANT)
+    if base not in MODELS or (sep and not variant):
+        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(MODELS)}, "
+                         f"optionally followed by {VARIANT}<student name>")
+    return base, variant or None
+
+
+def recipe(model: str) -> ModelRecipe:
+    """The recipe of a model name; a compression student's model starts from the model of
+    the same student (``kd@s`` from ``attention@s``)."""
+    base, variant = split_model(model)
+    found = MODELS[base]
+    if variant and found.init:
+        return ModelRecipe(found.stage, f"{found.init}{VARIANT}{variant}")
+    return found
+
+
+def compression_models(config: dict, task: str) -> list[str]:
+    """The models a task's compression study evaluates: per student ``s``, ``student@s``
+    and ``<method>@s`` (in the order the students are listed)."""
+    comp = config["tasks"][task]["compression"]
+    return [f"{m}{VARIANT}{s}" for s in comp["students"] for m in ("student", comp["method"])]
+
+
+def evaluated_models(config: dict, task: str) -> list[str]:
+    """Every model evaluated in a task's cells: the study's ``models``, then, where the task
+    has a compression study, the teacher (its point on the curve) and the students'."""
+    models = list(config["models"])
+    extra = compression_models(config, task)
+    if extra and "teacher" not in models:
+        models.append("teacher")
+    return models + extra
+
+
+def study_models(config: dict) -> list[str]:
+    """Every model name any task of the study may train or evaluate (with each
+    compression model's init chain), for the workflow's wildcards."""
+    names = {"zf", *MODELS}
+    for task in config["tasks"]:
+        names.update(m for model in compression_models(config, task)
+                     for m in models_needed(model))
+    return sorted(names)
 
 
 @lru_cache(maxsize=1)
@@ -255,15 +314,53 @@ def _check_references(config: dict, source: str) -> None:
                 )
     _check_complex(config, source)
     _check_pairs(config, source)
+    _check_compression(config, source)
+
+
+def _check_layer_index(net: dict, index: int, role: str, where: str, source: str) -> None:
+    """A numbered pair layer must be a hidden convolution of a plain-CNN network (one whose
+    activation exists: 1 .. convs - 1); other families are checked when they are built."""
+    if "convs" in net and not 1 <= index < net["convs"]:
+        raise KdmriError(
+            f"{source}: key '{where}': the {role}'s conv {index} has no activation; expected "
+            f"1..{net['convs'] - 1} for {net['family']} with {net['convs']} convolutions"
+        )
+
+
+def _check_compression(config: dict, source: str) -> None:
+    """Each compression student pairs its own layers with the teacher layers of the task's
+    pairs (one teacher cache serves every student); its pairs default to the task's."""
+    for task, settings in config["tasks"].items():
+        students = settings["compression"]["students"]
+        teacher_side = [pair[0] for pair in settings["pairs"]]
+        for name, student in students.items():
+            where = f"tasks.{task}.compression.students.{name}"
+            student.setdefault("pairs", copy.deepcopy(settings["pairs"]))
+            if [pair[0] for pair in student["pairs"]] != teacher_side:
+                raise KdmriError(
+                    f"{source}: key '{where}.pairs': the teacher's side must be the task's "
+                    f"{teacher_side} (one teacher cache serves every student), found "
+                    f"{[pair[0] for pair in student['pairs']]}"
+                )
+            if student["net"]["complex"] != settings["student"]["complex"]:
+                raise KdmriError(
+                    f"{source}: key '{where}.net.complex': expected "
+                    f"{str(settings['student']['complex']).lower()}, as the task's networks"
+                )
+            for pair in student["pairs"]:
+                if not isinstance(pair[1], str):
+                    _check_layer_index(student["net"], pair[1], "student", f"{where}.pairs",
+                                       source)
 
 
 def _check_pairs(config: dict, source: str) -> None:
     """A ``family: python`` network has no numbered convolutions: its task's attention
     pairs name modules by path (checked where the study trains an attention stage)."""
-    if not any(MODELS[m].stage == "attention" for name in config["models"] if name in MODELS
-               for m in models_needed(name)):
-        return
     for task, settings in config["tasks"].items():
+        names = evaluated_models(config, task)
+        if not any(recipe(m).stage == "attention" for name in names if name != "zf"
+                   for m in models_needed(name)):
+            continue
         python = [role for role in ("teacher", "student") if settings[role]["family"] == "python"]
         numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
         if python and numbered:
@@ -367,36 +464,43 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
     """
     if task not in config["tasks"]:
         raise KdmriError(f"task {task!r} is not configured; configured: {sorted(config['tasks'])}")
-    if model not in MODELS:
-        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
-    recipe = MODELS[model]
-    net_role, terms = STAGES[recipe.stage]
+    _, variant = split_model(model)
+    made = recipe(model)
+    net_role, terms = STAGES[made.stage]
     task_cfg = config["tasks"][task]
+    nets = {"teacher": task_cfg["teacher"], "student": task_cfg["student"]}
+    pairs = task_cfg["pairs"]
+    if variant is not None:
+        students = task_cfg["compression"]["students"]
+        if variant not in students:
+            raise KdmriError(f"model {model!r}: task {task!r} has no compression student "
+                             f"{variant!r}; its students: {sorted(students)}")
+        nets["student"], pairs = students[variant]["net"], students[variant]["pairs"]
     weights = {
         "reconstruction": 1.0,
         "imitation": 0.0,
         "attention": 0.0,
     }
-    if recipe.stage == "imitation":
+    if made.stage == "imitation":
         weights = {"reconstruction": config["kd"]["alpha"], "imitation": 1 - config["kd"]["alpha"],
                    "attention": 0.0}
-    elif recipe.stage == "attention":
+    elif made.stage == "attention":
         weights = {"reconstruction": 0.0, "imitation": 0.0,
                    "attention": config["kd"]["attention_weight"]}
     spec = {
         "task": task,
         "model": model,
-        "stage": recipe.stage,
-        "init": recipe.init,
-        "net": net_spec(task_cfg[net_role]),
+        "stage": made.stage,
+        "init": made.init,
+        "net": net_spec(nets[net_role]),
         "loss_weights": {t: weights[t] for t in terms},
-        "train": train_settings(config, task, recipe.stage),
+        "train": train_settings(config, task, made.stage),
         "seed": int(seed),
     }
-    if recipe.stage in ("attention", "imitation"):
+    if made.stage in ("attention", "imitation"):
         spec["teacher_net"] = net_spec(task_cfg["teacher"])
-    if recipe.stage == "attention":
-        spec["pairs"] = task_cfg["pairs"]
+    if made.stage == "attention":
+        spec["pairs"] = pairs
     return spec
 
 
@@ -416,6 +520,6 @@ def net_spec(net: dict) -> dict:
 def models_needed(model: str) -> list[str]:
     """The trained models ``model`` depends on (its init chain), itself last."""
     chain = [model]
-    while MODELS[chain[0]].init:
-        chain.insert(0, MODELS[chain[0]].init)
+    while recipe(chain[0]).init:
+        chain.insert(0, recipe(chain[0]).init)
     return chain

@@ -14,6 +14,10 @@
     the training loss on a log scale beside it.
 ``mask``
     ``--mask mask.npy``: the mask and its column profile (sampled fraction per column).
+``compression``
+    ``--table compression.csv``: the compression curve, one panel per (task, dataset,
+    acceleration): test PSNR against parameters (log axis), one curve for the plain
+    students, one for the distilled students, the teacher as a star.
 
 Figures are drawn with matplotlib's Agg backend (set when a figure is first drawn, not on
 import) and written atomically; the format follows the suffix of ``--out`` (PNG default).
@@ -224,6 +228,48 @@ def mask_figure(mask_path: str | Path, out: str | Path, title: str = "") -> None
     _save(fig, out)
 
 
+# ---------------------------------------------------------------------- compression
+def compression_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
+    """PSNR against parameters (log axis) of every compression student, plain and
+    distilled, with the teacher as a point; one panel per (task, dataset, acceleration)."""
+    import pandas as pd
+
+    from kdmri.tables import COMPRESSION_COLUMNS, GROUP
+
+    table_path = Path(table_path)
+    if not table_path.is_file():
+        raise KdmriError(f"{table_path}: compression table not found")
+    table = pd.read_csv(table_path)
+    missing = [c for c in COMPRESSION_COLUMNS if c not in table.columns]
+    if missing:
+        raise KdmriError(f"{table_path}: missing columns {missing}")
+    if not len(table):
+        raise KdmriError(f"{table_path}: no rows (no student has a plain and a distilled model)")
+    cells = list(table.groupby(GROUP, sort=False))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(cells), figsize=(5.2 * len(cells), 4.2), squeeze=False,
+                             layout="constrained")
+    for ax, ((task, dataset, acc), cell) in zip(axes[0], cells, strict=True):
+        cell = cell.sort_values("params")
+        method = cell["method"].iloc[0]
+        ax.plot(cell["params"], cell["student_psnr"], "o-", label="student (plain)")
+        ax.plot(cell["params"], cell["kd_psnr"], "s-", label=f"student ({method})")
+        for _, row in cell.iterrows():
+            ax.annotate(row["student"], (row["params"], row["student_psnr"]), fontsize=7,
+                        textcoords="offset points", xytext=(0, -11), ha="center")
+        teacher = cell[["teacher_params", "teacher_psnr"]].dropna()
+        if len(teacher):
+            ax.plot(teacher["teacher_params"].iloc[:1], teacher["teacher_psnr"].iloc[:1], "*",
+                    markersize=14, color="black", label="teacher")
+        ax.set_xscale("log")
+        ax.set(xlabel="parameters", ylabel="test PSNR (dB)", title=f"{task} {dataset} {acc:g}x")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
 # ---------------------------------------------------------------------- CLI
 def cmd_figures(args) -> int:
     def need(option: str, value) -> None:
@@ -240,6 +286,10 @@ def cmd_figures(args) -> int:
         need("--history", args.history)
         curves_figure(parse_named(args.history, "--history"), args.out, args.title)
         print(f"curves -> {args.out}", file=sys.stderr)
+    elif args.kind == "compression":
+        need("--table", args.table)
+        compression_figure(args.table, args.out, args.title)
+        print(f"compression -> {args.out}", file=sys.stderr)
     else:
         need("--mask", args.mask)
         mask_figure(args.mask, args.out, args.title)
@@ -248,12 +298,13 @@ def cmd_figures(args) -> int:
 
 
 def register_cli(add) -> None:
-    p = add("figures", cmd_figures, "reconstruction panel, training curves or mask figure")
-    p.add_argument("--kind", required=True, choices=["panel", "curves", "mask"])
+    p = add("figures", cmd_figures, "reconstruction panel, training curves, mask or compression figure")
+    p.add_argument("--kind", required=True, choices=["panel", "curves", "mask", "compression"])
     p.add_argument("--inputs", help="panel: test input store (targets)")
     p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
                    help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
     p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
     p.add_argument("--mask", help="mask: the mask .npy")
+    p.add_argument("--table", help="compression: compression.csv of kdmri tables")
     p.add_argument("--title", default="")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")

@@ -8,11 +8,14 @@ import os
 import pandas as pd
 
 from kdmri.config import (
-    MODELS,
     SPLITS,
     STAGES,
     apply_overrides,
+    compression_models,
+    evaluated_models,
     model_spec,
+    recipe,
+    study_models,
     teacher_cache_spec,
     validate,
 )
@@ -82,6 +85,8 @@ def grid():
 
 CELLS = list(grid())
 DATASETS = sorted({d for _, d, _, _ in CELLS})
+# every model name a job may have: the model table's, and each compression student's
+STUDY_MODELS = study_models(config)
 
 
 wildcard_constraints:
@@ -89,7 +94,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "none",
     acc=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-    model="|".join(["zf", *MODELS]),
+    model="|".join(STUDY_MODELS),
     split="train|val|test",
 
 
@@ -106,24 +111,29 @@ def train_spec(w):
 
 
 def train_inputs(w):
-    recipe = MODELS[w.model]
+    made = recipe(w.model)
     inputs = {
         "data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]
     }
-    if recipe.stage in ("attention", "imitation"):
+    if made.stage in ("attention", "imitation"):
         inputs["cache"] = [
             f"{cell(w)}/teacher/seed{w.seed}/cache/{s}.h5" for s in ("train", "val")
         ]
-    if recipe.init:
-        inputs["init"] = f"{cell(w)}/{recipe.init}/seed{w.seed}/model.pt"
+    if made.init:
+        inputs["init"] = f"{cell(w)}/{made.init}/seed{w.seed}/model.pt"
     return inputs
+
+
+def stage_models(stage):
+    """The model names trained by one stage's rule (a regular expression)."""
+    return "|".join(m for m in STUDY_MODELS if m != "zf" and recipe(m).stage == stage)
 
 
 def train_options(w, input):
     options = []
-    if MODELS[w.model].stage in ("attention", "imitation"):
+    if recipe(w.model).stage in ("attention", "imitation"):
         options.append(f"--cache-dir {os.path.dirname(input.cache[0])}")
-    if MODELS[w.model].init:
+    if recipe(w.model).init:
         options.append(f"--init {input.init}")
     return " ".join(options)
 
@@ -186,17 +196,23 @@ def metrics_files():
     return [
         f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/metrics.csv"
         for t, d, a, s in CELLS
-        for m in config["models"]
+        for m in evaluated_models(config, t)
     ]
 
 
 def trained_models():
-    names = sorted({m for m in config["models"] if m != "zf"})
     return {
         f"{t}/{d}/acc{a}/{m}/seed{s}": f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/model.pt"
         for t, d, a, s in CELLS
-        for m in names
+        for m in sorted(set(evaluated_models(config, t)) - {"zf"})
     }
+
+
+def writes_compression():
+    """Whether the study has a compression curve (a task with students and cells): then
+    `kdmri tables` writes compression.csv and the workflow draws figures/compression.png.
+    """
+    return any(compression_models(config, t) for t, _, _, _ in CELLS)
 
 
 def figure_files():
@@ -216,4 +232,5 @@ def all_outputs():
         f"{R}/tables/kd_gain.csv",
         f"{R}/tables/provenance.json",
         *figure_files(),
+        *([f"{R}/figures/compression.png"] if writes_compression() else []),
     ]

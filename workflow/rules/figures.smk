@@ -1,4 +1,5 @@
-# Figures: reconstruction panel, training curves and mask of every study cell.
+# Figures: reconstruction panel, training curves and mask of every study cell; the
+# compression curve where the study has one.
 
 
 rule figure_panel:
@@ -86,3 +87,22 @@ rule figure_mask:
     shell:
         "kdmri figures --kind mask --mask {input}"
         " --title '{wildcards.task} {wildcards.dataset} {wildcards.acc}x mask' --out {output} 2> {log}"
+
+
+rule figure_compression:
+    input:
+        f"{R}/tables/compression.csv",
+    output:
+        report(
+            f"{R}/figures/compression.png",
+            caption="../report/compression.rst",
+            category="Compression",
+        ),
+    log:
+        f"{R}/logs/figures/compression.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
+    threads: 1
+    shell:
+        "kdmri figures --kind compression --table {input} --out {output} 2> {log}"

@@ -2,7 +2,8 @@
 
 
 # Every file `kdmri tables` writes is an output: ablation.csv exactly where the study
-# evaluates kd_imitation or kd_attention (writes_ablation), which the tool writes then.
+# evaluates kd_imitation or kd_attention (writes_ablation), compression.csv/.md exactly
+# where it has compression students (writes_compression), which the tool writes then.
 rule tables:
     input:
         metrics=metrics_files(),
@@ -16,6 +17,18 @@ rule tables:
                 )
             }
             if writes_ablation()
+            else {}
+        ),
+        **(
+            {
+                "compression": report(
+                    f"{R}/tables/compression.csv",
+                    caption="../report/compression_table.rst",
+                    category="Tables",
+                ),
+                "compression_md": f"{R}/tables/compression.md",
+            }
+            if writes_compression()
             else {}
         ),
         summary=report(

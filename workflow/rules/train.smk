@@ -23,7 +23,7 @@ for _stage in STAGES:
         benchmark:
             f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
         wildcard_constraints:
-            model="|".join(m for m, recipe in MODELS.items() if recipe.stage == _stage),
+            model=stage_models(_stage),
         priority: PRIORITY[_stage]
         conda:
             "../envs/kdmri.yaml"
