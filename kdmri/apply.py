@@ -16,7 +16,7 @@ What runs (the steps of ``kdmri prepare``, ``undersample`` and ``predict`` for o
 2. reconstruction (DC-CNN): every slice is undersampled with ``--mask`` (the study's
    ``mask.npy``, shape (H, W) of the slices): ``k = m * FFT(slice)``, zero-filled image
    ``IFFT(k)``; the network gets its real part, ``k`` and ``m`` (:func:`kdmri.mri.undersample`,
-   :func:`kdmri.mri.zero_filled`, :func:`kdmri.train.make_batch`);
+   :func:`kdmri.mri.zero_filled`, :func:`kdmri.batch.make_batch`);
    super-resolution (VDSR): the slices are the low-resolution input as they are, on the
    grid of the output. The workflow makes that input from a full-resolution slice by
    keeping the central box of its k-space (the ``lowres`` mask) and zero-filling the rest,
@@ -140,11 +140,12 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     import torch
     from tqdm import tqdm
 
+    from kdmri.batch import make_batch
+    from kdmri.checkpoints import load_model
     from kdmri.data.readers import normalize_volume
     from kdmri.masks import load_mask
     from kdmri.models import place_model
     from kdmri.mri import real_image, undersample, zero_filled
-    from kdmri.train import load_model, make_batch
 
     model_path, input_path = Path(model_path), Path(input_path)
     if not model_path.is_file():

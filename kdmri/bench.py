@@ -235,9 +235,10 @@ class BareLoop:
         import numpy as np
         import torch
 
+        from kdmri.batch import make_batch
         from kdmri.data.store import SliceDataset
         from kdmri.models import build_model, place_model
-        from kdmri.train import make_batch
+        from kdmri.optim import build_optimizer
 
         self.device = device
         data = SliceDataset(store, keys=["zf", "target"], extra=["mask"])
@@ -254,16 +255,7 @@ class BareLoop:
         if not channels_last:
             self.model = self.model.to(memory_format=torch.contiguous_format)
         self.forward = torch.compile(self.model) if compile else self.model
-        settings = spec["train"]
-        optimizers = {
-            "adam": lambda p: torch.optim.Adam(p, lr=settings["lr"],
-                                               weight_decay=settings["weight_decay"]),
-            "adamw": lambda p: torch.optim.AdamW(p, lr=settings["lr"],
-                                                 weight_decay=settings["weight_decay"]),
-            "sgd": lambda p: torch.optim.SGD(p, lr=settings["lr"], momentum=0.9,
-                                             weight_decay=settings["weight_decay"]),
-        }
-        self.optimizer = optimizers[settings["optimizer"]](self.model.parameters())
+        self.optimizer = build_optimizer(self.model.parameters(), spec["train"])
         self.slices = len(data)
 
     def step(self, batch) -> None:
@@ -424,8 +416,8 @@ def peak_memory_mb(model, size: int, device, amp: bool = False) -> float:
     allocation events."""
     import torch
 
+    from kdmri.batch import make_batch
     from kdmri.models import place_model
-    from kdmri.train import make_batch
 
     model = place_model(model, device).eval()
     zf = torch.randn(1, size, size, dtype=torch.complex64)

@@ -218,12 +218,12 @@ def cmd_cache_teacher(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
+    from kdmri.checkpoints import load_model
     from kdmri.data.store import write_store
     from kdmri.device import select_device
     from kdmri.inference import latency_ms, run_model, zero_filled_output
     from kdmri.io import write_json
     from kdmri.models import count_parameters, flops_per_slice
-    from kdmri.train import load_model
 
     _setup_torch(args)
     info: dict = {"model": args.model}

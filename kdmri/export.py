@@ -368,8 +368,8 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
     """Write ``model_path`` (a ``model.pt``) as ``fmt`` to ``out`` and the sidecar
     ``out.json``; return the sidecar's content."""
     from kdmri import __version__
+    from kdmri.checkpoints import load_model
     from kdmri.io import atomic_path, write_json
-    from kdmri.train import load_model
 
     model_path, out = Path(model_path), Path(out)
     if fmt not in FORMATS:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdmri.batch import check_complex, make_batch, stored_image
+from kdmri.checkpoints import load_model
 from kdmri.config import digest
 from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
@@ -16,7 +18,6 @@ from kdmri.distill.pairs import pair_paths, pairs_attr
 from kdmri.errors import KdmriError
 from kdmri.models import place_model
 from kdmri.mri import real_image
-from kdmri.train import check_complex, load_model, make_batch, stored_image
 
 PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
 

@@ -6,6 +6,11 @@ weights it starts from, all read from a model spec (:func:`kdmri.config.model_sp
 The distillation terms read the teacher's outputs and attention maps from the teacher
 cache (:mod:`kdmri.teacher`), so the teacher is never run during distillation.
 
+This module is the loop; its other parts have their own modules: the batch contract
+(:mod:`kdmri.batch`), ``model.pt`` and the resume checkpoint (:mod:`kdmri.checkpoints`),
+the teacher cache and its checks (:mod:`kdmri.teacher`), the optimisers
+(:mod:`kdmri.optim`).
+
 Per epoch: train, validate (loss and PSNR), append a row to ``history.csv``, and write the
 resume checkpoint ``checkpoint/last.pt`` atomically (model, optimiser, scheduler, epoch,
 RNG states, best weights so far, history). Running the same command again after a crash
@@ -24,7 +29,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,105 +36,31 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from kdmri import __version__
-from kdmri.config import digest
-from kdmri.data.store import SliceDataset, is_complex_store, store_info
+from kdmri.batch import Batch, check_complex, make_batch, network_image, stored_image
+from kdmri.checkpoints import (
+    load_model,
+    restore_rng,
+    resume_state,
+    training_state,
+    write_model_file,
+)
+from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
-from kdmri.distill.pairs import pair_paths, plain_pairs
+from kdmri.distill.pairs import pair_paths
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
-from kdmri.io import atomic_path, load_torch, save_torch
+from kdmri.io import atomic_path, save_torch
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
-from kdmri.mri import fft2c, from_channels, to_channels
+from kdmri.optim import build_optimizer
+from kdmri.teacher import CACHE_KEYS, read_teacher_cache
 
-MODEL_FORMAT = "kdmri-model/1"
-STATE_FORMAT = "kdmri-train-state/1"
 #: Training steps queued on a GPU between two checks of their losses and gradients.
 CHECK_EVERY_GPU = 32
 #: Largest share of a GPU's free memory that the training and validation splits may take
 #: to be kept on it.
 DATA_ON_GPU_SHARE = 0.25
-
-
-@dataclass
-class Batch:
-    """What every network consumes: real input, measured k-space, mask, target (N,1,H,W);
-    for a complex network input and target are two channels (N,2,H,W) (real, imaginary)."""
-
-    image: torch.Tensor
-    kspace: torch.Tensor
-    mask: torch.Tensor
-    target: torch.Tensor | None = None
-
-
-def make_batch(zf: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None,
-               device: torch.device, complex: bool = False) -> Batch:
-    """Build a :class:`Batch` from zero-filled complex images ``(N, H, W)``: the network's
-    input is their real part, or with ``complex`` the whole image in two channels."""
-    zf = zf.to(device, non_blocking=True).unsqueeze(1)
-    return Batch(
-        image=to_channels(zf) if complex else zf.real.contiguous(),
-        kspace=fft2c(zf),
-        mask=mask.to(device),
-        target=None if target is None else network_image(
-            target.to(device, non_blocking=True), complex),
-    )
-
-
-def network_image(images: torch.Tensor, complex: bool) -> torch.Tensor:
-    """Images ``(N, H, W)`` as a network takes and returns them: ``(N, 1, H, W)``, or for
-    a complex network two channels ``(N, 2, H, W)``."""
-    images = images.unsqueeze(1)
-    return to_channels(images) if complex else images
-
-
-def stored_image(output: torch.Tensor, complex: bool) -> torch.Tensor:
-    """A network's output ``(N, C, H, W)`` as stored: ``(N, H, W)``, complex for a complex
-    network (the inverse of :func:`network_image`)."""
-    return (from_channels(output) if complex else output)[:, 0]
-
-
-def check_complex(store: str | Path, model, what: str = "the network") -> None:
-    """Refuse a store whose targets are complex for a magnitude network, or the reverse."""
-    data = is_complex_store(store)
-    if data != model.complex:
-        kind = "complex (a dataset prepared from k-space)" if data else "magnitude images"
-        raise KdmriError(
-            f"{store}: the targets are {kind} but {what} has complex: "
-            f"{str(model.complex).lower()}; set the task's nets to complex: "
-            f"{str(data).lower()}"
-        )
-
-
-def load_model(path: str | Path, expect_net: dict | None = None, role: str = "model"):
-    """Load a ``model.pt`` (weights only) and build its network; check its architecture."""
-    ckpt = load_torch(path)
-    if ckpt.get("format") != MODEL_FORMAT:
-        raise KdmriError(f"{path}: not a kdmri model file (format {ckpt.get('format')!r})")
-    if expect_net is not None and ckpt["net"] != expect_net:
-        raise KdmriError(
-            f"{path}: {role} architecture {ckpt['net']} does not match the config's {expect_net}"
-        )
-    model = build_model(ckpt["net"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt
-
-
-def write_model_file(path: str | Path, spec: dict, state_dict: dict, **meta) -> None:
-    """Write a ``model.pt`` (:data:`MODEL_FORMAT`): the network ``spec["net"]``, the model
-    spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params, device), atomically.
-    The file :class:`Trainer` writes and :func:`load_model` reads."""
-    save_torch({
-        "format": MODEL_FORMAT,
-        "kdmri_version": __version__,
-        "net": spec["net"],
-        "spec": spec,
-        "spec_digest": digest(spec),
-        "state_dict": state_dict,
-        **meta,
-    }, path)
 
 
 def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -154,20 +84,8 @@ def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_
     return 1.0
 
 
-def _spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _spec_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return diffs
-
-
-#: The inputs the trainer gives loss terms, and the teacher cache key of those it reads there.
+#: The inputs the trainer gives loss terms.
 TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps")
-CACHE_KEYS = {"teacher_output": "output", "teacher_maps": "attention"}
 
 
 def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
@@ -224,7 +142,6 @@ class Trainer:
         self.weights = {k: float(v) for k, v in spec["loss_weights"].items() if v}
         self.settings = spec["train"]
         self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
-        self.spec_digest = digest(spec)
 
         self.terms = stage_terms(spec["loss_weights"], spec["stage"])
         self.term_options = term_options(spec.get("loss_options", {}), self.terms, spec["stage"])
@@ -258,7 +175,7 @@ class Trainer:
                     f"teacher cache has {n_maps} attention maps per slice, the student's pairs "
                     f"give {len(self.feature_paths)}"
                 )
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(self.model.parameters(), self.settings)
         n = len(self.train_data["target"])
         self.batch_size = int(self.settings["batch_size"])
         self.steps_per_epoch = math.ceil(n / self.batch_size)
@@ -290,35 +207,8 @@ class Trainer:
             "volume": torch.from_numpy(dataset.volume.astype(np.int64)),
         }
         if distill:
-            if cache_dir is None:
-                raise KdmriError(f"stage {self.spec['stage']!r} needs the teacher cache (--cache-dir)")
-            cache_path = Path(cache_dir) / f"{split}.h5"
-            keys = distill
-            info = store_info(cache_path)
-            teacher_net = info["attrs"].get("teacher_net")
-            if teacher_net is not None and teacher_net != digest(self.spec["teacher_net"]):
-                raise KdmriError(
-                    f"{cache_path}: cached teacher architecture differs from the config's "
-                    f"teacher {self.spec['teacher_net']}"
-                )
-            # the maps depend on the teacher's side of the pairs only: students of other
-            # shapes (a compression study's) pair their own layers with the same maps
-            cached_pairs = info["attrs"].get("pairs")
-            if "pairs" in self.spec and cached_pairs is not None and [
-                    p[0] for p in plain_pairs(cached_pairs)] != [
-                    p[0] for p in plain_pairs(self.spec["pairs"])]:
-                raise KdmriError(
-                    f"{cache_path}: cached attention maps are for teacher layers "
-                    f"{[p[0] for p in plain_pairs(cached_pairs)]} (pairs {cached_pairs}), "
-                    f"the config asks for pairs {self.spec['pairs']}"
-                )
-            cache = SliceDataset(cache_path, keys=keys)
-            if len(cache) != len(dataset):
-                raise KdmriError(
-                    f"{cache_path}: {len(cache)} slices but {store} has {len(dataset)}"
-                )
-            cached = cache.batch(np.arange(len(cache)))
-            data.update({("teacher_output" if k == "output" else k): v for k, v in cached.items()})
+            data.update(read_teacher_cache(cache_dir, split, self.spec, distill, len(dataset),
+                                           store, self.spec["stage"]))
         return data
 
     def _place_data(self) -> None:
@@ -334,15 +224,6 @@ class Trainer:
         for data in splits:
             for key in data if size <= DATA_ON_GPU_SHARE * free else ["mask"]:
                 data[key] = data[key].to(self.device)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        s = self.settings
-        params = self.model.parameters()
-        if s["optimizer"] == "adam":
-            return torch.optim.Adam(params, lr=s["lr"], weight_decay=s["weight_decay"])
-        if s["optimizer"] == "adamw":
-            return torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
-        return torch.optim.SGD(params, lr=s["lr"], momentum=0.9, weight_decay=s["weight_decay"])
 
     # ------------------------------------------------------------------ losses
     def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
@@ -384,47 +265,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, completed: bool) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "format": STATE_FORMAT,
-            "kdmri_version": __version__,
-            "spec": self.spec,
-            "spec_digest": self.spec_digest,
-            "epoch": epoch,
-            "completed": completed,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "best": self.best,
-            "history": self.history,
-        }
+        parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        return training_state(self.spec, epoch, completed, parts, self.best, self.history,
+                              self.device)
 
     def _try_resume(self) -> None:
-        if not self.ckpt_path.exists():
+        state = resume_state(self.ckpt_path, self.spec, self.log)
+        if state is None:
             return
-        state = load_torch(self.ckpt_path)
-        if state.get("format") != STATE_FORMAT:
-            raise KdmriError(f"{self.ckpt_path}: not a kdmri training checkpoint")
-        if state.get("completed"):
-            self.log(f"{self.ckpt_path}: previous run had finished; training again from epoch 0")
-            return
-        if state.get("spec_digest") != self.spec_digest:
-            diff = "; ".join(_spec_diff(state.get("spec", {}), self.spec)[:5])
-            raise KdmriError(
-                f"{self.ckpt_path}: checkpoint was written under a different config ({diff}); "
-                "delete it to start this model again"
-            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        restore_rng(state, self.device)
         self.best = state["best"]
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])

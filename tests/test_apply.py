@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from kdmri.checkpoints import load_model, write_model_file
 from kdmri.cli import main
 from kdmri.models import build_model
-from kdmri.train import load_model, write_model_file
 from tests.oracles import np_fft2c, np_ifft2c
 
 NETS = {

@@ -20,13 +20,14 @@ import pytest
 import torch
 
 from kdmri import __version__, cli
+from kdmri.checkpoints import load_model
 from kdmri.cli import build_parser, main
 from kdmri.data.store import read_store, store_info
 from kdmri.errors import KdmriError
 from kdmri.inference import run_model
 from kdmri.io import load_torch
 from kdmri.masks import create_mask_func, mask_params
-from kdmri.train import Trainer, load_model
+from kdmri.train import Trainer
 from tests.oracles import np_fft2c, np_ifft2c
 from tests.reliability.helpers import (
     PAIRS,

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from kdmri.batch import check_complex
 from kdmri.config import validate
 from kdmri.data.prepare import prepare_dataset, undersample_store
 from kdmri.data.readers import fastmri_volumes
@@ -23,7 +24,6 @@ from kdmri.inference import run_model, zero_filled_output
 from kdmri.metrics import hfen_slices, nmse_slices, psnr, psnr_slices, slice_metrics, ssim_slices
 from kdmri.models import DCCNN, VDSR, build_model, count_parameters
 from kdmri.mri import DataConsistency, fft2c, from_channels, to_channels
-from kdmri.train import check_complex
 from tests.workflow_utils import snakemake
 
 FULL = (48, 40)  # k-space matrix of the test files

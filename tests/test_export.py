@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
+from kdmri.checkpoints import load_model, write_model_file
 from kdmri.cli import main
 from kdmri.export import example_inputs, sha256
 from kdmri.models import build_model
-from kdmri.train import load_model, write_model_file
 
 NETS = {
     "dccnn": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 8},

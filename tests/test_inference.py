@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdmri.checkpoints import load_model
 from kdmri.cli import main
 from kdmri.data.store import read_store, store_info
 from kdmri.distill import attention_map
@@ -19,7 +20,6 @@ from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.inference import latency_ms, run_model, zero_filled_output
 from kdmri.models import build_model, flops_per_slice
-from kdmri.train import load_model
 from tests.oracles import np_fft2c, np_zero_filled
 from tests.reliability.helpers import STUDENT_NET, write_model_file
 

@@ -19,10 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
+from kdmri.checkpoints import STATE_FORMAT
 from kdmri.config import digest
 from kdmri.data.store import read_store, write_store
 from kdmri.io import save_torch
-from kdmri.train import STATE_FORMAT
 from tests.reliability.helpers import (
     PAIRS,
     STUDENT_NET,

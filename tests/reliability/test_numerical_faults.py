@@ -14,9 +14,10 @@ import re
 import pytest
 import torch
 
+from kdmri.checkpoints import load_model
 from kdmri.errors import KdmriError
 from kdmri.io import load_torch
-from kdmri.train import Trainer, load_model
+from kdmri.train import Trainer
 from tests.reliability.helpers import (
     assert_user_error,
     finite_state,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdmri.checkpoints import MODEL_FORMAT, STATE_FORMAT
 from kdmri.config import digest
 from kdmri.io import load_torch
 from kdmri.models import build_model
-from kdmri.train import MODEL_FORMAT, STATE_FORMAT
 from tests.reliability.helpers import (
     PAIRS,
     ROOT,
