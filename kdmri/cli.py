@@ -65,15 +65,20 @@ def _check_train_spec(spec: dict) -> dict:
     """Check a training ``--spec`` and return it with the schema's defaults filled in for
     the train settings and the networks (a spec from kdmri.config.model_spec has them all)."""
     from kdmri.config import MODEL_NAME, STAGES, fill_defaults
-    from kdmri.distill.terms import TERMS
+    from kdmri.distill.terms import SPEC_KEYS, TERMS
 
     number = {"type": "number", "minimum": 0}
+    layer = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]}
+    two_layers = {"type": "array", "items": layer, "minItems": 2, "maxItems": 2}
     _check_spec(spec, {
         "model": MODEL_NAME,
         "stage": {"enum": sorted(STAGES)},
         "net": {"$ref": "#/$defs/net"},
         "teacher_net": {"$ref": "#/$defs/net"},
         "pairs": {"$ref": "#/$defs/pairs"},
+        # FSP: per pair [[teacher F1, teacher F2], [student F1, student F2]] (kdmri.distill.pairs)
+        "fsp_pairs": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "items": two_layers, "minItems": 2, "maxItems": 2}},
         "seed": {"type": "integer", "minimum": 0},
         "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
                          "properties": {k: number for k in TERMS}},
@@ -84,8 +89,9 @@ def _check_train_spec(spec: dict) -> dict:
         inputs = TERMS[term].inputs if spec["loss_weights"].get(term) else ()
         if any(i.startswith("teacher") for i in inputs) and "teacher_net" not in spec:
             raise KdmriError(f"--spec: key 'teacher_net' is required by the {term} loss")
-        if any(i.startswith("student_feature") for i in inputs) and "pairs" not in spec:
-            raise KdmriError(f"--spec: key 'pairs' is required by the {term} loss")
+        for key in dict.fromkeys(SPEC_KEYS[i] for i in inputs if i in SPEC_KEYS):
+            if key not in spec:
+                raise KdmriError(f"--spec: key {key!r} is required by the {term} loss")
     filled = dict(spec, train=fill_defaults("train", spec["train"]))
     for key in ("net", "teacher_net"):
         if key in spec:
@@ -182,7 +188,8 @@ def cmd_train(args) -> int:
     device, slot = select_device(args.device, log=_log)
     try:
         trainer = Trainer(spec, stores["train"], stores["val"], args.out_dir,
-                          cache_dir=args.cache_dir, init=args.init, device=device, log=_log)
+                          cache_dir=args.cache_dir, init=args.init, device=device, log=_log,
+                          teacher=args.teacher)
         ensure_dir(args.out_dir)  # fail now, not after the first epoch
         result = trainer.run()
     finally:
@@ -347,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.config.model_spec)")
     p.add_argument("--inputs-dir", required=True, help="folder with train.h5 and val.h5 inputs")
     p.add_argument("--cache-dir", default=None, help="teacher cache folder (distillation stages)")
+    p.add_argument("--teacher", default=None,
+                   help="teacher model.pt, run frozen in every step (terms taking the teacher's "
+                        "features: fitnets, fsp, sp, cc, attention_batchnorm)")
     p.add_argument("--init", default=None, help="model.pt to start from")
     p.add_argument("--out-dir", required=True)
     device_args(p)

@@ -4,7 +4,11 @@ A stage is a weighted sum of named loss terms (the table :data:`kdmri.distill.te
 ``reconstruction``, ``imitation``, ``attention``, ...), the network it trains and the
 weights it starts from, all read from a model spec (:func:`kdmri.config.model_spec`).
 The distillation terms read the teacher's outputs and attention maps from the teacher
-cache (:mod:`kdmri.teacher`), so the teacher is never run during distillation.
+cache, so the paper's stages never run the teacher; the terms taking the teacher's
+features (FitNets, FSP, SP, CC) get them from the frozen teacher run on every batch
+(``teacher``: its ``model.pt``; :mod:`kdmri.teacher` says why). A stage weighing
+``fitnets`` trains its adapters (:meth:`Trainer._adapters`) with the student: they are in
+the resume checkpoint, not in ``model.pt``.
 
 This module is the loop; its other parts have their own modules: the batch contract
 (:mod:`kdmri.batch`), ``model.pt`` and the resume checkpoint (:mod:`kdmri.checkpoints`),
@@ -29,6 +33,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +51,7 @@ from kdmri.checkpoints import (
 )
 from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
-from kdmri.distill.pairs import pair_paths
+from kdmri.distill.pairs import fsp_paths, pair_paths
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
@@ -54,7 +59,7 @@ from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
 from kdmri.optim import build_optimizer
-from kdmri.teacher import CACHE_KEYS, read_teacher_cache
+from kdmri.teacher import CACHE_KEYS, LiveTeacher, read_teacher_cache
 
 #: Training steps queued on a GPU between two checks of their losses and gradients.
 CHECK_EVERY_GPU = 32
@@ -84,8 +89,12 @@ def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_
     return 1.0
 
 
-#: The inputs the trainer gives loss terms.
-TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps")
+#: The inputs the trainer gives loss terms (all of :data:`kdmri.distill.terms.INPUTS`).
+TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps",
+                  "teacher_features", "student_feature_pairs", "teacher_feature_pairs",
+                  "adapters")
+#: The inputs the live teacher gives (``--teacher``; the cache holds the others).
+LIVE_TEACHER_INPUTS = ("teacher_features", "teacher_feature_pairs")
 
 
 def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
@@ -103,10 +112,8 @@ def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
     for name in names:
         missing = [i for i in TERMS[name].inputs if i not in TRAINER_INPUTS]
         if missing:
-            what = ("teacher features the teacher cache does not hold"
-                    if any(i.startswith("teacher") for i in missing) else "inputs")
-            raise KdmriError(f"stage {stage!r}: loss term {name!r} needs {what} "
-                             f"({', '.join(missing)}); it cannot be trained yet")
+            raise KdmriError(f"stage {stage!r}: loss term {name!r} needs inputs the trainer "
+                             f"cannot give ({', '.join(missing)}); it cannot be trained yet")
     return names
 
 
@@ -133,7 +140,7 @@ class Trainer:
     def __init__(self, spec: dict, train_store: str | Path, val_store: str | Path,
                  out_dir: str | Path, cache_dir: str | Path | None = None,
                  init: str | Path | None = None, device: torch.device | str = "cpu",
-                 log=None, progress: bool | None = None):
+                 log=None, progress: bool | None = None, teacher: str | Path | None = None):
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
@@ -146,6 +153,11 @@ class Trainer:
         self.terms = stage_terms(spec["loss_weights"], spec["stage"])
         self.term_options = term_options(spec.get("loss_options", {}), self.terms, spec["stage"])
         needs = {i for name in self.terms for i in TERMS[name].inputs}
+        live = [name for name in self.terms if set(TERMS[name].inputs) & set(LIVE_TEACHER_INPUTS)]
+        if live and teacher is None:
+            raise KdmriError(
+                f"stage {spec['stage']!r}: loss term {live[0]!r} needs the teacher's features, "
+                "which the teacher cache does not hold: give the teacher's model.pt (--teacher)")
         distill = [CACHE_KEYS[i] for i in CACHE_KEYS if i in needs]
         self.train_data = self._data(train_store, cache_dir, "train", distill)
         self.val_data = self._data(val_store, cache_dir, "val", distill)
@@ -165,17 +177,32 @@ class Trainer:
             init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
             self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
+        self.amp = self.settings["amp"] and self.device.type == "cuda"
+        # the student's hooked modules: the pairs' (student_features), then F1, F2 of every
+        # FSP pair (student_feature_pairs)
         self.feature_paths: list[str] = []
         if "student_features" in needs:
             self.feature_paths = pair_paths(self.model, spec["pairs"], "student")
+        self.n_pair_paths = len(self.feature_paths)
+        if "student_feature_pairs" in needs:
+            self.feature_paths += [p for pair in fsp_paths(self.model, spec["fsp_pairs"], "student")
+                                   for p in pair]
+        self.teacher = None
+        if live:
+            self.teacher = LiveTeacher(
+                teacher, spec["teacher_net"], self.device,
+                spec["pairs"] if "teacher_features" in needs else None,
+                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=self.amp)
+            self._check_live_pairs(needs)
+        self.adapters = self._adapters() if "adapters" in needs else None
         if "teacher_maps" in needs:
             n_maps = self.train_data["attention"].shape[1]
-            if n_maps != len(self.feature_paths):
+            if n_maps != self.n_pair_paths:
                 raise KdmriError(
                     f"teacher cache has {n_maps} attention maps per slice, the student's pairs "
-                    f"give {len(self.feature_paths)}"
+                    f"give {self.n_pair_paths}"
                 )
-        self.optimizer = build_optimizer(self.model.parameters(), self.settings)
+        self.optimizer = build_optimizer(self._trained_parameters(), self.settings)
         n = len(self.train_data["target"])
         self.batch_size = int(self.settings["batch_size"])
         self.steps_per_epoch = math.ceil(n / self.batch_size)
@@ -185,7 +212,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(schedule, lr, step, self.steps_per_epoch, total)
         )
-        self.amp = self.settings["amp"] and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         # Steps between the loss/gradient checks, each of which waits for the device: on a
         # GPU a wait per step would idle it while the next step is being queued.
@@ -193,6 +219,41 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.start_epoch = 0
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser trains: the network's parameters, then the adapters' if any."""
+        params = list(self.model.parameters())
+        return params + ([] if self.adapters is None else list(self.adapters.parameters()))
+
+    def _check_live_pairs(self, needs: set[str]) -> None:
+        """The teacher's layers pair one to one with the student's."""
+        counts = {"pairs": ("teacher_features", self.teacher.n_features, self.n_pair_paths),
+                  "fsp_pairs": ("teacher_feature_pairs", self.teacher.n_pairs,
+                                (len(self.feature_paths) - self.n_pair_paths) // 2)}
+        for key, (needed, n_teacher, n_student) in counts.items():
+            if needed in needs and n_teacher != n_student:
+                raise KdmriError(f"{key}: the teacher's layers give {n_teacher} features, the "
+                                 f"student's {n_student}; they are paired one to one")
+
+    def _adapters(self) -> torch.nn.ModuleList:
+        """FitNets' regressors: per pair a 1x1 convolution from the student's channels to
+        the teacher's, sized by one forward of both networks on two training slices."""
+        probe = make_batch(self.train_data["zf"][:2], self.train_data["mask"], None,
+                           self.device, complex=self.complex)
+        self.model.eval()
+        with torch.no_grad(), FeatureHooks(self.model, self.feature_paths) as hooks:
+            self.model(probe.image, probe.kspace, probe.mask)
+            student = hooks.pop()[:self.n_pair_paths]
+        teacher = self.teacher.features(probe)["teacher_features"]
+        for s, t in zip(student, teacher, strict=True):
+            if s.shape[2:] != t.shape[2:]:
+                raise KdmriError(f"pairs: a student feature of size {tuple(s.shape[2:])} is "
+                                 f"paired with a teacher feature of size {tuple(t.shape[2:])}; "
+                                 "FitNets' 1x1 adapters need the same size")
+        adapters = torch.nn.ModuleList(
+            torch.nn.Conv2d(s.shape[1], t.shape[1], kernel_size=1)
+            for s, t in zip(student, teacher, strict=True))
+        return place_model(adapters, self.device)
 
     # ------------------------------------------------------------------ data
     def _data(self, store, cache_dir, split, distill) -> dict[str, torch.Tensor]:
@@ -239,12 +300,33 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             prediction = self.model(batch.image, batch.kspace, batch.mask)
         prediction = prediction.float()
+        student: dict = {}
+
+        def student_features() -> dict:
+            if not student:  # the hooks' store is emptied by one pop per forward
+                features = hooks.pop()
+                pairs = features[self.n_pair_paths:]
+                student.update(features=features[:self.n_pair_paths],
+                               pairs=list(zip(pairs[::2], pairs[1::2], strict=True)))
+            return student
+
+        teacher: dict = {}
+
+        def teacher_features() -> dict:
+            if not teacher:
+                teacher.update(self.teacher.features(batch))
+            return teacher
+
         inputs = {
             "prediction": lambda: prediction,
             "target": lambda: batch.target,
             "teacher_output": lambda: extra["teacher_output"],
-            "student_features": lambda: hooks.pop(),
+            "student_features": lambda: student_features()["features"],
             "teacher_maps": lambda: list(extra["attention"].unbind(1)),
+            "teacher_features": lambda: teacher_features()["teacher_features"],
+            "student_feature_pairs": lambda: student_features()["pairs"],
+            "teacher_feature_pairs": lambda: teacher_features()["teacher_feature_pairs"],
+            "adapters": lambda: self.adapters,
         }
         gathered: dict = {}
         terms: dict[str, torch.Tensor] = {}
@@ -267,6 +349,8 @@ class Trainer:
     def _state(self, epoch: int, completed: bool) -> dict:
         parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        if self.adapters is not None:
+            parts["adapters"] = self.adapters.state_dict()
         return training_state(self.spec, epoch, completed, parts, self.best, self.history,
                               self.device)
 
@@ -278,6 +362,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.adapters is not None:
+            self.adapters.load_state_dict(state["adapters"])
         restore_rng(state, self.device)
         self.best = state["best"]
         self.history = list(state["history"])
@@ -292,7 +378,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
         order = self._epoch_order(epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = defaultdict(float)
         pending: list[tuple[int, int, torch.Tensor, torch.Tensor | None, dict]] = []
         n_seen = 0
         start = time.perf_counter()
@@ -310,12 +396,12 @@ class Trainer:
                 norm = None
                 if self.settings["grad_clip"]:
                     self.scaler.unscale_(self.optimizer)
-                    clipped = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                    clipped = torch.nn.utils.clip_grad_norm_(self._trained_parameters(),
                                                              self.settings["grad_clip"])
                     norm = None if self.amp else clipped
                 elif not self.amp:
                     norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in self.model.parameters() if p.grad is not None])
+                        [p.grad for p in self._trained_parameters() if p.grad is not None])
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
@@ -351,16 +437,16 @@ class Trainer:
             if norm is not None and not math.isfinite(grad_norm):
                 raise KdmriError(f"training gradient became {grad_norm} at epoch {epoch + 1}, "
                                  f"batch {b + 1}; {self._stopped(epoch)}")
-            sums["loss"] = sums.get("loss", 0.0) + total * n
+            sums["loss"] += total * n
             for name, value in zip(terms, term_values, strict=True):
-                sums[name] = sums.get(name, 0.0) + value * n
+                sums[name] += value * n
 
     def _stopped(self, epoch: int) -> str:
         return f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
 
     def _check_weights(self, epoch: int) -> None:
         """Never checkpoint weights that are no longer finite."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not all(torch.isfinite(p).all() for p in self._trained_parameters()):
             raise KdmriError(f"weights became NaN or infinite during epoch {epoch + 1}; "
                              f"{self._stopped(epoch)}")
 
@@ -369,15 +455,15 @@ class Trainer:
         self.model.eval()
         data = self.val_data
         n = len(data["target"])
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = defaultdict(float)
         outputs = []
         with FeatureHooks(self.model, self.feature_paths) as hooks:
             for idx in torch.arange(n, device=data["target"].device).split(max(self.batch_size, 16)):
                 batch, extra = self._batch(data, idx)
                 total, terms, prediction = self.losses(batch, extra, hooks)
-                sums["loss"] = sums.get("loss", 0.0) + total.item() * len(idx)
+                sums["loss"] += total.item() * len(idx)
                 for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
+                    sums[name] += value.item() * len(idx)
                 outputs.append(stored_image(prediction, self.complex).cpu())
         prediction = torch.cat(outputs).numpy()
         target = data["target"].cpu().numpy()

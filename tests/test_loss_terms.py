@@ -234,7 +234,7 @@ def test_train_spec_check_knows_the_table():
     from kdmri.cli import _check_train_spec
 
     sp = dict(spec("attention"), loss_weights={"sp": 1.0})
-    assert _check_train_spec(sp)["loss_weights"] == {"sp": 1.0}  # the trainer refuses it
+    assert _check_train_spec(sp)["loss_weights"] == {"sp": 1.0}  # trained with --teacher
     with pytest.raises(KdmriError, match="'pairs' is required by the cc loss"):
         _check_train_spec({k: v for k, v in sp.items() if k != "pairs"} | {
             "loss_weights": {"cc": 1.0}})

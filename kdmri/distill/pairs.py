@@ -1,9 +1,16 @@
-"""Attention-transfer layer pairs: which modules of the teacher and the student are paired.
+"""Layer pairs: which modules of the teacher and the student are paired.
 
-A pair is ``[teacher, student]``, either two 1-based convolution indices (a built-in
-network resolves them through ``feature_paths(k)``: one module per cascade for DC-CNN) or
-two module paths as ``model.named_modules()`` names them (``"cascades.2.cnn.4"``); a
-``family: python`` network is addressed by paths only.
+A pair (a spec's ``pairs``, read by every term taking features at the pairs: attention,
+FitNets, SP, CC, ...) is ``[teacher, student]``, either two 1-based convolution indices (a
+built-in network resolves them through ``feature_paths(k)``: one module per cascade for
+DC-CNN) or two module paths as ``model.named_modules()`` names them
+(``"cascades.2.cnn.4"``); a ``family: python`` network is addressed by paths only.
+
+FSP relates two layers of the same network, so its pairs (a spec's ``fsp_pairs``) give
+each side two layers: ``[[teacher_F1, teacher_F2], [student_F1, student_F2]]``, each layer
+as above. Indices expand per cascade and are matched cascade by cascade: for DC-CNN
+teacher 5 x 5 / student 5 x 3, ``[[[1, 4], [1, 2]]]`` pairs, in every cascade, the first
+and the last hidden convolution of each network (:func:`fsp_paths`).
 """
 
 from __future__ import annotations
@@ -57,3 +64,17 @@ def pairs_attr(pairs: list):
     if any(isinstance(item, str) for pair in plain for item in pair):
         return json.dumps(plain)
     return plain
+
+
+def fsp_paths(model: nn.Module, fsp_pairs: list, role: str) -> list[tuple[str, str]]:
+    """The ``(F1, F2)`` module paths of ``model`` that ``fsp_pairs`` names for ``role``, in
+    the order of the pairs (cascade by cascade within a pair of indices)."""
+    side = ROLES.index(role)
+    result = []
+    for pair in fsp_pairs:
+        first, second = (layer_paths(model, layer, role) for layer in pair[side])
+        if len(first) != len(second):
+            raise KdmriError(f"fsp_pairs: the {role}'s layers {pair[side]} name {len(first)} "
+                             f"and {len(second)} modules; each F1 needs its F2")
+        result += list(zip(first, second, strict=True))
+    return result

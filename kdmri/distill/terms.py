@@ -5,7 +5,10 @@ A stage's spec weights terms by name (``"loss_weights": {"reconstruction": 0.5,
 {"norm": "l2"}}``; without it each term takes its defaults); the trainer
 (:mod:`kdmri.train`) computes the named terms in the table's order and sums them,
 weighted. Each term says which inputs its function takes, in order, from :data:`INPUTS`,
-so the trainer gathers them without knowing the term.
+so the trainer gathers them without knowing the term: the teacher's output and attention
+maps from the teacher cache, the teacher's features from the frozen teacher run on each
+batch (``kdmri train --teacher``; :mod:`kdmri.teacher` says why), the learnt adapters from
+the trainer, which builds them for the stage and keeps them out of the saved student.
 """
 
 from __future__ import annotations
@@ -23,10 +26,23 @@ INPUTS = {
     "student_features": "the student's features at the layer pairs, a list of (N, C, H, W)",
     "teacher_maps": "the teacher's per-sample normalised attention maps at the layer pairs, "
                     "a list of (N, H*W) (teacher cache: attention)",
-    "teacher_features": "the teacher's features at the layer pairs, a list of (N, C, H, W)",
-    "student_feature_pairs": "pairs (F1, F2) of the student's features, a list",
-    "teacher_feature_pairs": "pairs (F1, F2) of the teacher's features, a list",
-    "adapters": "one learnt module per layer pair mapping student to teacher features",
+    "teacher_features": "the teacher's features at the layer pairs, a list of (N, C, H, W) "
+                        "(the live teacher)",
+    "student_feature_pairs": "pairs (F1, F2) of the student's features at the FSP pairs, a list",
+    "teacher_feature_pairs": "pairs (F1, F2) of the teacher's features at the FSP pairs, a list "
+                             "(the live teacher)",
+    "adapters": "one learnt 1x1 convolution per layer pair mapping student to teacher "
+                "channels (trained with the student, not saved with it)",
+}
+
+#: The spec key naming the layers of the inputs taken at layers (:mod:`kdmri.distill.pairs`).
+SPEC_KEYS = {
+    "student_features": "pairs",
+    "teacher_maps": "pairs",
+    "teacher_features": "pairs",
+    "adapters": "pairs",
+    "student_feature_pairs": "fsp_pairs",
+    "teacher_feature_pairs": "fsp_pairs",
 }
 
 
