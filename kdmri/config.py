@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from kdmri.distill.terms import SPEC_KEYS, TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
@@ -31,62 +33,109 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class ModelRecipe:
-    """How a trained model is made: which training stage, started from which model."""
+class Stage:
+    """A training stage: the network it trains, and its loss (term name -> weight) as a
+    function of the study's ``kd`` settings, for the models that do not give their own
+    (None: every model of the stage gives its loss). A stage's train settings are
+    ``train`` merged with its ``stages.<name>`` overrides (:func:`train_settings`)."""
+
+    network: str
+    loss: Callable[[dict], dict[str, float]] | None
+
+
+#: The training stages by name; each has a rule of its own (``train_<name>``).
+STAGES: dict[str, Stage] = {
+    "teacher": Stage("teacher", lambda kd: {"reconstruction": 1.0}),
+    "student": Stage("student", lambda kd: {"reconstruction": 1.0}),
+    # the paper's attention-transfer stage (eq. 1) and imitation stage (eq. 2)
+    "attention": Stage("student", lambda kd: {"attention": kd["attention_weight"]}),
+    "imitation": Stage("student", lambda kd: {"reconstruction": kd["alpha"],
+                                              "imitation": 1 - kd["alpha"]}),
+    # a feature-distillation stage: the model names the term (fitnets, fsp, sp, cc, ...)
+    "hint": Stage("student", None),
+    # the student-friendly teacher (SFT-KD-Recon): the teacher trained with branches through
+    # the student's cascades; its teacher cascades then teach any method
+    "sft": Stage("teacher", lambda kd: {"reconstruction": 1.0,
+                                        "sft_reconstruction": kd["sft_branch_reconstruction"],
+                                        "sft_imitation": kd["sft_branch_imitation"]}),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one trained model is made: its stage, the model it starts from (``init``), its
+    loss where it is not its stage's, and the model whose outputs and features the
+    distillation terms read (``teacher``)."""
 
     stage: str
     init: str | None = None
+    loss: dict[str, float] | None = None
+    teacher: str = "teacher"
 
 
-#: Stages: which network is trained and which loss terms it uses.
-STAGES = {
-    "teacher": ("teacher", ("reconstruction",)),
-    "student": ("student", ("reconstruction",)),
-    "attention": ("student", ("attention",)),
-    "imitation": ("student", ("reconstruction", "imitation")),
+#: The shipped methods: every trained model by name (``zf``, the zero-filled input, is
+#: evaluated but not trained). A study adds its own under ``methods`` (:func:`methods`).
+#: ``kd_<term>`` is SFT-KD-Recon's comparison: a hint stage with that feature loss, then
+#: the imitation stage, as ``kd`` is the paper's attention stage then imitation.
+_STANDARD: dict[str, Method] = {
+    "attention": Method("attention"),
+    "kd": Method("imitation", init="attention"),
+    "kd_imitation": Method("imitation"),
+    "kd_attention": Method("student", init="attention"),
+    **{name: method for term in ("fitnets", "fsp", "sp", "cc") for name, method in (
+        (f"hint_{term}", Method("hint", loss={term: 1.0})),
+        (f"kd_{term}", Method("imitation", init=f"hint_{term}")),
+    )},
 }
-
-#: Every trained model by name. ``zf`` (zero-filled input) is evaluated but not trained.
-MODELS = {
-    "teacher": ModelRecipe("teacher"),
-    "student": ModelRecipe("student"),
-    "attention": ModelRecipe("attention"),
-    "kd": ModelRecipe("imitation", init="attention"),
-    "kd_imitation": ModelRecipe("imitation"),
-    "kd_attention": ModelRecipe("student", init="attention"),
+MODELS: dict[str, Method] = {
+    "teacher": Method("teacher"),
+    "student": Method("student"),
+    "sft_teacher": Method("sft"),
+    **_STANDARD,
+    # each distilling method again, learning from the student-friendly teacher: ``<name>_sft``
+    **{f"{name}_sft": Method(m.stage, f"{m.init}_sft" if m.init else None, m.loss,
+                             teacher="sft_teacher")
+       for name, m in _STANDARD.items()},
 }
-EVALUATED = ("zf", "teacher", "student", "kd", "kd_imitation", "kd_attention")
-#: The distilled models a compression study may train for each of its students.
-COMPRESSION_METHODS = ("kd", "kd_imitation", "kd_attention")
 #: Between a model and a compression student's name: ``kd@d5c3f16`` is the model ``kd``
 #: trained with the student network ``d5c3f16`` of its task's ``compression.students``.
 VARIANT = "@"
-_BASE_NAMES = "|".join(sorted(MODELS, key=len, reverse=True))
 #: The schema of a trained model's name (a job spec's ``model``).
 MODEL_NAME = {
     "type": "string",
-    "pattern": f"^({_BASE_NAMES})({VARIANT}[A-Za-z0-9_]+)?$",
-    "x-expected": f"one of {sorted(MODELS)}, optionally followed by {VARIANT}<student name>",
+    "pattern": f"^[A-Za-z][A-Za-z0-9_]*({VARIANT}[A-Za-z0-9_]+)?$",
+    "x-expected": f"a method's name, optionally followed by {VARIANT}<student name>",
 }
 
 
-def split_model(model: str) -> tuple[str, str | None]:
-    """``(model, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
+def methods(config: dict | None = None) -> dict[str, Method]:
+    """The method table of a study: the shipped :data:`MODELS` and the study's own
+    ``methods`` (None: the shipped ones)."""
+    table = dict(MODELS)
+    for name, entry in (config["methods"] if config is not None else {}).items():
+        table[name] = Method(entry["stage"], entry["init"], entry["loss"], entry["teacher"])
+    return table
+
+
+def split_model(model: str, config: dict | None = None) -> tuple[str, str | None]:
+    """``(method, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
     ``("kd", None)`` for ``kd``. Raises :class:`KdmriError` for a name that is neither."""
     base, sep, variant = model.partition(VARIANT)
-    if base not in MODELS or (sep and not variant):
-        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(MODELS)}, "
+    known = methods(config)
+    if base not in known or (sep and not variant):
+        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(known)}, "
                          f"optionally followed by {VARIANT}<student name>")
     return base, variant or None
 
 
-def recipe(model: str) -> ModelRecipe:
-    """The recipe of a model name; a compression student's model starts from the model of
-    the same student (``kd@s`` from ``attention@s``)."""
-    base, variant = split_model(model)
-    found = MODELS[base]
+def recipe(model: str, config: dict | None = None) -> Method:
+    """The method of a model name (the study's table where ``config`` is given); a
+    compression student's model starts from the model of the same student (``kd@s`` from
+    ``attention@s``)."""
+    base, variant = split_model(model, config)
+    found = methods(config)[base]
     if variant and found.init:
-        return ModelRecipe(found.stage, f"{found.init}{VARIANT}{variant}")
+        return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher)
     return found
 
 
@@ -110,10 +159,10 @@ def evaluated_models(config: dict, task: str) -> list[str]:
 def study_models(config: dict) -> list[str]:
     """Every model name any task of the study may train or evaluate (with each
     compression model's init chain), for the workflow's wildcards."""
-    names = {"zf", *MODELS}
+    names = {"zf", *methods(config)}
     for task in config["tasks"]:
         names.update(m for model in compression_models(config, task)
-                     for m in models_needed(model))
+                     for m in models_needed(model, config))
     return sorted(names)
 
 
@@ -304,7 +353,55 @@ def apply_overrides(config: dict, overrides: dict) -> dict:
     return typed
 
 
+def _check_methods(config: dict, source: str) -> None:
+    """The study's methods extend the shipped table (a shipped name keeps its meaning);
+    every name a method, ``models`` or a compression study gives must be a method, each
+    init chain must end, a teacher must be trained in the teacher stage, and a loss may
+    name only known terms (a hint stage's must be given)."""
+    for name in config["methods"]:
+        if name in MODELS or name == "zf":
+            raise KdmriError(f"{source}: key 'methods.{name}': {name!r} is a shipped method "
+                             f"and cannot be redefined; choose another name")
+    table = methods(config)
+    known = sorted(table)
+    for name, entry in config["methods"].items():
+        where = f"methods.{name}"
+        for key in ("init", "teacher"):
+            if entry[key] is not None and entry[key] not in table:
+                raise KdmriError(f"{source}: key '{where}.{key}': unknown method "
+                                 f"{entry[key]!r}; methods: {known}")
+        if STAGES[table[entry["teacher"]].stage].network != "teacher":
+            raise KdmriError(f"{source}: key '{where}.teacher': {entry['teacher']!r} is "
+                             f"trained in the {table[entry['teacher']].stage} stage, not as a "
+                             "teacher")
+        if entry["loss"] is None and STAGES[entry["stage"]].loss is None:
+            raise KdmriError(f"{source}: key '{where}.loss': a {entry['stage']} stage has no "
+                             f"loss of its own; give the terms, e.g. {{fitnets: 1.0}}")
+        for term in entry["loss"] or {}:
+            if term not in TERMS:
+                raise KdmriError(f"{source}: key '{where}.loss': unknown loss term {term!r}; "
+                                 f"terms: {list(TERMS)}")
+        chain, current = [name], entry["init"]
+        while current is not None:
+            if current in chain:
+                raise KdmriError(f"{source}: key '{where}.init': the init chain "
+                                 f"{' <- '.join([*chain, current])} comes back to itself")
+            chain.append(current)
+            current = table[current].init
+    for i, name in enumerate(config["models"]):
+        if name != "zf" and name not in table:
+            raise KdmriError(f"{source}: key 'models.{i}': unknown method {name!r}; "
+                             f"expected zf or one of {known}")
+    for task, settings in config["tasks"].items():
+        method = settings["compression"]["method"]
+        students = sorted(m for m in table if STAGES[table[m].stage].network == "student")
+        if method not in students:
+            raise KdmriError(f"{source}: key 'tasks.{task}.compression.method': expected a "
+                             f"student's method, one of {students}, found {method!r}")
+
+
 def _check_references(config: dict, source: str) -> None:
+    _check_methods(config, source)
     for task, settings in config["tasks"].items():
         for name in settings["datasets"]:
             if name not in config["datasets"]:
@@ -336,6 +433,7 @@ def _check_compression(config: dict, source: str) -> None:
         for name, student in students.items():
             where = f"tasks.{task}.compression.students.{name}"
             student.setdefault("pairs", copy.deepcopy(settings["pairs"]))
+            student.setdefault("fsp_pairs", copy.deepcopy(settings["fsp_pairs"]))
             if [pair[0] for pair in student["pairs"]] != teacher_side:
                 raise KdmriError(
                     f"{source}: key '{where}.pairs': the teacher's side must be the task's "
@@ -358,8 +456,8 @@ def _check_pairs(config: dict, source: str) -> None:
     pairs name modules by path (checked where the study trains an attention stage)."""
     for task, settings in config["tasks"].items():
         names = evaluated_models(config, task)
-        if not any(recipe(m).stage == "attention" for name in names if name != "zf"
-                   for m in models_needed(name)):
+        if not any("pairs" in _spec_keys(config, m) for name in names if name != "zf"
+                   for m in models_needed(name, config)):
             continue
         python = [role for role in ("teacher", "student") if settings[role]["family"] == "python"]
         numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
@@ -464,44 +562,64 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
     """
     if task not in config["tasks"]:
         raise KdmriError(f"task {task!r} is not configured; configured: {sorted(config['tasks'])}")
-    _, variant = split_model(model)
-    made = recipe(model)
-    net_role, terms = STAGES[made.stage]
+    _, variant = split_model(model, config)
+    made = recipe(model, config)
     task_cfg = config["tasks"][task]
     nets = {"teacher": task_cfg["teacher"], "student": task_cfg["student"]}
-    pairs = task_cfg["pairs"]
+    pairs = {"pairs": task_cfg["pairs"], "fsp_pairs": task_cfg["fsp_pairs"]}
     if variant is not None:
         students = task_cfg["compression"]["students"]
         if variant not in students:
             raise KdmriError(f"model {model!r}: task {task!r} has no compression student "
                              f"{variant!r}; its students: {sorted(students)}")
-        nets["student"], pairs = students[variant]["net"], students[variant]["pairs"]
-    weights = {
-        "reconstruction": 1.0,
-        "imitation": 0.0,
-        "attention": 0.0,
-    }
-    if made.stage == "imitation":
-        weights = {"reconstruction": config["kd"]["alpha"], "imitation": 1 - config["kd"]["alpha"],
-                   "attention": 0.0}
-    elif made.stage == "attention":
-        weights = {"reconstruction": 0.0, "imitation": 0.0,
-                   "attention": config["kd"]["attention_weight"]}
+        nets["student"] = students[variant]["net"]
+        pairs = {key: students[variant][key] for key in pairs}
     spec = {
         "task": task,
         "model": model,
         "stage": made.stage,
         "init": made.init,
-        "net": net_spec(nets[net_role]),
-        "loss_weights": {t: weights[t] for t in terms},
+        "net": net_spec(nets[STAGES[made.stage].network]),
+        "loss_weights": loss_weights(config, made),
         "train": train_settings(config, task, made.stage),
         "seed": int(seed),
     }
-    if made.stage in ("attention", "imitation"):
+    keys = _spec_keys(config, model)
+    if "teacher_net" in keys:
         spec["teacher_net"] = net_spec(task_cfg["teacher"])
-    if made.stage == "attention":
-        spec["pairs"] = pairs
+    if "student_net" in keys:  # a teacher trained with the student's layers (sft)
+        spec["student_net"] = net_spec(nets["student"])
+    spec.update({key: pairs[key] for key in sorted(keys & set(pairs))})
     return spec
+
+
+def teacher_sources(config: dict, model: str) -> set[str]:
+    """What a model's training reads of its teacher (:data:`~kdmri.distill.terms.
+    TEACHER_SOURCES`): ``cache``, ``weights``, both or neither."""
+    return {TEACHER_SOURCES[name]
+            for term in loss_weights(config, recipe(model, config))
+            for name in TERMS[term].inputs if name in TEACHER_SOURCES}
+
+
+def loss_weights(config: dict, method: Method) -> dict[str, float]:
+    """A method's loss: its own, else its stage's (from the study's ``kd`` settings)."""
+    if method.loss is not None:
+        return dict(method.loss)
+    return STAGES[method.stage].loss(config["kd"])
+
+
+def _spec_keys(config: dict, model: str) -> set[str]:
+    """The keys a model's spec carries besides the common ones, from what its loss terms
+    take (:data:`kdmri.distill.terms.SPEC_KEYS`): ``teacher_net`` for a term reading the
+    teacher, ``pairs`` (``fsp_pairs``) for one taken at the layer pairs."""
+    keys = set()
+    for term in loss_weights(config, recipe(model, config)):
+        for name in TERMS[term].inputs:
+            if name in TEACHER_SOURCES:
+                keys.add("teacher_net")
+            if name in SPEC_KEYS:
+                keys.add(SPEC_KEYS[name])
+    return keys
 
 
 def teacher_cache_spec(config: dict, task: str) -> dict:
@@ -517,9 +635,32 @@ def net_spec(net: dict) -> dict:
     return {k: v for k, v in net.items() if not (k == "complex" and v is False)}
 
 
-def models_needed(model: str) -> list[str]:
+def models_needed(model: str, config: dict | None = None) -> list[str]:
     """The trained models ``model`` depends on (its init chain), itself last."""
     chain = [model]
-    while recipe(chain[0]).init:
-        chain.insert(0, recipe(chain[0]).init)
+    while recipe(chain[0], config).init:
+        chain.insert(0, recipe(chain[0], config).init)
     return chain
+
+
+def method_description(config: dict, task: str, model: str) -> dict:
+    """How a model of a task is made, for the table of methods: the teacher it learns from
+    (the teacher of the last stage of its chain that reads one; None if none does) and its
+    stages, first first: stage, loss and epochs."""
+    chain = models_needed(model, config)
+    reads = [m for m in chain if teacher_sources(config, m)]
+    stages = []
+    for name in chain:
+        made = recipe(name, config)
+        stages.append({"stage": made.stage, "loss": loss_weights(config, made),
+                       "epochs": train_settings(config, task, made.stage)["epochs"]})
+    return {"teacher": recipe(reads[-1], config).teacher if reads else None,
+            "stages": stages}
+
+
+def methods_description(config: dict) -> dict[str, dict[str, dict]]:
+    """:func:`method_description` of every trained model of the study's ``models``, per
+    task with datasets (``kdmri tables --methods``)."""
+    return {task: {m: method_description(config, task, m) for m in config["models"]
+                   if m != "zf"}
+            for task, settings in config["tasks"].items() if settings["datasets"]}

@@ -392,7 +392,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
         else:
             extra, exported = _export_onnx(model, net, tmp), tmp
         check = _check(fmt, tmp, model, exported)
-    spec = ckpt.get("spec") or {}
+    trained = ckpt.get("spec") or {}  # the job spec the model file records
     info = {
         "format": EXPORT_FORMAT,
         "export_format": fmt,
@@ -400,9 +400,9 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
         "file_sha256": sha256(out),
         "net": net,
         "kind": _kind(net),
-        "task": spec.get("task"),
-        "model": spec.get("model"),
-        "stage": spec.get("stage"),
+        "task": trained.get("task"),
+        "model": trained.get("model"),
+        "stage": trained.get("stage"),
         "params": ckpt.get("params"),
         "source_model": {
             "path": str(model_path),

@@ -18,6 +18,10 @@
     ``--table compression.csv``: the compression curve, one panel per (task, dataset,
     acceleration): test PSNR against parameters (log axis), one curve for the plain
     students, one for the distilled students, the teacher as a star.
+``methods``
+    ``--table methods.csv``: the share of the standard teacher-student gap each method
+    closes, one panel per (task, dataset, acceleration), a bar per method coloured by the
+    teacher it learns from; a bar whose Holm-corrected p is below 0.05 is marked.
 
 Figures are drawn with matplotlib's Agg backend (set when a figure is first drawn, not on
 import) and written atomically; the format follows the suffix of ``--out`` (PNG default).
@@ -234,7 +238,8 @@ def compression_figure(table_path: str | Path, out: str | Path, title: str = "")
     distilled, with the teacher as a point; one panel per (task, dataset, acceleration)."""
     import pandas as pd
 
-    from kdmri.tables import COMPRESSION_COLUMNS, GROUP
+    from kdmri.comparisons import COMPRESSION_COLUMNS
+    from kdmri.tables import GROUP
 
     table_path = Path(table_path)
     if not table_path.is_file():
@@ -270,6 +275,55 @@ def compression_figure(table_path: str | Path, out: str | Path, title: str = "")
     _save(fig, out)
 
 
+# ---------------------------------------------------------------------- methods
+def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
+    """Gap closed (%) per method and teacher, one panel per cell (``*``: p_Holm < 0.05)."""
+    import pandas as pd
+
+    from kdmri.comparisons import METHOD_COLUMNS
+    from kdmri.tables import GROUP
+
+    table_path = Path(table_path)
+    if not table_path.is_file():
+        raise KdmriError(f"{table_path}: methods table not found")
+    table = pd.read_csv(table_path)
+    missing = [c for c in METHOD_COLUMNS if c not in table.columns]
+    if missing:
+        raise KdmriError(f"{table_path}: missing columns {missing}")
+    if not len(table):
+        raise KdmriError(f"{table_path}: no rows (no cell has a student and a method)")
+    cells = list(table.groupby(GROUP, sort=False))
+    teachers = list(dict.fromkeys(table["teacher"]))
+    colours = {t: f"C{i}" for i, t in enumerate(teachers)}
+    plt = _pyplot()
+    height = 0.9 + 0.32 * max(len(cell) for _, cell in cells)
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), height), squeeze=False,
+                             layout="constrained", sharey=True)
+    methods = list(dict.fromkeys(table["method"]))
+    for ax, ((task, dataset, acc), cell) in zip(axes[0], cells, strict=True):
+        cell = cell.set_index("method")
+        for i, method in enumerate(methods):
+            if method not in cell.index:
+                continue
+            row = cell.loc[method]
+            gap = 100 * row["gap_closed"]
+            ax.barh(i, gap, color=colours[row["teacher"]])
+            if row["p_holm"] < 0.05:
+                ax.annotate("*", (gap, i), xytext=(3, -4), textcoords="offset points")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.axvline(100, color="grey", linewidth=0.8, linestyle="--")
+        ax.set(title=f"{task} {dataset} {acc:g}x", xlabel="gap closed (%)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(range(len(methods)), methods)
+    axes[0][0].invert_yaxis()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[t]) for t in teachers]
+    axes[0][-1].legend(handles, [f"teacher: {t}" for t in teachers], fontsize=8,
+                       loc="lower right")
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
 # ---------------------------------------------------------------------- CLI
 def cmd_figures(args) -> int:
     def need(option: str, value) -> None:
@@ -286,10 +340,11 @@ def cmd_figures(args) -> int:
         need("--history", args.history)
         curves_figure(parse_named(args.history, "--history"), args.out, args.title)
         print(f"curves -> {args.out}", file=sys.stderr)
-    elif args.kind == "compression":
+    elif args.kind in ("compression", "methods"):
         need("--table", args.table)
-        compression_figure(args.table, args.out, args.title)
-        print(f"compression -> {args.out}", file=sys.stderr)
+        draw = compression_figure if args.kind == "compression" else methods_figure
+        draw(args.table, args.out, args.title)
+        print(f"{args.kind} -> {args.out}", file=sys.stderr)
     else:
         need("--mask", args.mask)
         mask_figure(args.mask, args.out, args.title)
@@ -298,13 +353,16 @@ def cmd_figures(args) -> int:
 
 
 def register_cli(add) -> None:
-    p = add("figures", cmd_figures, "reconstruction panel, training curves, mask or compression figure")
-    p.add_argument("--kind", required=True, choices=["panel", "curves", "mask", "compression"])
+    p = add("figures", cmd_figures,
+            "reconstruction panel, training curves, mask, compression or methods figure")
+    p.add_argument("--kind", required=True,
+                   choices=["panel", "curves", "mask", "compression", "methods"])
     p.add_argument("--inputs", help="panel: test input store (targets)")
     p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
                    help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
     p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
     p.add_argument("--mask", help="mask: the mask .npy")
-    p.add_argument("--table", help="compression: compression.csv of kdmri tables")
+    p.add_argument("--table", help="compression, methods: compression.csv or methods.csv of "
+                                   "kdmri tables")
     p.add_argument("--title", default="")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")

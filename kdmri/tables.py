@@ -19,11 +19,10 @@
 ``ablation.csv``
     Only when kd_imitation or kd_attention results are present: mean PSNR and SSIM of
     student, kd_imitation, kd_attention and kd, and each one's gain over the student.
-``compression.csv``, ``compression.md``
-    Only when a compression study's models (``student@NAME``, ``kd@NAME``) are present: per
-    (task, dataset, acceleration) and student, its parameters, FLOPs per slice and
-    latency, PSNR / SSIM of the plain and the distilled student, the gain, the share of
-    the teacher-student gap closed and the paired Wilcoxon p (:func:`compression`).
+``compression.csv`` / ``.md``, ``methods.csv`` / ``.md`` / ``.tex``
+    The comparisons of :mod:`kdmri.comparisons`: the compression curve, where a
+    compression study's models are present, and the table of distillation methods, where
+    ``--methods`` describes two or more distilled models.
 
 The pure functions :func:`read_metrics`, :func:`summarise`, :func:`kd_gain`,
 :func:`ablation`, :func:`to_markdown` and :func:`to_latex` do the work; the CLI only reads
@@ -40,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdmri.config import VARIANT, split_model
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, write_text
 
@@ -301,116 +299,6 @@ def ablation(frame: pd.DataFrame) -> pd.DataFrame:
     return _sorted(result, GROUP) if len(result) else result
 
 
-# ---------------------------------------------------------------------- compression
-COMPRESSION_COLUMNS = [
-    "task", "dataset", "acceleration", "student", "method",
-    "params", "flops", "latency_ms",
-    "student_psnr", "student_ssim", "kd_psnr", "kd_ssim",
-    "kd_minus_student_psnr", "kd_minus_student_ssim",
-    "teacher_psnr", "teacher_ssim", "teacher_params", "teacher_flops", "teacher_latency_ms",
-    "gap_closed", "wilcoxon_p", "n_seeds",
-]
-
-
-def has_compression(frame: pd.DataFrame) -> bool:
-    return bool(frame["model"].astype(str).str.contains(VARIANT, regex=False).any())
-
-
-def compression(frame: pd.DataFrame) -> pd.DataFrame:
-    """The compression curve: one row per (task, dataset, acceleration) and compression
-    student ``s`` having both ``student@s`` and a distilled ``<method>@s``.
-
-    ``params``, ``flops`` and ``latency_ms`` are the student's (the distilled one has the
-    same network); PSNR / SSIM means are pooled over slices and seeds as in
-    :func:`summarise`; ``kd_*`` are the distilled student's. ``gap_closed = (KD - S) /
-    (T - S)`` against the cell's teacher (NaN without a teacher or when T = S);
-    ``wilcoxon_p`` is the two-sided paired Wilcoxon test of per-slice PSNR, distilled vs
-    plain, on the seeds both have. Rows are ordered by parameters within a cell.
-    """
-    check_metrics(frame)
-    summary = summarise(frame).set_index([*GROUP, "model"])
-    rows = []
-    for key, group in frame.groupby(GROUP, sort=False, dropna=False):
-        where = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key, strict=True))
-        names = [split_model(str(m)) for m in dict.fromkeys(group["model"])
-                 if VARIANT in str(m)]
-        students = dict.fromkeys(v for _, v in names)
-        teacher = summary.loc[(*key, "teacher")] if (*key, "teacher") in summary.index \
-            else None
-        for name in students:
-            plain = f"student{VARIANT}{name}"
-            methods = [base for base, v in names if v == name and base != "student"]
-            if (*key, plain) not in summary.index or not methods:
-                continue
-            for method in methods:
-                distilled = f"{method}{VARIANT}{name}"
-                seeds = sorted(set(group.loc[group["model"] == plain, "seed"])
-                               & set(group.loc[group["model"] == distilled, "seed"]))
-                both = group[group["seed"].isin(seeds)]
-                pairs = _paired(both, where, distilled, plain)
-                s_psnr, k_psnr = pairs["psnr_student"].mean(), pairs["psnr_kd"].mean()
-                s_row = summary.loc[(*key, plain)]
-                t = {c: (teacher[c] if teacher is not None else np.nan)
-                     for c in ("psnr_mean", "ssim_mean", "params", "flops", "latency_ms")}
-                rows.append({
-                    **dict(zip(GROUP, key, strict=True)),
-                    "student": name, "method": method,
-                    "params": s_row["params"], "flops": s_row["flops"],
-                    "latency_ms": s_row["latency_ms"],
-                    "student_psnr": float(s_psnr), "student_ssim": float(pairs["ssim_student"].mean()),
-                    "kd_psnr": float(k_psnr), "kd_ssim": float(pairs["ssim_kd"].mean()),
-                    "kd_minus_student_psnr": float(k_psnr - s_psnr),
-                    "kd_minus_student_ssim": float(pairs["ssim_kd"].mean()
-                                                   - pairs["ssim_student"].mean()),
-                    "teacher_psnr": t["psnr_mean"], "teacher_ssim": t["ssim_mean"],
-                    "teacher_params": t["params"], "teacher_flops": t["flops"],
-                    "teacher_latency_ms": t["latency_ms"],
-                    "gap_closed": _gap(k_psnr, s_psnr, t["psnr_mean"]),
-                    "wilcoxon_p": _wilcoxon(pairs["psnr_kd"].to_numpy(float),
-                                            pairs["psnr_student"].to_numpy(float)),
-                    "n_seeds": len(seeds),
-                })
-    result = pd.DataFrame(rows, columns=COMPRESSION_COLUMNS)
-    for column in ("params", "flops", "teacher_params", "teacher_flops"):
-        result[column] = result[column].astype("Int64")
-    if not len(result):
-        return result
-    order = result.sort_values("params", kind="stable")
-    return _sorted(order, GROUP)
-
-
-def compression_markdown(table: pd.DataFrame) -> str:
-    """The compression curve as Markdown, one block per (task, dataset, acceleration)."""
-    lines = []
-    for key, block in table.groupby(GROUP, sort=False):
-        task, dataset, acc = key
-        first = block.iloc[0]
-        lines += [f"### {task} / {dataset} / {_format_acceleration(acc)}×", "",
-                  "| Student | Params | MFLOP/slice | Latency ms | Student PSNR / SSIM | "
-                  f"{first['method']} PSNR / SSIM | Gain dB | Gap closed | p |",
-                  "|---|---:|---:|---:|---|---|---:|---:|---:|"]
-        for _, row in block.iterrows():
-            flops = "-" if pd.isna(row["flops"]) else f"{row['flops'] / 1e6:.1f}"
-            gap = "-" if pd.isna(row["gap_closed"]) else f"{100 * row['gap_closed']:.0f} %"
-            p = "-" if pd.isna(row["wilcoxon_p"]) else f"{row['wilcoxon_p']:.2g}"
-            lines.append(
-                f"| {row['student']} | {_format_params(row['params'])} | {flops} | "
-                f"{row['latency_ms']:.2f} | {row['student_psnr']:.2f} / "
-                f"{row['student_ssim']:.4f} | {row['kd_psnr']:.2f} / {row['kd_ssim']:.4f} | "
-                f"{row['kd_minus_student_psnr']:+.2f} | {gap} | {p} |")
-        if not pd.isna(first["teacher_psnr"]):
-            flops = ("-" if pd.isna(first["teacher_flops"])
-                     else f"{first['teacher_flops'] / 1e6:.1f}")
-            lines.append(f"| teacher | {_format_params(first['teacher_params'])} | {flops} | "
-                         f"{first['teacher_latency_ms']:.2f} | {first['teacher_psnr']:.2f} / "
-                         f"{first['teacher_ssim']:.4f} | | | | |")
-        lines.append("")
-    lines.append("Means over all test slices pooled over seeds; gap closed = (KD - S) / "
-                 "(T - S) in PSNR; p: two-sided paired Wilcoxon signed-rank test of per-slice "
-                 "PSNR, distilled vs plain. Every student trains with the same steps.")
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------- paper table
 def _format_params(value) -> str:
     if value is None or pd.isna(value):
@@ -592,8 +480,29 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def write_tables(metrics: Sequence[str | Path], out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Read the metrics files and write every table into ``out_dir``."""
+def _write_optional(tables: dict, out_dir: Path, name: str, table: pd.DataFrame | None,
+                    texts: dict) -> None:
+    """Write ``<name>.csv`` and the text forms ``texts`` (suffix -> function of the table)
+    where ``table`` is given; else remove them, as a stale table from an earlier run would
+    no longer describe these inputs."""
+    files = [f"{name}.csv", *(f"{name}{suffix}" for suffix in texts)]
+    if table is None:
+        for file in files:
+            (out_dir / file).unlink(missing_ok=True)
+        return
+    tables[name] = table
+    _write_csv(table, out_dir / files[0])
+    for suffix, render in texts.items():
+        write_text(out_dir / f"{name}{suffix}", render(table))
+
+
+def write_tables(metrics: Sequence[str | Path], out_dir: str | Path,
+                 methods: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Read the metrics files and write every table into ``out_dir``; ``methods`` (model
+    -> its teacher and stages, :func:`kdmri.comparisons.methods_table`) adds the table of
+    methods where it names two or more distilled models."""
+    from kdmri import comparisons
+
     out_dir = Path(out_dir)
     frame = read_metrics(metrics)
     summary = summarise(frame)
@@ -604,35 +513,44 @@ def write_tables(metrics: Sequence[str | Path], out_dir: str | Path) -> dict[str
     _write_csv(gain, out_dir / "kd_gain.csv")
     write_text(out_dir / "summary.html", to_html(summary, gain))
     tables = {"summary": summary, "kd_gain": gain}
-    if has_ablation(frame):
-        tables["ablation"] = ablation(frame)
-        _write_csv(tables["ablation"], out_dir / "ablation.csv")
-    elif (out_dir / "ablation.csv").exists():
-        # a stale table from an earlier run would no longer describe these inputs
-        (out_dir / "ablation.csv").unlink()
-    if has_compression(frame):
-        tables["compression"] = compression(frame)
-        _write_csv(tables["compression"], out_dir / "compression.csv")
-        write_text(out_dir / "compression.md", compression_markdown(tables["compression"]))
-    else:
-        for name in ("compression.csv", "compression.md"):
-            (out_dir / name).unlink(missing_ok=True)
+    _write_optional(tables, out_dir, "ablation", ablation(frame) if has_ablation(frame)
+                    else None, {})
+    _write_optional(tables, out_dir, "compression", comparisons.compression(frame)
+                    if comparisons.has_compression(frame) else None,
+                    {".md": comparisons.compression_markdown})
+    compared = methods is not None and len(comparisons.distilled(methods)) >= 2
+    _write_optional(tables, out_dir, "methods", comparisons.methods_table(frame, methods)
+                    if compared else None,
+                    {".md": comparisons.methods_markdown, ".tex": comparisons.methods_latex})
     return tables
 
 
 def cmd_tables(args) -> int:
-    tables = write_tables(args.metrics, args.out_dir)
-    summary = tables["summary"]
-    print(f"tables: {len(summary)} summary rows, {len(tables['kd_gain'])} kd_gain rows"
-          + (f", {len(tables['ablation'])} ablation rows" if "ablation" in tables else "")
-          + (f", {len(tables['compression'])} compression rows"
-             if "compression" in tables else "")
-          + f" -> {args.out_dir}", file=sys.stderr, flush=True)
+    methods = None
+    if args.methods:
+        import json
+
+        try:
+            methods = json.loads(args.methods)
+        except json.JSONDecodeError as exc:
+            raise KdmriError(f"--methods: not valid JSON ({exc.msg} at {exc.pos})") from None
+        if not isinstance(methods, dict) or not all(
+                isinstance(models, dict) and all(
+                    isinstance(v, dict) and "teacher" in v and "stages" in v
+                    for v in models.values()) for models in methods.values()):
+            raise KdmriError("--methods: expected {task: {model: {\"teacher\": ..., "
+                             "\"stages\": [...]}}}")
+    tables = write_tables(args.metrics, args.out_dir, methods)
+    counts = ", ".join(f"{len(table)} {name} rows" for name, table in tables.items())
+    print(f"tables: {counts} -> {args.out_dir}", file=sys.stderr, flush=True)
     return 0
 
 
 def register_cli(add) -> None:
-    p = add("tables", cmd_tables, "summary, KD-gain, ablation and compression tables from metrics.csv files")
+    p = add("tables", cmd_tables,
+            "summary, KD-gain, ablation, compression and methods tables from metrics.csv files")
     p.add_argument("--metrics", nargs="+", required=True,
                    help="metrics.csv of every model and seed")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--methods", default=None,
+                   help="JSON: task -> model -> {teacher, stages}, for the table of methods")

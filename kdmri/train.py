@@ -52,7 +52,7 @@ from kdmri.checkpoints import (
 from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.pairs import fsp_paths, pair_paths
-from kdmri.distill.terms import TERMS
+from kdmri.distill.terms import TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
 from kdmri.metrics import psnr
@@ -94,7 +94,7 @@ TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", 
                   "teacher_features", "student_feature_pairs", "teacher_feature_pairs",
                   "adapters")
 #: The inputs the live teacher gives (``--teacher``; the cache holds the others).
-LIVE_TEACHER_INPUTS = ("teacher_features", "teacher_feature_pairs")
+LIVE_TEACHER_INPUTS = tuple(k for k, v in TEACHER_SOURCES.items() if v == "weights")
 
 
 def stage_terms(weights: dict[str, float], stage: str) -> list[str]:

@@ -37,7 +37,8 @@ def test_defaults_filled():
     assert config["train"]["lr"] == 0.001
     assert config["train"]["optimizer"] == "adam"
     assert config["train"]["schedule"]["kind"] == "cosine"
-    assert config["kd"] == {"alpha": 0.5, "attention_weight": 1.0}
+    assert config["kd"] == {"alpha": 0.5, "attention_weight": 1.0,
+                            "sft_branch_reconstruction": 1.0, "sft_branch_imitation": 1.0}
     assert config["seeds"] == [0]
     assert config["datasets"]["demo"]["size"] is None  # the format decides (demo: 64)
     assert config["datasets"]["demo"]["subjects"] == {"train": 8, "val": 2, "test": 2}

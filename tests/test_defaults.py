@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Names under which the code holds (parts of) a validated config or a job's spec made from it.
 CONFIG_NAMES = {"config", "cfg", "settings", "task_cfg", "schedule", "res", "task"}
-#: Names of plain data that is not config (checkpoints, stored file attributes, job info,
+#: Names of plain data that is not config (checkpoints and the spec a model file records
+#: as ``trained``, stored file attributes, job info,
 #: a stage's loss weights, which list only its own terms): ``.get`` may read fields absent.
-NOT_CONFIG = {"ckpt", "state", "info", "attrs", "environ", "loss_weights"}
+NOT_CONFIG = {"ckpt", "state", "info", "attrs", "environ", "loss_weights", "trained"}
 
 
 def _schema_keys(node, defaulted: set, defined: set) -> None:

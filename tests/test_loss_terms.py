@@ -16,7 +16,7 @@ from kdmri.train import Trainer
 from tests.test_train import spec, teacher_cache  # noqa: F401 (a fixture)
 
 EXPECTED = ["reconstruction", "imitation", "attention", "attention_batchnorm", "fitnets", "fsp",
-            "sp", "cc"]
+            "sp", "cc", "sft_reconstruction", "sft_imitation"]
 FEATURE_TERMS = ["attention_batchnorm", "fitnets", "fsp", "sp", "cc"]
 
 
@@ -44,6 +44,17 @@ def test_image_terms():
     expected = sum(abs(a - b) for a, b in zip(np_(x).ravel(), np_(y).ravel(), strict=True)) / x.numel()
     close(TERMS["reconstruction"].function(x, y), expected)
     close(TERMS["imitation"].function(x, y), expected)
+
+
+def test_student_friendly_teacher_terms():
+    """The means over branches of the branches' L1 reconstruction and imitation (each a
+    mean over pixels), written out over the NumPy arrays."""
+    x, teacher = rand(2, 1, 4, 5, seed=31), rand(2, 1, 4, 5, seed=32)
+    branches = [rand(2, 1, 4, 5, seed=33 + k) for k in range(3)]
+    to_target = [np.abs(np_(b) - np_(x)).sum() / x.numel() for b in branches]
+    to_teacher = [np.abs(np_(b) - np_(teacher)).sum() / x.numel() for b in branches]
+    close(TERMS["sft_reconstruction"].function(branches, x), sum(to_target) / 3)
+    close(TERMS["sft_imitation"].function(branches, teacher), sum(to_teacher) / 3)
 
 
 def test_reconstruction_norms():

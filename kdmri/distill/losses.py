@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdmri.distill.terms import RECONSTRUCTION_NORMS
+
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
     """Spatial attention map of ``features (N, C, H, W)``: ``vec(sum_c A_c^2)`` normalised
@@ -55,7 +57,6 @@ def attention_transfer_loss(
 
 
 #: The norms of the reconstruction term (its option ``norm``); the first is the default.
-RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
 
 
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor,
@@ -97,6 +98,21 @@ def ssim_index(prediction: torch.Tensor, target: torch.Tensor, window: int = 7,
 def imitation_loss(prediction: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
     """``||x_T - x_S||_1`` as a mean over pixels."""
     return F.l1_loss(prediction, teacher_output)
+
+
+def branch_reconstruction_loss(branches: list[torch.Tensor],
+                               target: torch.Tensor) -> torch.Tensor:
+    """Student-friendly teacher: ``mean_k ||x - x_k||_1`` over its branches' outputs
+    ``x_k`` (each an L1 mean over pixels)."""
+    return torch.stack([reconstruction_loss(b, target) for b in branches]).mean()
+
+
+def branch_imitation_loss(branches: list[torch.Tensor],
+                          teacher_output: torch.Tensor) -> torch.Tensor:
+    """Student-friendly teacher: ``mean_k ||x_T - x_k||_1`` between each branch's output and
+    the teacher's (each an L1 mean over pixels, as SFT-KD-Recon states it; the authors'
+    released code divides that mean once more by the number of pixels)."""
+    return torch.stack([imitation_loss(b, teacher_output) for b in branches]).mean()
 
 
 def imitation_objective(

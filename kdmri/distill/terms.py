@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kdmri.distill import losses
-
 #: What a term's function may take, and what each is.
 INPUTS = {
     "prediction": "the student's output (N, 1, H, W), or (N, 2, H, W) when complex",
@@ -33,7 +31,19 @@ INPUTS = {
                              "(the live teacher)",
     "adapters": "one learnt 1x1 convolution per layer pair mapping student to teacher "
                 "channels (trained with the student, not saved with it)",
+    "branch_outputs": "student-friendly teacher: the output of each branch k = 1..K-1 (the "
+                      "teacher's image after its cascade k through the student's cascades "
+                      "k+1..K), a list of tensors shaped as the prediction",
 }
+
+#: Where the inputs read from the teacher come from: the teacher cache (written once per
+#: task, :mod:`kdmri.teacher`) or the frozen teacher run on every batch (``kdmri train
+#: --teacher``): the workflow gives a stage the cache, the teacher's weights or both.
+TEACHER_SOURCES = {"teacher_output": "cache", "teacher_maps": "cache",
+                   "teacher_features": "weights", "teacher_feature_pairs": "weights"}
+
+#: Norms of the reconstruction term (the first: default).
+RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
 
 #: The spec key naming the layers of the inputs taken at layers (:mod:`kdmri.distill.pairs`).
 SPEC_KEYS = {
@@ -43,7 +53,25 @@ SPEC_KEYS = {
     "adapters": "pairs",
     "student_feature_pairs": "fsp_pairs",
     "teacher_feature_pairs": "fsp_pairs",
+    "branch_outputs": "student_net",
 }
+
+
+class _Loss:
+    """A function of :mod:`kdmri.distill.losses` by name, imported at its first call: the
+    workflow reads this table (which terms a method weighs, what they take) on every
+    invocation, and must not import torch to do so."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        from kdmri.distill import losses
+
+        return getattr(losses, self.name)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"kdmri.distill.losses.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -59,28 +87,34 @@ class Term:
 
 #: The loss terms by name, in the order the trainer computes and sums them.
 TERMS: dict[str, Term] = {
-    "reconstruction": Term(losses.reconstruction_loss, ("prediction", "target"),
+    "reconstruction": Term(_Loss("reconstruction_loss"), ("prediction", "target"),
                            "mean |x - x_S| over pixels (L1); norm l2: mean (x - x_S)^2; "
                            "norm ssim: 1 - SSIM(x, x_S)",
-                           {"norm": losses.RECONSTRUCTION_NORMS}),
-    "imitation": Term(losses.imitation_loss, ("prediction", "teacher_output"),
+                           {"norm": RECONSTRUCTION_NORMS}),
+    "imitation": Term(_Loss("imitation_loss"), ("prediction", "teacher_output"),
                       "mean |x_T - x_S| over pixels (L1)"),
-    "attention": Term(losses.attention_transfer_loss, ("student_features", "teacher_maps"),
+    "attention": Term(_Loss("attention_transfer_loss"), ("student_features", "teacher_maps"),
                       "sum over pairs of batch mean || Q_S/|Q_S| - Q_T/|Q_T| ||_2, "
                       "Q = vec(sum_c A_c^2) normalised per sample (paper eq. 1)"),
-    "attention_batchnorm": Term(losses.attention_batchnorm_loss,
+    "attention_batchnorm": Term(_Loss("attention_batchnorm_loss"),
                                 ("student_features", "teacher_features"),
                                 "as attention, Q (N, H*W) normalised over the batch "
                                 "(F.normalize(Q, dim=0), the authors' released code)"),
-    "fitnets": Term(losses.fitnets_loss, ("student_features", "teacher_features", "adapters"),
+    "fitnets": Term(_Loss("fitnets_loss"), ("student_features", "teacher_features", "adapters"),
                     "sum over pairs of mean (r(F_S) - F_T)^2, r a learnt 1x1 convolution"),
-    "fsp": Term(losses.fsp_loss, ("student_feature_pairs", "teacher_feature_pairs"),
+    "fsp": Term(_Loss("fsp_loss"), ("student_feature_pairs", "teacher_feature_pairs"),
                 "sum over pairs of batch mean ||G_S - G_T||_2^2, G = F1^T F2 / (H*W)"),
-    "sp": Term(losses.sp_loss, ("student_features", "teacher_features"),
+    "sp": Term(_Loss("sp_loss"), ("student_features", "teacher_features"),
                "sum over pairs of ||G_S - G_T||_F^2 / N^2, G = Q Q^T row-normalised"),
-    "cc": Term(losses.cc_loss, ("student_features", "teacher_features"),
+    "cc": Term(_Loss("cc_loss"), ("student_features", "teacher_features"),
                "sum over pairs of ||C_S - C_T||_F^2 / N^2, C the order-2 Taylor "
                "Gaussian kernel (gamma 0.4) of pooled, normalised embeddings"),
+    # the student-friendly teacher's stage: the prediction is the teacher's output
+    "sft_reconstruction": Term(_Loss("branch_reconstruction_loss"), ("branch_outputs", "target"),
+                               "mean over branches k of mean |x - x_k| (L1)"),
+    "sft_imitation": Term(_Loss("branch_imitation_loss"), ("branch_outputs", "prediction"),
+                          "mean over branches k of mean |x_T - x_k| (L1, not divided by the "
+                          "number of pixels again)"),
 }
 
 #: Names of the loss terms.

@@ -159,8 +159,10 @@ def build_cases(root: Path, stores) -> dict[str, Case]:
     mask("missing_spec_file", f"@{missing_spec}", data / "train.h5", missing_spec, "not found")
 
     # ---- training specs, folders and checkpoints
-    train("unknown_model", dict(spec(), model="studnet"), "--spec", "'model'", "'studnet'",
-          "kd_attention")
+    # a model's name is a method's, shipped or a study's own: any name of letters, digits
+    # and underscores (the stage decides how it trains), never a path or a blank
+    train("bad_model_name", dict(spec(), model="kd/../student"), "--spec", "'model'",
+          "'kd/../student'", "a method's name")
     train("unknown_stage", dict(spec(), stage="distill"), "--spec", "'stage'", "'distill'",
           "imitation")
     wrong_type = spec()
@@ -244,7 +246,7 @@ CASE_NAMES = [
     "truncated_hdf5", "corrupt_hdf5_checksum", "not_hdf5", "missing_key", "wrong_dimensionality",
     "nan_values", "infinite_values", "predictions_do_not_match_targets", "mask_wrong_shape",
     "mask_not_binary", "mask_not_2d", "mask_not_npy", "acceleration_below_1", "unknown_mask_kind",
-    "spec_not_json", "missing_spec_file", "unknown_model", "unknown_stage", "wrong_value_type",
+    "spec_not_json", "missing_spec_file", "bad_model_name", "unknown_stage", "wrong_value_type",
     "empty_data_folder", "empty_data_folder_undersample", "wrong_teacher_architecture",
     "wrong_init_architecture", "checkpoint_of_another_config", "truncated_checkpoint",
     "not_a_kdmri_model", "unknown_device", "unwritable_results_folder",

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kdmri.config import MODELS, load_config, model_spec, net_spec, validate
+from kdmri.config import MODELS, STAGES, load_config, model_spec, net_spec, validate
 from kdmri.data.store import SliceDataset, read_store, store_info, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import load_torch, save_torch
@@ -117,7 +117,7 @@ def _assert_valid_study(filled: dict, given: dict) -> None:
     for task, model in itertools.product(filled["tasks"], MODELS):
         spec = model_spec(filled, task, model, filled["seeds"][0])
         assert spec["task"] == task and spec["model"] == model
-        role = "teacher" if MODELS[model].stage == "teacher" else "student"
+        role = STAGES[MODELS[model].stage].network
         assert spec["net"] == net_spec(filled["tasks"][task][role])  # as jobs see the net
         assert spec["train"]["epochs"] >= 1 and spec["train"]["batch_size"] >= 1
 

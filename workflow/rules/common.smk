@@ -4,6 +4,7 @@
 # changed setting re-runs exactly the jobs it touches.
 import json
 import os
+import shlex
 
 import pandas as pd
 
@@ -13,10 +14,12 @@ from kdmri.config import (
     apply_overrides,
     compression_models,
     evaluated_models,
+    methods_description,
     model_spec,
     recipe,
     study_models,
     teacher_cache_spec,
+    teacher_sources,
     validate,
 )
 from kdmri.data.readers import dataset_spec, source_files
@@ -111,14 +114,20 @@ def train_spec(w):
 
 
 def train_inputs(w):
-    made = recipe(w.model)
+    """A training job's inputs: its stores, and what its method reads: the teacher cache
+    and/or the teacher's weights (of the method's teacher), the model it starts from."""
+    made = recipe(w.model, config)
+    sources = teacher_sources(config, w.model)
     inputs = {
         "data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]
     }
-    if made.stage in ("attention", "imitation"):
+    if "cache" in sources:
         inputs["cache"] = [
-            f"{cell(w)}/teacher/seed{w.seed}/cache/{s}.h5" for s in ("train", "val")
+            f"{cell(w)}/{made.teacher}/seed{w.seed}/cache/{s}.h5"
+            for s in ("train", "val")
         ]
+    if "weights" in sources:
+        inputs["teacher"] = f"{cell(w)}/{made.teacher}/seed{w.seed}/model.pt"
     if made.init:
         inputs["init"] = f"{cell(w)}/{made.init}/seed{w.seed}/model.pt"
     return inputs
@@ -126,14 +135,27 @@ def train_inputs(w):
 
 def stage_models(stage):
     """The model names trained by one stage's rule (a regular expression)."""
-    return "|".join(m for m in STUDY_MODELS if m != "zf" and recipe(m).stage == stage)
+    return "|".join(
+        m for m in STUDY_MODELS if m != "zf" and recipe(m, config).stage == stage
+    )
+
+
+def teacher_models():
+    """The models trained as teachers (a regular expression): the ones a cache is made of."""
+    return "|".join(
+        m
+        for m in STUDY_MODELS
+        if m != "zf" and STAGES[recipe(m, config).stage].network == "teacher"
+    )
 
 
 def train_options(w, input):
     options = []
-    if recipe(w.model).stage in ("attention", "imitation"):
+    if "cache" in input.keys():
         options.append(f"--cache-dir {os.path.dirname(input.cache[0])}")
-    if recipe(w.model).init:
+    if "teacher" in input.keys():
+        options.append(f"--teacher {input.teacher}")
+    if "init" in input.keys():
         options.append(f"--init {input.init}")
     return " ".join(options)
 
@@ -208,6 +230,17 @@ def trained_models():
     }
 
 
+def writes_methods():
+    """Whether `kdmri tables` writes the table of methods (methods.csv/.md/.tex): where the
+    study evaluates two or more models that learn from a teacher; figures/methods.png too.
+    """
+    described = methods_description(config)
+    return (
+        len({m for task in described.values() for m, d in task.items() if d["teacher"]})
+        >= 2
+    )
+
+
 def writes_compression():
     """Whether the study has a compression curve (a task with students and cells): then
     `kdmri tables` writes compression.csv and the workflow draws figures/compression.png.
@@ -233,4 +266,5 @@ def all_outputs():
         f"{R}/tables/provenance.json",
         *figure_files(),
         *([f"{R}/figures/compression.png"] if writes_compression() else []),
+        *([f"{R}/figures/methods.png"] if writes_methods() else []),
     ]

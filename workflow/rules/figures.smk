@@ -106,3 +106,22 @@ rule figure_compression:
     threads: 1
     shell:
         "kdmri figures --kind compression --table {input} --out {output} 2> {log}"
+
+
+rule figure_methods:
+    input:
+        f"{R}/tables/methods.csv",
+    output:
+        report(
+            f"{R}/figures/methods.png",
+            caption="../report/methods.rst",
+            category="Methods",
+        ),
+    log:
+        f"{R}/logs/figures/methods.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
+    threads: 1
+    shell:
+        "kdmri figures --kind methods --table {input} --out {output} 2> {log}"

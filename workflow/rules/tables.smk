@@ -3,7 +3,8 @@
 
 # Every file `kdmri tables` writes is an output: ablation.csv exactly where the study
 # evaluates kd_imitation or kd_attention (writes_ablation), compression.csv/.md exactly
-# where it has compression students (writes_compression), which the tool writes then.
+# where it has compression students (writes_compression), methods.csv/.md/.tex where it
+# compares two or more distilled methods (writes_methods), which the tool writes then.
 rule tables:
     input:
         metrics=metrics_files(),
@@ -31,6 +32,19 @@ rule tables:
             if writes_compression()
             else {}
         ),
+        **(
+            {
+                "methods": report(
+                    f"{R}/tables/methods.csv",
+                    caption="../report/methods_table.rst",
+                    category="Tables",
+                ),
+                "methods_md": f"{R}/tables/methods.md",
+                "methods_tex": f"{R}/tables/methods.tex",
+            }
+            if writes_methods()
+            else {}
+        ),
         summary=report(
             f"{R}/tables/summary.csv",
             caption="../report/summary.rst",
@@ -56,8 +70,14 @@ rule tables:
     threads: 1
     params:
         out_dir=output_dir("summary"),
+        methods=(
+            f"--methods {shlex.quote(spec_json(methods_description(config)))}"
+            if writes_methods()
+            else ""
+        ),
     shell:
-        "kdmri tables --metrics {input.metrics} --out-dir {params.out_dir} 2> {log}"
+        "kdmri tables --metrics {input.metrics} --out-dir {params.out_dir}"
+        " {params.methods} 2> {log}"
 
 
 rule provenance:

@@ -6,7 +6,14 @@
 
 # Stages on the teacher's critical path (teacher -> cache -> attention -> imitation) are
 # scheduled first when several jobs are ready, which shortens the wall time on few cores.
-PRIORITY = {"teacher": 40, "attention": 20, "imitation": 10, "student": 0}
+PRIORITY = {
+    "teacher": 40,
+    "sft": 40,
+    "attention": 20,
+    "hint": 20,
+    "imitation": 10,
+    "student": 0,
+}
 
 for _stage in STAGES:
 
@@ -43,22 +50,25 @@ for _stage in STAGES:
             " --device {params.device} --threads {threads} 2> {log}"
 
 
+# One cache per teacher (the teacher-stage model a method names) and cell.
 rule cache_teacher:
     input:
-        teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/model.pt",
+        teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
         data=[
             f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5"
             for s in ("train", "val")
         ],
     output:
         cache=[
-            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/teacher/seed{{seed}}/cache/{s}.h5"
+            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/cache/{s}.h5"
             for s in ("train", "val")
         ],
     log:
-        f"{R}/logs/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+    wildcard_constraints:
+        model=teacher_models(),
     priority: 30
     conda:
         "../envs/kdmri.yaml"
