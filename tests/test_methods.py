@@ -4,6 +4,8 @@ method gives, the table of methods with its Holm-corrected Wilcoxon test, and it
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,7 @@ from kdmri.config import (
 from kdmri.errors import KdmriError
 from kdmri.figures import methods_figure
 from tests.test_tables import write_metrics
-from tests.workflow_utils import planned_jobs, write_config
+from tests.workflow_utils import ROOT, planned_jobs, write_config
 
 MINE = {"hint_mine": {"stage": "hint", "loss": {"sp": 2.0, "attention": 0.5}},
         "kd_mine": {"stage": "imitation", "init": "hint_mine"}}
@@ -118,6 +120,21 @@ def test_the_workflow_plans_a_study_method(tmp_path):
         ("train_hint", "hint_fitnets"), ("train_imitation", "kd_fitnets")])
     rules = [r for r, _ in jobs]
     assert "figure_methods" in rules and rules.count("cache_teacher") == 1
+
+
+def test_the_workflow_reads_the_method_and_term_tables_without_torch():
+    """The Snakefile builds every job's spec on each invocation: that must not import torch
+    (seconds per `snakemake -n`)."""
+    code = ("import sys\n"
+            "from kdmri.config import load_config, methods, methods_description, model_spec\n"
+            "import kdmri.comparisons, kdmri.tables\n"
+            "c = load_config('config/methods.yaml')\n"
+            "[model_spec(c, 'recon', m, 0) for m in methods(c)]\n"
+            "methods_description(c)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------- Holm
@@ -218,3 +235,32 @@ def test_kdmri_tables_writes_the_methods_table_only_for_two_or_more_methods(tmp_
         assert main(["tables", "--metrics", *paths, "--out-dir", str(out),
                      "--methods", bad]) != 0
         assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the whole DAG
+@pytest.mark.slow
+def test_a_comparison_of_methods_runs_through_the_dag(tmp_path):
+    """The feature methods, the student-friendly teacher and a study's own method, tiny,
+    from the config to methods.csv and its figure."""
+    from tests.workflow_utils import snakemake
+
+    models = ["zf", "teacher", "student", "kd", "kd_fitnets", "kd_fsp", "kd_sp", "kd_cc",
+              "sft_teacher", "kd_sft", "kd_mine"]
+    config = write_config(tmp_path / "study.yaml", methods=MINE, tasks__sr__datasets=[],
+                          models=models, stages__hint={"epochs": 1})
+    snakemake(tmp_path, config)
+    out = tmp_path / "results" / "test"
+    table = pd.read_csv(out / "tables" / "methods.csv")
+    assert sorted(table["method"]) == sorted(["kd", "kd_fitnets", "kd_fsp", "kd_sp", "kd_cc",
+                                              "kd_sft", "kd_mine"])
+    assert set(table.loc[table.method == "kd_sft", "teacher"]) == {"sft_teacher"}
+    assert table.loc[table.method == "kd_fitnets", "stages"].item() == \
+        "hint fitnets 1 ep -> imitation 2 ep"
+    assert table["psnr"].notna().all() and table["p_holm"].ge(table["wilcoxon_p"]).all()
+    summary = pd.read_csv(out / "tables" / "summary.csv").set_index("model")
+    # FitNets' adapters and the SFT branches are not part of the saved networks
+    assert summary.loc["kd_fitnets", "params"] == summary.loc["student", "params"] == 49_285
+    assert summary.loc["sft_teacher", "params"] == summary.loc["teacher", "params"] == 141_765
+    assert (out / "figures" / "methods.png").stat().st_size > 10_000
+    cache = out / "recon" / "demo" / "acc4" / "sft_teacher" / "seed0" / "cache" / "train.h5"
+    assert cache.is_file()  # kd_sft's imitation reads the student-friendly teacher's cache

@@ -17,6 +17,7 @@ import tomllib
 import yaml
 
 from kdmri import tables
+from kdmri.config import load_config, methods_description
 from tests.test_tables import metrics_frame, write_metrics
 from tests.workflow_utils import ROOT, write_config
 
@@ -135,7 +136,7 @@ def test_light_rules_run_in_the_snakemake_process(workflow_rules):
     which also holds for a module's rules under another name; test_slurm.py runs them)."""
     local = {r["name"] for r in workflow_rules["rules"] if r["local"]}
     assert local == {"all", "mask", "tables", "provenance", "figure_panel", "figure_curves",
-                     "figure_mask"}
+                     "figure_mask", "figure_compression", "figure_methods"}
 
 
 def _requirement_name(requirement: str) -> str:
@@ -195,8 +196,12 @@ def test_rule_tables_declares_every_table_kdmri_tables_writes(tmp_path, models):
     declared = {Path(f).name: in_report for f, in_report in rules["tables"]["output"]}
     # what the tool writes from metrics of exactly these models
     written = tmp_path / "written"
-    tables.write_tables(write_metrics(metrics_frame(models=models), tmp_path / "m"), written)
+    described = methods_description(load_config(config))  # what the rule passes (--methods)
+    tables.write_tables(write_metrics(metrics_frame(models=models), tmp_path / "m"), written,
+                        described)
     assert set(declared) == {p.name for p in written.iterdir()}
+    assert ("methods.csv" in declared) == (len(set(models) & {"kd", "kd_imitation",
+                                                              "kd_attention"}) >= 2)
     assert ("ablation.csv" in declared) == bool({"kd_imitation", "kd_attention"} & set(models))
     in_report = {name for name, flag in declared.items() if flag}
     assert in_report == {name for name in declared if name.endswith((".csv", ".html"))}
