@@ -233,24 +233,32 @@ def mask_figure(mask_path: str | Path, out: str | Path, title: str = "") -> None
 
 
 # ---------------------------------------------------------------------- compression
-def compression_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
-    """PSNR against parameters (log axis) of every compression student, plain and
-    distilled, with the teacher as a point; one panel per (task, dataset, acceleration)."""
+def _comparison_cells(table_path: str | Path, columns: list[str], what: str, empty: str):
+    """The rows of a comparison table of ``kdmri tables`` per (task, dataset, acceleration),
+    with one-line errors for a missing file, missing columns and no rows."""
     import pandas as pd
 
-    from kdmri.comparisons import COMPRESSION_COLUMNS
     from kdmri.tables import GROUP
 
     table_path = Path(table_path)
     if not table_path.is_file():
-        raise KdmriError(f"{table_path}: compression table not found")
+        raise KdmriError(f"{table_path}: {what} table not found")
     table = pd.read_csv(table_path)
-    missing = [c for c in COMPRESSION_COLUMNS if c not in table.columns]
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise KdmriError(f"{table_path}: missing columns {missing}")
     if not len(table):
-        raise KdmriError(f"{table_path}: no rows (no student has a plain and a distilled model)")
-    cells = list(table.groupby(GROUP, sort=False))
+        raise KdmriError(f"{table_path}: no rows ({empty})")
+    return table, list(table.groupby(GROUP, sort=False))
+
+
+def compression_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
+    """PSNR against parameters (log axis) of every compression student, plain and
+    distilled, with the teacher as a point; one panel per (task, dataset, acceleration)."""
+    from kdmri.comparisons import COMPRESSION_COLUMNS
+
+    _, cells = _comparison_cells(table_path, COMPRESSION_COLUMNS, "compression",
+                                 "no student has a plain and a distilled model")
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(cells), figsize=(5.2 * len(cells), 4.2), squeeze=False,
                              layout="constrained")
@@ -278,21 +286,10 @@ def compression_figure(table_path: str | Path, out: str | Path, title: str = "")
 # ---------------------------------------------------------------------- methods
 def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
     """Gap closed (%) per method and teacher, one panel per cell (``*``: p_Holm < 0.05)."""
-    import pandas as pd
-
     from kdmri.comparisons import METHOD_COLUMNS
-    from kdmri.tables import GROUP
 
-    table_path = Path(table_path)
-    if not table_path.is_file():
-        raise KdmriError(f"{table_path}: methods table not found")
-    table = pd.read_csv(table_path)
-    missing = [c for c in METHOD_COLUMNS if c not in table.columns]
-    if missing:
-        raise KdmriError(f"{table_path}: missing columns {missing}")
-    if not len(table):
-        raise KdmriError(f"{table_path}: no rows (no cell has a student and a method)")
-    cells = list(table.groupby(GROUP, sort=False))
+    table, cells = _comparison_cells(table_path, METHOD_COLUMNS, "methods",
+                                     "no cell has a student and a method")
     teachers = list(dict.fromkeys(table["teacher"]))
     colours = {t: f"C{i}" for i, t in enumerate(teachers)}
     plt = _pyplot()
