@@ -3,12 +3,14 @@
 ``model.pt`` (:data:`MODEL_FORMAT`) holds one network: its architecture ``net``, the model
 spec, its weights and a few figures (epoch, validation loss and PSNR, parameters, device);
 it is what later stages start from and what every evaluation loads (:func:`load_model`).
-Nothing a stage learns besides the network (a FitNets adapter) is in it.
+Nothing a stage learns besides the network (a FitNets adapter, the student-friendly
+teacher's branches) is in it.
 
 ``checkpoint/last.pt`` (:data:`STATE_FORMAT`) holds everything needed to continue a run
 exactly: the spec and its digest, the epoch, ``completed``, the state dicts of the
 network, the optimiser, the scheduler and the AMP scaler, the RNG states, the best weights
-so far and the history; and ``adapters`` where the stage trains any. :func:`resume_state`
+so far and the history; and ``adapters`` (FitNets) or ``branches`` (the SFT stage) where the
+stage trains them. :func:`resume_state`
 reads it back, refusing a checkpoint written under another spec (naming what differs).
 """
 
@@ -72,7 +74,7 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def training_state(spec: dict, epoch: int, completed: bool, parts: dict[str, dict],
                    best: dict | None, history: list[dict], device: torch.device) -> dict:
     """The resume checkpoint's content (:data:`STATE_FORMAT`); ``parts`` holds the state
-    dicts (model, optimizer, scheduler, scaler and, where trained, adapters)."""
+    dicts (model, optimizer, scheduler, scaler and, where trained, adapters or branches)."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)

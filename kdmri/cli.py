@@ -75,6 +75,7 @@ def _check_train_spec(spec: dict) -> dict:
         "stage": {"enum": sorted(STAGES)},
         "net": {"$ref": "#/$defs/net"},
         "teacher_net": {"$ref": "#/$defs/net"},
+        "student_net": {"$ref": "#/$defs/net"},  # the SFT branches' cascades (kdmri.distill.sft)
         "pairs": {"$ref": "#/$defs/pairs"},
         # FSP: per pair [[teacher F1, teacher F2], [student F1, student F2]] (kdmri.distill.pairs)
         "fsp_pairs": {"type": "array", "minItems": 1, "items": {
@@ -93,7 +94,7 @@ def _check_train_spec(spec: dict) -> dict:
             if key not in spec:
                 raise KdmriError(f"--spec: key {key!r} is required by the {term} loss")
     filled = dict(spec, train=fill_defaults("train", spec["train"]))
-    for key in ("net", "teacher_net"):
+    for key in ("net", "teacher_net", "student_net"):
         if key in spec:
             filled[key] = fill_defaults("net", spec[key])
     return filled

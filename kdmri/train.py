@@ -7,8 +7,10 @@ The distillation terms read the teacher's outputs and attention maps from the te
 cache, so the paper's stages never run the teacher; the terms taking the teacher's
 features (FitNets, FSP, SP, CC) get them from the frozen teacher run on every batch
 (``teacher``: its ``model.pt``; :mod:`kdmri.teacher` says why). A stage weighing
-``fitnets`` trains its adapters (:meth:`Trainer._adapters`) with the student: they are in
-the resume checkpoint, not in ``model.pt``.
+``fitnets`` trains its adapters (:meth:`Trainer._adapters`) with the student, and the
+student-friendly teacher's stage (``sft``) trains the student's cascades on the teacher's
+intermediate images (:class:`~kdmri.distill.sft.StudentBranches`) with the teacher: both
+are in the resume checkpoint, not in ``model.pt``.
 
 This module is the loop; its other parts have their own modules: the batch contract
 (:mod:`kdmri.batch`), ``model.pt`` and the resume checkpoint (:mod:`kdmri.checkpoints`),
@@ -52,6 +54,7 @@ from kdmri.checkpoints import (
 from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.pairs import fsp_paths, pair_paths
+from kdmri.distill.sft import StudentBranches
 from kdmri.distill.terms import TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
@@ -92,7 +95,7 @@ def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_
 #: The inputs the trainer gives loss terms (all of :data:`kdmri.distill.terms.INPUTS`).
 TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps",
                   "teacher_features", "student_feature_pairs", "teacher_feature_pairs",
-                  "adapters")
+                  "adapters", "branch_outputs")
 #: The inputs the live teacher gives (``--teacher``; the cache holds the others).
 LIVE_TEACHER_INPUTS = tuple(k for k, v in TEACHER_SOURCES.items() if v == "weights")
 
@@ -178,8 +181,9 @@ class Trainer:
             self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
         self.amp = self.settings["amp"] and self.device.type == "cuda"
-        # the student's hooked modules: the pairs' (student_features), then F1, F2 of every
-        # FSP pair (student_feature_pairs)
+        # the trained network's hooked modules: the pairs' (student_features), then F1, F2 of
+        # every FSP pair (student_feature_pairs), then the cascades the SFT branches start
+        # from (branch_outputs)
         self.feature_paths: list[str] = []
         if "student_features" in needs:
             self.feature_paths = pair_paths(self.model, spec["pairs"], "student")
@@ -187,6 +191,7 @@ class Trainer:
         if "student_feature_pairs" in needs:
             self.feature_paths += [p for pair in fsp_paths(self.model, spec["fsp_pairs"], "student")
                                    for p in pair]
+        self.n_feature_paths = len(self.feature_paths)
         self.teacher = None
         if live:
             self.teacher = LiveTeacher(
@@ -195,6 +200,12 @@ class Trainer:
                 spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=self.amp)
             self._check_live_pairs(needs)
         self.adapters = self._adapters() if "adapters" in needs else None
+        self.branches = None
+        if "branch_outputs" in needs:  # built after the network: its initial weights are the
+            # plain teacher's of the same seed
+            self.branches = place_model(StudentBranches(self.model, spec["student_net"]),
+                                        self.device)
+            self.feature_paths += self.branches.teacher_paths
         if "teacher_maps" in needs:
             n_maps = self.train_data["attention"].shape[1]
             if n_maps != self.n_pair_paths:
@@ -220,10 +231,18 @@ class Trainer:
         self.best: dict | None = None
         self.start_epoch = 0
 
+    def _auxiliary(self) -> dict[str, torch.nn.Module]:
+        """The modules the stage trains besides the network, by their checkpoint key."""
+        return {key: module for key, module in
+                (("adapters", self.adapters), ("branches", self.branches)) if module is not None}
+
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimiser trains: the network's parameters, then the adapters' if any."""
+        """What the optimiser trains: the network's parameters, then the adapters' and the
+        SFT branches' if any."""
         params = list(self.model.parameters())
-        return params + ([] if self.adapters is None else list(self.adapters.parameters()))
+        for module in self._auxiliary().values():
+            params += list(module.parameters())
+        return params
 
     def _check_live_pairs(self, needs: set[str]) -> None:
         """The teacher's layers pair one to one with the student's."""
@@ -300,15 +319,16 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             prediction = self.model(batch.image, batch.kspace, batch.mask)
         prediction = prediction.float()
-        student: dict = {}
+        hooked: dict = {}
 
-        def student_features() -> dict:
-            if not student:  # the hooks' store is emptied by one pop per forward
+        def hooked_features() -> dict:
+            if not hooked:  # the hooks' store is emptied by one pop per forward
                 features = hooks.pop()
-                pairs = features[self.n_pair_paths:]
-                student.update(features=features[:self.n_pair_paths],
-                               pairs=list(zip(pairs[::2], pairs[1::2], strict=True)))
-            return student
+                pairs = features[self.n_pair_paths:self.n_feature_paths]
+                hooked.update(features=features[:self.n_pair_paths],
+                              pairs=list(zip(pairs[::2], pairs[1::2], strict=True)),
+                              cascades=features[self.n_feature_paths:])
+            return hooked
 
         teacher: dict = {}
 
@@ -321,12 +341,13 @@ class Trainer:
             "prediction": lambda: prediction,
             "target": lambda: batch.target,
             "teacher_output": lambda: extra["teacher_output"],
-            "student_features": lambda: student_features()["features"],
+            "student_features": lambda: hooked_features()["features"],
             "teacher_maps": lambda: list(extra["attention"].unbind(1)),
             "teacher_features": lambda: teacher_features()["teacher_features"],
-            "student_feature_pairs": lambda: student_features()["pairs"],
+            "student_feature_pairs": lambda: hooked_features()["pairs"],
             "teacher_feature_pairs": lambda: teacher_features()["teacher_feature_pairs"],
             "adapters": lambda: self.adapters,
+            "branch_outputs": lambda: self._branch_outputs(hooked_features()["cascades"], batch),
         }
         gathered: dict = {}
         terms: dict[str, torch.Tensor] = {}
@@ -345,12 +366,18 @@ class Trainer:
             total = total + value
         return total, terms, prediction
 
+    def _branch_outputs(self, teacher_images: list[torch.Tensor],
+                        batch: Batch) -> list[torch.Tensor]:
+        """The SFT branches on the teacher's hooked images (gradients reach both)."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.branches(teacher_images, batch.kspace, batch.mask)
+        return [output.float() for output in outputs]
+
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, completed: bool) -> dict:
         parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
-        if self.adapters is not None:
-            parts["adapters"] = self.adapters.state_dict()
+        parts.update({key: module.state_dict() for key, module in self._auxiliary().items()})
         return training_state(self.spec, epoch, completed, parts, self.best, self.history,
                               self.device)
 
@@ -362,8 +389,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.adapters is not None:
-            self.adapters.load_state_dict(state["adapters"])
+        for key, module in self._auxiliary().items():
+            module.load_state_dict(state[key])
         restore_rng(state, self.device)
         self.best = state["best"]
         self.history = list(state["history"])

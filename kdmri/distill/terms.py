@@ -7,8 +7,9 @@ A stage's spec weights terms by name (``"loss_weights": {"reconstruction": 0.5,
 weighted. Each term says which inputs its function takes, in order, from :data:`INPUTS`,
 so the trainer gathers them without knowing the term: the teacher's output and attention
 maps from the teacher cache, the teacher's features from the frozen teacher run on each
-batch (``kdmri train --teacher``; :mod:`kdmri.teacher` says why), the learnt adapters from
-the trainer, which builds them for the stage and keeps them out of the saved student.
+batch (``kdmri train --teacher``; :mod:`kdmri.teacher` says why), the learnt adapters and
+the student-friendly teacher's branch outputs (:mod:`kdmri.distill.sft`) from the trainer,
+which builds the adapters and the branches for the stage and keeps them out of ``model.pt``.
 """
 
 from __future__ import annotations

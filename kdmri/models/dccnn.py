@@ -30,9 +30,15 @@ class DCCNN(nn.Module):
     cascade: teacher 144,650, student 52,170), and data consistency keeps the complex
     result (:class:`~kdmri.mri.DataConsistency`).
 
+    The cascades can also run apart (the student-friendly teacher's branches,
+    :mod:`kdmri.distill.sft`): :meth:`run_cascades` runs some of them from an image, and
+    :meth:`cascade_paths` names the modules whose outputs are the images between them.
+
     >>> model = DCCNN(cascades=2, convs=3, channels=8)
     >>> model.feature_paths(2)
     ['cascades.0.cnn.3', 'cascades.1.cnn.3']
+    >>> model.cascade_paths()
+    ['cascades.0', 'cascades.1']
     """
 
     def __init__(self, cascades: int = 5, convs: int = 5, channels: int = 32,
@@ -45,9 +51,20 @@ class DCCNN(nn.Module):
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
         dc = DataConsistency(kspace, mask, complex=self.complex)  # prepared once, applied by every cascade
-        for cascade in self.cascades:
+        return self.run_cascades(image, dc)
+
+    def run_cascades(self, image: torch.Tensor, dc: DataConsistency, first: int = 0,
+                     stop: int | None = None) -> torch.Tensor:
+        """Cascades ``first`` to ``stop - 1`` (0-based, as the slice ``first:stop``; all of
+        them by default) on ``image``, each followed by the data consistency ``dc``."""
+        for cascade in self.cascades[first:stop]:
             image = cascade(image, dc)
         return image
+
+    def cascade_paths(self) -> list[str]:
+        """The module path of each cascade: its output is the image after that cascade's
+        data consistency."""
+        return [f"cascades.{c}" for c in range(len(self.cascades))]
 
     def feature_paths(self, conv: int) -> list[str]:
         index = activation_index(conv, self.convs)
