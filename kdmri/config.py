@@ -400,6 +400,35 @@ def _check_methods(config: dict, source: str) -> None:
                              f"student's method, one of {students}, found {method!r}")
 
 
+def _check_sft(config: dict, source: str) -> None:
+    """A task that trains a student-friendly teacher (a model whose chain has an sft stage
+    or learns from one) needs DC-CNN teacher and student with as many cascades: the
+    branches cut the teacher after each cascade (kdmri.distill.sft)."""
+    for task, settings in config["tasks"].items():
+        if not settings["datasets"]:
+            continue
+        def sft(name: str) -> bool:
+            made = recipe(name, config)
+            return made.stage == "sft" or recipe(made.teacher, config).stage == "sft"
+
+        uses = [m for m in evaluated_models(config, task) if m != "zf"
+                and any(sft(n) for n in models_needed(m, config))]
+        if not uses:
+            continue
+        teacher, student = settings["teacher"], settings["student"]
+        if teacher["family"] != "dccnn" or student["family"] != "dccnn":
+            raise KdmriError(
+                f"{source}: key 'models': {uses[0]} needs the student-friendly teacher, which "
+                f"needs DC-CNN teacher and student (cascades to branch at); task {task!r} has "
+                f"{teacher['family']} and {student['family']} (VDSR / U-Net / python networks "
+                "have no cascades)")
+        if teacher["cascades"] != student["cascades"]:
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.student.cascades': the student-friendly teacher "
+                f"needs as many student as teacher cascades ({teacher['cascades']}), found "
+                f"{student['cascades']}")
+
+
 def _check_references(config: dict, source: str) -> None:
     _check_methods(config, source)
     for task, settings in config["tasks"].items():
@@ -412,6 +441,7 @@ def _check_references(config: dict, source: str) -> None:
     _check_complex(config, source)
     _check_pairs(config, source)
     _check_compression(config, source)
+    _check_sft(config, source)
 
 
 def _check_layer_index(net: dict, index: int, role: str, where: str, source: str) -> None:

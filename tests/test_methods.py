@@ -104,6 +104,20 @@ def test_bad_methods_are_one_line_errors_before_any_job(entry, message):
         validate({"methods": entry})
 
 
+def test_the_student_friendly_teacher_needs_cascades_before_any_job():
+    sr = {"tasks": {"sr": {"datasets": ["demo"]}}}
+    validate({**sr, "models": ["zf", "teacher", "student", "kd"]})
+    for model in ("sft_teacher", "kd_sft", "kd_fitnets_sft"):
+        with pytest.raises(KdmriError, match=rf"'models': {model} needs the student-friendly "
+                                             r"teacher, which needs DC-CNN teacher and "
+                                             r"student.*vdsr and vdsr"):
+            validate({**sr, "models": ["zf", model]})
+    with pytest.raises(KdmriError, match=r"student.cascades': the student-friendly teacher "
+                                         r"needs as many student as teacher cascades \(5\)"):
+        validate({"models": ["zf", "kd_sft"], "tasks": {"recon": {
+            "datasets": ["demo"], "student": {"family": "dccnn", "cascades": 3}}}})
+
+
 def test_models_must_name_methods():
     with pytest.raises(KdmriError, match=r"'models.2': unknown method 'kd_nope'; expected zf"):
         validate({"models": ["zf", "teacher", "kd_nope"]})
