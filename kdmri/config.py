@@ -479,6 +479,14 @@ def _check_compression(config: dict, source: str) -> None:
                 if not isinstance(pair[1], str):
                     _check_layer_index(student["net"], pair[1], "student", f"{where}.pairs",
                                        source)
+            teacher, net = settings["teacher"], student["net"]
+            numbered = any(not isinstance(pair[1], str) for pair in student["pairs"])
+            if (numbered and teacher["family"] == net["family"] == "dccnn"
+                    and teacher["cascades"] != net["cascades"]):
+                raise KdmriError(
+                    f"{source}: key '{where}.net.cascades': the teacher's pairs give one "
+                    f"attention map per cascade ({teacher['cascades']}), a student paired by "
+                    f"conv index needs as many, found {net['cascades']}")
 
 
 def _check_pairs(config: dict, source: str) -> None:

@@ -28,9 +28,9 @@ from tests.test_workflow_conventions import read_rules
 from tests.workflow_utils import ROOT, planned_jobs, snakemake, write_config
 
 STUDENTS = {
-    "tiny": {"net": {"family": "dccnn", "cascades": 2, "convs": 2, "channels": 4},
+    "tiny": {"net": {"family": "dccnn", "cascades": 5, "convs": 2, "channels": 4},
              "pairs": [[3, 1]]},
-    "mid": {"net": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 8}},
+    "mid": {"net": {"family": "dccnn", "cascades": 5, "convs": 3, "channels": 8}},
 }
 
 
@@ -47,7 +47,7 @@ def test_students_are_validated_and_take_the_tasks_pairs_by_default():
     students = config["tasks"]["recon"]["compression"]["students"]
     assert students["mid"]["pairs"] == config["tasks"]["recon"]["pairs"] == [[3, 2]]
     assert students["tiny"]["pairs"] == [[3, 1]]
-    assert students["mid"]["net"] == {"family": "dccnn", "cascades": 2, "convs": 3,
+    assert students["mid"]["net"] == {"family": "dccnn", "cascades": 5, "convs": 3,
                                       "channels": 8, "complex": False}
     assert config["tasks"]["recon"]["compression"]["method"] == "kd"
     assert compression_models(validate({}), "recon") == []  # no compression unless asked
@@ -76,7 +76,7 @@ def test_a_students_job_specs_are_the_tasks_with_its_network_and_pairs():
     config = validate(study())
     default = model_spec(config, "recon", "attention", 0)
     spec = model_spec(config, "recon", "attention@tiny", 0)
-    assert spec["net"] == {"family": "dccnn", "cascades": 2, "convs": 2, "channels": 4}
+    assert spec["net"] == {"family": "dccnn", "cascades": 5, "convs": 2, "channels": 4}
     assert spec["pairs"] == [[3, 1]]
     assert spec["teacher_net"] == default["teacher_net"]
     assert spec["train"] == default["train"] and spec["loss_weights"] == default["loss_weights"]
@@ -96,6 +96,9 @@ def test_a_students_job_specs_are_the_tasks_with_its_network_and_pairs():
     ({"net": {"family": "dccnn", "complex": True}}, r"students.tiny.net.complex': expected "
                                                      r"false"),
     ({"size": 3}, r"unknown key 'tasks.recon.compression.students.tiny.size'"),
+    ({"net": {"family": "dccnn", "cascades": 2, "convs": 2}},
+     r"students.tiny.net.cascades': the teacher's pairs give one attention map per cascade "
+     r"\(5\), a student paired by conv index needs as many, found 2"),
 ])
 def test_bad_students_are_one_line_errors(change, message):
     config = study()
@@ -234,8 +237,8 @@ def test_a_compression_study_runs_through_the_dag(tmp_path):
     out = tmp_path / "results" / "test"
     table = pd.read_csv(out / "tables" / "compression.csv")
     assert list(table["student"]) == ["tiny", "mid"]
-    # 2 cascades x (conv 1->4, 4->1) and 2 x (1->8, 8->8, 8->1): counted by hand
-    assert list(table["params"]) == [2 * (9 * 4 + 4 + 9 * 4 + 1), 2 * (80 + 584 + 73)]
+    # 5 cascades x (conv 1->4, 4->1) and 5 x (1->8, 8->8, 8->1): counted by hand
+    assert list(table["params"]) == [5 * (9 * 4 + 4 + 9 * 4 + 1), 5 * (80 + 584 + 73)]
     assert table["teacher_params"].iloc[0] == 141_765
     summary = pd.read_csv(out / "tables" / "summary.csv").set_index("model")
     for name in ("tiny", "mid"):
