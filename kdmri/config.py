@@ -120,10 +120,13 @@ def methods(config: dict | None = None) -> dict[str, Method]:
 def split_model(model: str, config: dict | None = None) -> tuple[str, str | None]:
     """``(method, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
     ``("kd", None)`` for ``kd``. Raises :class:`KdmriError` for a name that is neither."""
+    return _split(model, methods(config))
+
+
+def _split(model: str, table: dict[str, Method]) -> tuple[str, str | None]:
     base, sep, variant = model.partition(VARIANT)
-    known = methods(config)
-    if base not in known or (sep and not variant):
-        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(known)}, "
+    if base not in table or (sep and not variant):
+        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(table)}, "
                          f"optionally followed by {VARIANT}<student name>")
     return base, variant or None
 
@@ -132,8 +135,9 @@ def recipe(model: str, config: dict | None = None) -> Method:
     """The method of a model name (the study's table where ``config`` is given); a
     compression student's model starts from the model of the same student (``kd@s`` from
     ``attention@s``)."""
-    base, variant = split_model(model, config)
-    found = methods(config)[base]
+    table = methods(config)
+    base, variant = _split(model, table)
+    found = table[base]
     if variant and found.init:
         return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher)
     return found
@@ -676,8 +680,8 @@ def net_spec(net: dict) -> dict:
 def models_needed(model: str, config: dict | None = None) -> list[str]:
     """The trained models ``model`` depends on (its init chain), itself last."""
     chain = [model]
-    while recipe(chain[0], config).init:
-        chain.insert(0, recipe(chain[0], config).init)
+    while (init := recipe(chain[0], config).init) is not None:
+        chain.insert(0, init)
     return chain
 
 
