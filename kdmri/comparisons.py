@@ -175,6 +175,12 @@ def distilled(methods: dict[str, dict[str, dict]]) -> list[str]:
                               if info["teacher"]))
 
 
+def compares_methods(methods: dict[str, dict[str, dict]] | None) -> bool:
+    """Whether a ``--methods`` description makes a table of methods: two or more models
+    that learn from a teacher."""
+    return methods is not None and len(distilled(methods)) >= 2
+
+
 def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> pd.DataFrame:
     """Every distilled method of ``methods`` against the plain student, per cell.
 

@@ -518,9 +518,8 @@ def write_tables(metrics: Sequence[str | Path], out_dir: str | Path,
     _write_optional(tables, out_dir, "compression", comparisons.compression(frame)
                     if comparisons.has_compression(frame) else None,
                     {".md": comparisons.compression_markdown})
-    compared = methods is not None and len(comparisons.distilled(methods)) >= 2
     _write_optional(tables, out_dir, "methods", comparisons.methods_table(frame, methods)
-                    if compared else None,
+                    if comparisons.compares_methods(methods) else None,
                     {".md": comparisons.methods_markdown, ".tex": comparisons.methods_latex})
     return tables
 

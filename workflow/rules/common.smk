@@ -8,6 +8,7 @@ import shlex
 
 import pandas as pd
 
+from kdmri.comparisons import compares_methods
 from kdmri.config import (
     SPLITS,
     STAGES,
@@ -234,11 +235,7 @@ def writes_methods():
     """Whether `kdmri tables` writes the table of methods (methods.csv/.md/.tex): where the
     study evaluates two or more models that learn from a teacher; figures/methods.png too.
     """
-    described = methods_description(config)
-    return (
-        len({m for task in described.values() for m, d in task.items() if d["teacher"]})
-        >= 2
-    )
+    return compares_methods(methods_description(config))
 
 
 def writes_compression():
