@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdmri.distill.terms import RECONSTRUCTION_NORMS
+from kdmri.distill.options import RECONSTRUCTION_NORMS
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
@@ -56,11 +56,8 @@ def attention_transfer_loss(
     return total
 
 
-#: The norms of the reconstruction term (its option ``norm``); the first is the default.
-
-
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor,
-                        norm: str = "l1") -> torch.Tensor:
+                        norm: str = RECONSTRUCTION_NORMS[0]) -> torch.Tensor:
     """``||x - x_S||_1`` as a mean over pixels; with ``norm="l2"`` the mean squared error,
     with ``norm="ssim"`` ``1 - ssim(x, x_S)`` (:func:`ssim_index`)."""
     if norm == "l1":

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kdmri.distill.options import RECONSTRUCTION_NORMS
+
 #: What a term's function may take, and what each is.
 INPUTS = {
     "prediction": "the student's output (N, 1, H, W), or (N, 2, H, W) when complex",
@@ -42,9 +44,6 @@ INPUTS = {
 #: --teacher``): the workflow gives a stage the cache, the teacher's weights or both.
 TEACHER_SOURCES = {"teacher_output": "cache", "teacher_maps": "cache",
                    "teacher_features": "weights", "teacher_feature_pairs": "weights"}
-
-#: Norms of the reconstruction term (the first: default).
-RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
 
 #: The spec key naming the layers of the inputs taken at layers (:mod:`kdmri.distill.pairs`).
 SPEC_KEYS = {

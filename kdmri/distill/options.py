@@ -1,0 +1,7 @@
+"""The values of the loss terms' options, in a leaf without torch: the term table
+(:mod:`kdmri.distill.terms`, which checks a spec's ``loss_options`` and is read without
+torch) and the loss functions (:mod:`kdmri.distill.losses`, which take them) both read them
+from here, so that neither imports the other for them."""
+
+#: Norms of the reconstruction term, its option ``norm`` (the first: default).
+RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
