@@ -7,15 +7,17 @@ The distillation terms read the teacher's outputs and attention maps from the te
 cache, so the paper's stages never run the teacher; the terms taking the teacher's
 features (FitNets, FSP, SP, CC) get them from the frozen teacher run on every batch
 (``teacher``: its ``model.pt``; :mod:`kdmri.teacher` says why). A stage weighing
-``fitnets`` trains its adapters (:meth:`Trainer._adapters`) with the student, and the
-student-friendly teacher's stage (``sft``) trains the student's cascades on the teacher's
-intermediate images (:class:`~kdmri.distill.sft.StudentBranches`) with the teacher: both
-are in the resume checkpoint, not in ``model.pt``.
+``fitnets`` trains its adapters with the student, and the student-friendly teacher's stage
+(``sft``) trains the student's cascades on the teacher's intermediate images
+(:class:`~kdmri.distill.sft.StudentBranches`) with the teacher: both are in the resume
+checkpoint, not in ``model.pt``.
 
-This module is the loop; its other parts have their own modules: the batch contract
-(:mod:`kdmri.batch`), ``model.pt`` and the resume checkpoint (:mod:`kdmri.checkpoints`),
-the teacher cache and its checks (:mod:`kdmri.teacher`), the optimisers
-(:mod:`kdmri.optim`).
+This module is the loop, validation and checkpoints; its other parts have their own
+modules: what a stage computes besides its network (the terms and their inputs, the hooks,
+the live teacher, the adapters, the branches: :class:`kdmri.plan.StagePlan`), the batch
+contract (:mod:`kdmri.batch`), ``model.pt`` and the resume checkpoint
+(:mod:`kdmri.checkpoints`), the teacher cache and its checks (:mod:`kdmri.teacher`), the
+optimisers (:mod:`kdmri.optim`).
 
 Per epoch: train, validate (loss and PSNR), append a row to ``history.csv``, and write the
 resume checkpoint ``checkpoint/last.pt`` atomically (model, optimiser, scheduler, epoch,
@@ -53,16 +55,14 @@ from kdmri.checkpoints import (
 )
 from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
-from kdmri.distill.pairs import fsp_paths, pair_paths
-from kdmri.distill.sft import StudentBranches
-from kdmri.distill.terms import TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
 from kdmri.optim import build_optimizer
-from kdmri.teacher import CACHE_KEYS, LiveTeacher, read_teacher_cache
+from kdmri.plan import StagePlan, Step, probe_batch
+from kdmri.teacher import read_teacher_cache
 
 #: Training steps queued on a GPU between two checks of their losses and gradients.
 CHECK_EVERY_GPU = 32
@@ -92,51 +92,6 @@ def lr_factor(schedule: dict, lr: float, step: int, steps_per_epoch: int, total_
     return 1.0
 
 
-#: The inputs the trainer gives loss terms (all of :data:`kdmri.distill.terms.INPUTS`).
-TRAINER_INPUTS = ("prediction", "target", "teacher_output", "student_features", "teacher_maps",
-                  "teacher_features", "student_feature_pairs", "teacher_feature_pairs",
-                  "adapters", "branch_outputs")
-#: The inputs the live teacher gives (``--teacher``; the cache holds the others).
-LIVE_TEACHER_INPUTS = tuple(k for k, v in TEACHER_SOURCES.items() if v == "weights")
-
-
-def stage_terms(weights: dict[str, float], stage: str) -> list[str]:
-    """The terms a stage weighs (a weight of 0 leaves a term out), in the order of
-    :data:`kdmri.distill.terms.TERMS`; an unknown name, or a term needing an input the
-    trainer cannot give, raises a one-line error."""
-    unknown = sorted(set(weights) - set(TERMS))
-    if unknown:
-        raise KdmriError(f"stage {stage!r}: unknown loss term {unknown[0]!r}; "
-                         f"known terms: {', '.join(TERMS)}")
-    names = [name for name in TERMS if weights.get(name)]
-    if not names:
-        raise KdmriError(f"stage {stage!r}: every loss weight is 0; weigh at least one of "
-                         f"{', '.join(TERMS)}")
-    for name in names:
-        missing = [i for i in TERMS[name].inputs if i not in TRAINER_INPUTS]
-        if missing:
-            raise KdmriError(f"stage {stage!r}: loss term {name!r} needs inputs the trainer "
-                             f"cannot give ({', '.join(missing)}); it cannot be trained yet")
-    return names
-
-
-def term_options(options: dict, names: list[str], stage: str) -> dict[str, dict]:
-    """A spec's ``loss_options`` checked against the terms it weighs and their options."""
-    for name, given in options.items():
-        if name not in names:
-            raise KdmriError(f"stage {stage!r}: loss_options for {name!r}, which the stage "
-                             f"does not weigh (it weighs {', '.join(names)})")
-        allowed = TERMS[name].options
-        for key, value in given.items():
-            if key not in allowed:
-                raise KdmriError(f"stage {stage!r}: loss term {name!r} has no option {key!r}; "
-                                 f"options: {', '.join(allowed) or 'none'}")
-            if value not in allowed[key]:
-                raise KdmriError(f"stage {stage!r}: loss term {name!r}: {key} {value!r}; "
-                                 f"expected one of {', '.join(map(str, allowed[key]))}")
-    return {name: dict(given) for name, given in options.items() if given}
-
-
 class Trainer:
     """Train one model of one stage. See the module docstring."""
 
@@ -149,70 +104,21 @@ class Trainer:
         self.device = torch.device(device)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.weights = {k: float(v) for k, v in spec["loss_weights"].items() if v}
         self.settings = spec["train"]
         self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
+        self.amp = self.settings["amp"] and self.device.type == "cuda"
 
-        self.terms = stage_terms(spec["loss_weights"], spec["stage"])
-        self.term_options = term_options(spec.get("loss_options", {}), self.terms, spec["stage"])
-        needs = {i for name in self.terms for i in TERMS[name].inputs}
-        live = [name for name in self.terms if set(TERMS[name].inputs) & set(LIVE_TEACHER_INPUTS)]
-        if live and teacher is None:
-            raise KdmriError(
-                f"stage {spec['stage']!r}: loss term {live[0]!r} needs the teacher's features, "
-                "which the teacher cache does not hold: give the teacher's model.pt (--teacher)")
-        distill = [CACHE_KEYS[i] for i in CACHE_KEYS if i in needs]
-        self.train_data = self._data(train_store, cache_dir, "train", distill)
-        self.val_data = self._data(val_store, cache_dir, "val", distill)
+        self.plan = StagePlan(spec, teacher)
+        self.train_data = self._data(train_store, cache_dir, "train")
+        self.val_data = self._data(val_store, cache_dir, "val")
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
-
         self._place_data()
-        torch.manual_seed(spec["seed"])
-        self.model = place_model(build_model(spec["net"]), self.device)
-        check_complex(train_store, self.model, f"the {spec['model']} network")
+        self.model = self._network(train_store, init)
         self.complex = self.model.complex
-        if is_user_network(self.model):  # the user's forward, once, before any epoch
-            first = make_batch(self.train_data["zf"][:2], self.train_data["mask"], None,
-                               self.device, complex=self.complex)
-            check_forward(self.model, first.image, first.kspace, first.mask)
-        if init is not None:
-            init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
-            self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
-        self.amp = self.settings["amp"] and self.device.type == "cuda"
-        # the trained network's hooked modules: the pairs' (student_features), then F1, F2 of
-        # every FSP pair (student_feature_pairs), then the cascades the SFT branches start
-        # from (branch_outputs)
-        self.feature_paths: list[str] = []
-        if "student_features" in needs:
-            self.feature_paths = pair_paths(self.model, spec["pairs"], "student")
-        self.n_pair_paths = len(self.feature_paths)
-        if "student_feature_pairs" in needs:
-            self.feature_paths += [p for pair in fsp_paths(self.model, spec["fsp_pairs"], "student")
-                                   for p in pair]
-        self.n_feature_paths = len(self.feature_paths)
-        self.teacher = None
-        if live:
-            self.teacher = LiveTeacher(
-                teacher, spec["teacher_net"], self.device,
-                spec["pairs"] if "teacher_features" in needs else None,
-                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=self.amp)
-            self._check_live_pairs(needs)
-        self.adapters = self._adapters() if "adapters" in needs else None
-        self.branches = None
-        if "branch_outputs" in needs:  # built after the network: its initial weights are the
-            # plain teacher's of the same seed
-            self.branches = place_model(StudentBranches(self.model, spec["student_net"]),
-                                        self.device)
-            self.feature_paths += self.branches.teacher_paths
-        if "teacher_maps" in needs:
-            n_maps = self.train_data["attention"].shape[1]
-            if n_maps != self.n_pair_paths:
-                raise KdmriError(
-                    f"teacher cache has {n_maps} attention maps per slice, the student's pairs "
-                    f"give {self.n_pair_paths}"
-                )
+        self.plan.build(self.model, self.train_data, self.device, self.amp)
+
         self.optimizer = build_optimizer(self._trained_parameters(), self.settings)
         n = len(self.train_data["target"])
         self.batch_size = int(self.settings["batch_size"])
@@ -231,51 +137,46 @@ class Trainer:
         self.best: dict | None = None
         self.start_epoch = 0
 
-    def _auxiliary(self) -> dict[str, torch.nn.Module]:
-        """The modules the stage trains besides the network, by their checkpoint key."""
-        return {key: module for key, module in
-                (("adapters", self.adapters), ("branches", self.branches)) if module is not None}
+    def _network(self, train_store: str | Path, init: str | Path | None) -> torch.nn.Module:
+        """The trained network on the device: built from the spec's seed, checked against
+        the data (complex or not; a user's forward, once, before any epoch), then given the
+        weights of ``init`` (a ``model.pt``) where there is one."""
+        torch.manual_seed(self.spec["seed"])
+        model = place_model(build_model(self.spec["net"]), self.device)
+        check_complex(train_store, model, f"the {self.spec['model']} network")
+        if is_user_network(model):
+            first = probe_batch(self.train_data, self.device, model.complex)
+            check_forward(model, first.image, first.kspace, first.mask)
+        if init is not None:
+            init_model, _ = load_model(init, expect_net=self.spec["net"], role="initial student")
+            model.load_state_dict(init_model.state_dict())
+        return model
+
+    @property
+    def feature_paths(self) -> list[str]:
+        """The network's module paths the stage hooks (:attr:`StagePlan.feature_paths`)."""
+        return self.plan.feature_paths
+
+    @property
+    def adapters(self) -> torch.nn.ModuleList | None:
+        """FitNets' adapters, trained with the network (None where the stage has none)."""
+        return self.plan.adapters
+
+    @property
+    def branches(self) -> torch.nn.Module | None:
+        """The SFT branches, trained with the network (None where the stage has none)."""
+        return self.plan.branches
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimiser trains: the network's parameters, then the adapters' and the
         SFT branches' if any."""
         params = list(self.model.parameters())
-        for module in self._auxiliary().values():
+        for module in self.plan.auxiliary().values():
             params += list(module.parameters())
         return params
 
-    def _check_live_pairs(self, needs: set[str]) -> None:
-        """The teacher's layers pair one to one with the student's."""
-        counts = {"pairs": ("teacher_features", self.teacher.n_features, self.n_pair_paths),
-                  "fsp_pairs": ("teacher_feature_pairs", self.teacher.n_pairs,
-                                (len(self.feature_paths) - self.n_pair_paths) // 2)}
-        for key, (needed, n_teacher, n_student) in counts.items():
-            if needed in needs and n_teacher != n_student:
-                raise KdmriError(f"{key}: the teacher's layers give {n_teacher} features, the "
-                                 f"student's {n_student}; they are paired one to one")
-
-    def _adapters(self) -> torch.nn.ModuleList:
-        """FitNets' regressors: per pair a 1x1 convolution from the student's channels to
-        the teacher's, sized by one forward of both networks on two training slices."""
-        probe = make_batch(self.train_data["zf"][:2], self.train_data["mask"], None,
-                           self.device, complex=self.complex)
-        self.model.eval()
-        with torch.no_grad(), FeatureHooks(self.model, self.feature_paths) as hooks:
-            self.model(probe.image, probe.kspace, probe.mask)
-            student = hooks.pop()[:self.n_pair_paths]
-        teacher = self.teacher.features(probe)["teacher_features"]
-        for s, t in zip(student, teacher, strict=True):
-            if s.shape[2:] != t.shape[2:]:
-                raise KdmriError(f"pairs: a student feature of size {tuple(s.shape[2:])} is "
-                                 f"paired with a teacher feature of size {tuple(t.shape[2:])}; "
-                                 "FitNets' 1x1 adapters need the same size")
-        adapters = torch.nn.ModuleList(
-            torch.nn.Conv2d(s.shape[1], t.shape[1], kernel_size=1)
-            for s, t in zip(student, teacher, strict=True))
-        return place_model(adapters, self.device)
-
     # ------------------------------------------------------------------ data
-    def _data(self, store, cache_dir, split, distill) -> dict[str, torch.Tensor]:
+    def _data(self, store, cache_dir, split) -> dict[str, torch.Tensor]:
         dataset = SliceDataset(store, keys=["zf", "target"], extra=["mask"])
         if not dataset.in_memory:
             raise KdmriError(f"{store}: split too large to hold in memory for training")
@@ -286,9 +187,9 @@ class Trainer:
             "mask": dataset.extra["mask"],
             "volume": torch.from_numpy(dataset.volume.astype(np.int64)),
         }
-        if distill:
-            data.update(read_teacher_cache(cache_dir, split, self.spec, distill, len(dataset),
-                                           store, self.spec["stage"]))
+        if self.plan.cache_keys:
+            data.update(read_teacher_cache(cache_dir, split, self.spec, self.plan.cache_keys,
+                                           len(dataset), store, self.spec["stage"]))
         return data
 
     def _place_data(self) -> None:
@@ -319,65 +220,14 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             prediction = self.model(batch.image, batch.kspace, batch.mask)
         prediction = prediction.float()
-        hooked: dict = {}
-
-        def hooked_features() -> dict:
-            if not hooked:  # the hooks' store is emptied by one pop per forward
-                features = hooks.pop()
-                pairs = features[self.n_pair_paths:self.n_feature_paths]
-                hooked.update(features=features[:self.n_pair_paths],
-                              pairs=list(zip(pairs[::2], pairs[1::2], strict=True)),
-                              cascades=features[self.n_feature_paths:])
-            return hooked
-
-        teacher: dict = {}
-
-        def teacher_features() -> dict:
-            if not teacher:
-                teacher.update(self.teacher.features(batch))
-            return teacher
-
-        inputs = {
-            "prediction": lambda: prediction,
-            "target": lambda: batch.target,
-            "teacher_output": lambda: extra["teacher_output"],
-            "student_features": lambda: hooked_features()["features"],
-            "teacher_maps": lambda: list(extra["attention"].unbind(1)),
-            "teacher_features": lambda: teacher_features()["teacher_features"],
-            "student_feature_pairs": lambda: hooked_features()["pairs"],
-            "teacher_feature_pairs": lambda: teacher_features()["teacher_feature_pairs"],
-            "adapters": lambda: self.adapters,
-            "branch_outputs": lambda: self._branch_outputs(hooked_features()["cascades"], batch),
-        }
-        gathered: dict = {}
-        terms: dict[str, torch.Tensor] = {}
-        for name in self.terms:
-            args = []
-            for key in TERMS[name].inputs:
-                if key not in gathered:
-                    gathered[key] = inputs[key]()
-                args.append(gathered[key])
-            terms[name] = TERMS[name].function(*args, **self.term_options.get(name, {}))
-        # (a weight of 1 multiplies nothing: two fewer kernels per step, same numbers)
-        weighted = [value if self.weights[name] == 1.0 else self.weights[name] * value
-                    for name, value in terms.items()]
-        total = weighted[0]
-        for value in weighted[1:]:
-            total = total + value
+        total, terms = self.plan.losses(Step(self.plan, prediction, batch, extra, hooks))
         return total, terms, prediction
-
-    def _branch_outputs(self, teacher_images: list[torch.Tensor],
-                        batch: Batch) -> list[torch.Tensor]:
-        """The SFT branches on the teacher's hooked images (gradients reach both)."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            outputs = self.branches(teacher_images, batch.kspace, batch.mask)
-        return [output.float() for output in outputs]
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, completed: bool) -> dict:
         parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
-        parts.update({key: module.state_dict() for key, module in self._auxiliary().items()})
+        parts.update({key: module.state_dict() for key, module in self.plan.auxiliary().items()})
         return training_state(self.spec, epoch, completed, parts, self.best, self.history,
                               self.device)
 
@@ -389,7 +239,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        for key, module in self._auxiliary().items():
+        for key, module in self.plan.auxiliary().items():
             module.load_state_dict(state[key])
         restore_rng(state, self.device)
         self.best = state["best"]
@@ -509,7 +359,7 @@ class Trainer:
         self.log(
             f"training {self.spec['model']} ({self.spec['stage']} stage, {self.params:,} parameters) "
             f"on {self.device}: {len(self.train_data['target'])} slices, batch {self.batch_size}, "
-            f"{total_epochs} epochs x {self.steps_per_epoch} steps, losses {self.weights}"
+            f"{total_epochs} epochs x {self.steps_per_epoch} steps, losses {self.plan.weights}"
         )
         val_every = int(self.settings["val_every"])
         for epoch in range(self.start_epoch, total_epochs):

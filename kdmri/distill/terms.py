@@ -5,11 +5,17 @@ A stage's spec weights terms by name (``"loss_weights": {"reconstruction": 0.5,
 {"norm": "l2"}}``; without it each term takes its defaults); the trainer
 (:mod:`kdmri.train`) computes the named terms in the table's order and sums them,
 weighted. Each term says which inputs its function takes, in order, from :data:`INPUTS`,
-so the trainer gathers them without knowing the term: the teacher's output and attention
-maps from the teacher cache, the teacher's features from the frozen teacher run on each
-batch (``kdmri train --teacher``; :mod:`kdmri.teacher` says why), the learnt adapters and
-the student-friendly teacher's branch outputs (:mod:`kdmri.distill.sft`) from the trainer,
-which builds the adapters and the branches for the stage and keeps them out of ``model.pt``.
+and each input how it is gathered, so the trainer gathers them without knowing the term:
+the teacher's output and attention maps from the teacher cache, the teacher's features
+from the frozen teacher run on each batch (``kdmri train --teacher``; :mod:`kdmri.teacher`
+says why), the learnt adapters and the student-friendly teacher's branch outputs
+(:mod:`kdmri.distill.sft`) from the stage plan (:mod:`kdmri.plan`), which builds the
+adapters and the branches for the stage; they train with it and stay out of ``model.pt``.
+
+Each term's ``formula`` is the one statement of its maths: the docstring of its function
+(:mod:`kdmri.distill.losses`) states the contract and points here. This module and the
+option values (:mod:`kdmri.distill.options`) do not import torch: the workflow reads the
+table on every invocation.
 """
 
 from __future__ import annotations
@@ -19,42 +25,78 @@ from dataclasses import dataclass, field
 
 from kdmri.distill.options import RECONSTRUCTION_NORMS
 
-#: What a term's function may take, and what each is.
-INPUTS = {
-    "prediction": "the student's output (N, 1, H, W), or (N, 2, H, W) when complex",
-    "target": "the reference image, as the prediction",
-    "teacher_output": "the teacher's output, as the prediction (teacher cache: output)",
-    "student_features": "the student's features at the layer pairs, a list of (N, C, H, W)",
-    "teacher_maps": "the teacher's per-sample normalised attention maps at the layer pairs, "
-                    "a list of (N, H*W) (teacher cache: attention)",
-    "teacher_features": "the teacher's features at the layer pairs, a list of (N, C, H, W) "
-                        "(the live teacher)",
-    "student_feature_pairs": "pairs (F1, F2) of the student's features at the FSP pairs, a list",
-    "teacher_feature_pairs": "pairs (F1, F2) of the teacher's features at the FSP pairs, a list "
-                             "(the live teacher)",
-    "adapters": "one learnt 1x1 convolution per layer pair mapping student to teacher "
-                "channels (trained with the student, not saved with it)",
-    "branch_outputs": "student-friendly teacher: the output of each branch k = 1..K-1 (the "
-                      "teacher's image after its cascade k through the student's cascades "
-                      "k+1..K), a list of tensors shaped as the prediction",
+
+@dataclass(frozen=True)
+class Input:
+    """One input a term's function may take: what it is, how the trainer gathers it for a
+    batch, and what a stage taking it needs from outside the batch.
+
+    ``gather(step)`` returns the input for one batch from a :class:`kdmri.plan.Step`, which
+    holds the network's ``prediction``, the ``batch``, the teacher cache's slices
+    (``cached``), the features hooked on the network (``hooked(input)``), the live
+    teacher's (``live(input)``), the stage's ``adapters`` and its SFT branches' outputs
+    (``branch_outputs()``); the step calls it at most once per batch.
+    """
+
+    description: str
+    gather: Callable
+    #: Where an input read from the teacher comes from: ``cache`` (the teacher cache,
+    #: written once per task, :mod:`kdmri.teacher`) or ``weights`` (the frozen teacher run
+    #: on every batch, ``kdmri train --teacher``); None for the others.
+    teacher: str | None = None
+    #: The spec key naming the layers of an input taken at layers
+    #: (:mod:`kdmri.distill.pairs`), or the branches' network (``student_net``).
+    spec_key: str | None = None
+
+
+def _pairs(features: list) -> list[tuple]:
+    """``[F1, F2, F1, F2, ...]`` as ``[(F1, F2), ...]``."""
+    return list(zip(features[::2], features[1::2], strict=True))
+
+
+#: The inputs a term's function may take, and how the trainer gathers each: the one list
+#: of them (:mod:`kdmri.plan` builds what they need; the workflow reads ``teacher`` and
+#: ``spec_key`` through :data:`TEACHER_SOURCES` and :data:`SPEC_KEYS`).
+INPUTS: dict[str, Input] = {
+    "prediction": Input("the student's output (N, 1, H, W), or (N, 2, H, W) when complex",
+                        lambda step: step.prediction),
+    "target": Input("the reference image, as the prediction", lambda step: step.batch.target),
+    "teacher_output": Input("the teacher's output, as the prediction (teacher cache: output)",
+                            lambda step: step.cached["teacher_output"], teacher="cache"),
+    "student_features": Input("the student's features at the layer pairs, a list of "
+                              "(N, C, H, W)", lambda step: step.hooked("student_features"),
+                              spec_key="pairs"),
+    "teacher_maps": Input("the teacher's per-sample normalised attention maps at the layer "
+                          "pairs, a list of (N, H*W) (teacher cache: attention)",
+                          lambda step: list(step.cached["attention"].unbind(1)),
+                          teacher="cache", spec_key="pairs"),
+    "teacher_features": Input("the teacher's features at the layer pairs, a list of "
+                              "(N, C, H, W) (the live teacher)",
+                              lambda step: step.live("teacher_features"), teacher="weights",
+                              spec_key="pairs"),
+    "student_feature_pairs": Input("pairs (F1, F2) of the student's features at the FSP "
+                                   "pairs, a list",
+                                   lambda step: _pairs(step.hooked("student_feature_pairs")),
+                                   spec_key="fsp_pairs"),
+    "teacher_feature_pairs": Input("pairs (F1, F2) of the teacher's features at the FSP pairs, "
+                                   "a list (the live teacher)",
+                                   lambda step: step.live("teacher_feature_pairs"),
+                                   teacher="weights", spec_key="fsp_pairs"),
+    "adapters": Input("one learnt 1x1 convolution per layer pair mapping student to teacher "
+                      "channels (trained with the student, not saved with it)",
+                      lambda step: step.adapters, spec_key="pairs"),
+    "branch_outputs": Input("student-friendly teacher: the output of each branch k = 1..K-1 "
+                            "(the teacher's image after its cascade k through the student's "
+                            "cascades k+1..K), a list of tensors shaped as the prediction",
+                            lambda step: step.branch_outputs(), spec_key="student_net"),
 }
 
-#: Where the inputs read from the teacher come from: the teacher cache (written once per
-#: task, :mod:`kdmri.teacher`) or the frozen teacher run on every batch (``kdmri train
-#: --teacher``): the workflow gives a stage the cache, the teacher's weights or both.
-TEACHER_SOURCES = {"teacher_output": "cache", "teacher_maps": "cache",
-                   "teacher_features": "weights", "teacher_feature_pairs": "weights"}
+#: Where the inputs read from the teacher come from (:attr:`Input.teacher`): the workflow
+#: gives a stage the teacher cache, the teacher's weights or both.
+TEACHER_SOURCES = {name: i.teacher for name, i in INPUTS.items() if i.teacher}
 
-#: The spec key naming the layers of the inputs taken at layers (:mod:`kdmri.distill.pairs`).
-SPEC_KEYS = {
-    "student_features": "pairs",
-    "teacher_maps": "pairs",
-    "teacher_features": "pairs",
-    "adapters": "pairs",
-    "student_feature_pairs": "fsp_pairs",
-    "teacher_feature_pairs": "fsp_pairs",
-    "branch_outputs": "student_net",
-}
+#: The spec key of each input taken at layers (:attr:`Input.spec_key`).
+SPEC_KEYS = {name: i.spec_key for name, i in INPUTS.items() if i.spec_key}
 
 
 class _Loss:
