@@ -3,7 +3,11 @@ objective, eq. 2) and other feature-distillation losses (FitNets, FSP, SP, CC).
 
 All L1 terms are means over pixels (``F.l1_loss``), for both the reconstruction and the
 imitation term, so ``alpha`` weighs like against like. The named terms a stage combines
-are in :mod:`kdmri.distill.terms`.
+are in :mod:`kdmri.distill.terms`, whose ``TERMS[name].formula`` is the one statement of
+each term's formula: a term's function here says which term it computes and its contract
+(shapes, options, what it refuses); the helpers define the quantities the formulas name
+(attention maps Q, FSP and similarity matrices G, correlation matrices C). This module does
+not import the table (the table names these functions and is read without torch).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdmri.distill.options import RECONSTRUCTION_NORMS
+from kdmri.distill.options import CC_GAMMA, RECONSTRUCTION_NORMS
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
@@ -38,7 +42,8 @@ def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor) -> 
 def attention_transfer_loss(
     student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Paper eq. 1: sum over layer pairs of ``|| Q_S/|Q_S| - Q_T/|Q_T| ||_2``, batch-averaged.
+    """The ``attention`` term (paper eq. 1; formula: ``TERMS["attention"].formula``), maps
+    from :func:`attention_map`.
 
     The teacher side may be given as features ``(N, C, H, W)`` or as ready attention maps
     ``(N, H*W)`` (what the teacher cache stores). Maps of different spatial size raise.
@@ -58,8 +63,9 @@ def attention_transfer_loss(
 
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor,
                         norm: str = RECONSTRUCTION_NORMS[0]) -> torch.Tensor:
-    """``||x - x_S||_1`` as a mean over pixels; with ``norm="l2"`` the mean squared error,
-    with ``norm="ssim"`` ``1 - ssim(x, x_S)`` (:func:`ssim_index`)."""
+    """The ``reconstruction`` term (formula: ``TERMS["reconstruction"].formula``) of images
+    ``(N, C, H, W)`` with ``norm`` one of :data:`~kdmri.distill.options.RECONSTRUCTION_NORMS`
+    (SSIM by :func:`ssim_index`); another norm raises."""
     if norm == "l1":
         return F.l1_loss(prediction, target)
     if norm == "l2":
@@ -93,22 +99,24 @@ def ssim_index(prediction: torch.Tensor, target: torch.Tensor, window: int = 7,
 
 
 def imitation_loss(prediction: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
-    """``||x_T - x_S||_1`` as a mean over pixels."""
+    """The ``imitation`` term (formula: ``TERMS["imitation"].formula``): the prediction
+    against the teacher's output, images of one shape."""
     return F.l1_loss(prediction, teacher_output)
 
 
 def branch_reconstruction_loss(branches: list[torch.Tensor],
                                target: torch.Tensor) -> torch.Tensor:
-    """Student-friendly teacher: ``mean_k ||x - x_k||_1`` over its branches' outputs
-    ``x_k`` (each an L1 mean over pixels)."""
+    """The student-friendly teacher's ``sft_reconstruction`` term (formula:
+    ``TERMS["sft_reconstruction"].formula``) of its branches' outputs ``x_k`` (a list)."""
     return torch.stack([reconstruction_loss(b, target) for b in branches]).mean()
 
 
 def branch_imitation_loss(branches: list[torch.Tensor],
                           teacher_output: torch.Tensor) -> torch.Tensor:
-    """Student-friendly teacher: ``mean_k ||x_T - x_k||_1`` between each branch's output and
-    the teacher's (each an L1 mean over pixels, as SFT-KD-Recon states it; the authors'
-    released code divides that mean once more by the number of pixels)."""
+    """The student-friendly teacher's ``sft_imitation`` term (formula:
+    ``TERMS["sft_imitation"].formula``, as SFT-KD-Recon states it; the authors' released
+    code divides that mean once more by the number of pixels) of its branches' outputs
+    ``x_k`` (a list) against the teacher's output."""
     return torch.stack([imitation_loss(b, teacher_output) for b in branches]).mean()
 
 
@@ -137,10 +145,10 @@ def attention_map_batchnorm(features: torch.Tensor) -> torch.Tensor:
 def attention_batchnorm_loss(
     student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Eq. 1 with the batch-normalised maps of :func:`attention_map_batchnorm` on both sides:
-    sum over layer pairs of the batch mean of the per-sample L2 distance of the maps. The
-    teacher side must be features ``(N, C, H, W)``: per-sample normalised maps (what the
-    teacher cache stores) cannot be renormalised over the batch."""
+    """The ``attention_batchnorm`` term (formula: ``TERMS["attention_batchnorm"].formula``),
+    maps from :func:`attention_map_batchnorm` on both sides. The teacher side must be
+    features ``(N, C, H, W)``: per-sample normalised maps (what the teacher cache stores)
+    cannot be renormalised over the batch."""
     _check_layers(student_features, teacher_features)
     total = student_features[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_features, teacher_features, strict=True):
@@ -158,10 +166,10 @@ def _check_layers(student: list, teacher: list) -> None:
 
 def fitnets_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
                  adapters) -> torch.Tensor:
-    """FitNets hint regression (Romero et al., 2015): sum over layer pairs of
-    ``mean((r(F_S) - F_T)^2)`` (``F.mse_loss``, a mean over all elements), where ``r`` is the
-    pair's learnt regressor, e.g. a 1x1 ``nn.Conv2d(C_S, C_T, 1)``; ``adapters`` holds one
-    per pair (a list or ``nn.ModuleList``)."""
+    """The ``fitnets`` term, FitNets' hint regression (Romero et al., 2015; formula:
+    ``TERMS["fitnets"].formula``, the mean over all elements): ``adapters`` holds each
+    pair's learnt regressor ``r``, e.g. a 1x1 ``nn.Conv2d(C_S, C_T, 1)`` (a list or
+    ``nn.ModuleList``, one per pair)."""
     _check_layers(student_features, teacher_features)
     if len(adapters) != len(student_features):
         raise ValueError(f"{len(adapters)} adapters for {len(student_features)} layer pairs")
@@ -184,8 +192,9 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 def fsp_loss(student_pairs: list[tuple[torch.Tensor, torch.Tensor]],
              teacher_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """FSP distillation: sum over layer pairs ``(F1, F2)`` of the batch mean of
-    ``||G_S - G_T||_2^2`` (squared L2 over the matrix entries), ``G`` from :func:`fsp_matrix`."""
+    """The ``fsp`` term (formula: ``TERMS["fsp"].formula``, the squared L2 norm over the
+    matrix entries) of lists of layer pairs ``(F1, F2)``, ``G`` from :func:`fsp_matrix`;
+    matrices of different sizes raise."""
     _check_layers(student_pairs, teacher_pairs)
     total = student_pairs[0][0].new_zeros((), dtype=torch.float32)
     for (s1, s2), (t1, t2) in zip(student_pairs, teacher_pairs, strict=True):
@@ -208,7 +217,7 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
 
 def sp_loss(student_features: list[torch.Tensor],
             teacher_features: list[torch.Tensor]) -> torch.Tensor:
-    """Similarity-preserving KD: sum over layer pairs of ``||G_S - G_T||_F^2 / N^2``, ``G``
+    """The ``sp`` term, similarity-preserving KD (formula: ``TERMS["sp"].formula``), ``G``
     from :func:`similarity_matrix` (student and teacher may differ in C, H, W)."""
     _check_layers(student_features, teacher_features)
     total = student_features[0].new_zeros((), dtype=torch.float32)
@@ -218,7 +227,7 @@ def sp_loss(student_features: list[torch.Tensor],
     return total
 
 
-def correlation_matrix(features: torch.Tensor, gamma: float = 0.4, order: int = 2) -> torch.Tensor:
+def correlation_matrix(features: torch.Tensor, gamma: float = CC_GAMMA, order: int = 2) -> torch.Tensor:
     """Correlation congruence (Peng et al., ICCV 2019) matrix of ``features (N, C, H, W)``:
     embeddings ``f (N, C)`` by global average pooling, L2-normalised, then the Gaussian RBF
     kernel ``k(x, y) = exp(-gamma ||x - y||^2)``, which for unit vectors equals
@@ -233,10 +242,10 @@ def correlation_matrix(features: torch.Tensor, gamma: float = 0.4, order: int = 
 
 
 def cc_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
-            gamma: float = 0.4) -> torch.Tensor:
-    """Correlation congruence: sum over layer pairs of ``||C_S - C_T||_F^2 / N^2`` (the paper's
-    ``L_CC = 1/n^2 ||psi(F_t) - psi(F_s)||_2^2``), ``C`` from :func:`correlation_matrix` with
-    ``gamma`` (0.4) and the order-2 Taylor expansion."""
+            gamma: float = CC_GAMMA) -> torch.Tensor:
+    """The ``cc`` term, correlation congruence (formula: ``TERMS["cc"].formula``, the
+    paper's ``L_CC``), ``C`` from :func:`correlation_matrix` with ``gamma`` and the order-2
+    Taylor expansion."""
     _check_layers(student_features, teacher_features)
     total = student_features[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_features, teacher_features, strict=True):

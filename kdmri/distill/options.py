@@ -5,3 +5,6 @@ from here, so that neither imports the other for them."""
 
 #: Norms of the reconstruction term, its option ``norm`` (the first: default).
 RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
+
+#: The correlation-congruence term's kernel width gamma (``cc``: its formula and function).
+CC_GAMMA = 0.4

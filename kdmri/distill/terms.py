@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kdmri.distill.options import RECONSTRUCTION_NORMS
+from kdmri.distill.options import CC_GAMMA, RECONSTRUCTION_NORMS
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,9 @@ class _Loss:
 
 @dataclass(frozen=True)
 class Term:
-    """One loss term: ``function(*inputs)`` is a scalar tensor."""
+    """One loss term: ``function(*inputs)`` is a scalar tensor, each input named in
+    :data:`INPUTS`; ``formula`` is the one statement of its maths (the function's
+    docstring names the term and gives its contract)."""
 
     function: Callable
     inputs: tuple[str, ...]
@@ -150,7 +152,7 @@ TERMS: dict[str, Term] = {
                "sum over pairs of ||G_S - G_T||_F^2 / N^2, G = Q Q^T row-normalised"),
     "cc": Term(_Loss("cc_loss"), ("student_features", "teacher_features"),
                "sum over pairs of ||C_S - C_T||_F^2 / N^2, C the order-2 Taylor "
-               "Gaussian kernel (gamma 0.4) of pooled, normalised embeddings"),
+               f"Gaussian kernel (gamma {CC_GAMMA}) of pooled, normalised embeddings"),
     # the student-friendly teacher's stage: the prediction is the teacher's output
     "sft_reconstruction": Term(_Loss("branch_reconstruction_loss"), ("branch_outputs", "target"),
                                "mean over branches k of mean |x - x_k| (L1)"),
