@@ -119,16 +119,11 @@ class Trainer:
         self.params = count_parameters(self.model)
         self.plan.build(self.model, self.train_data, self.device, self.amp)
 
-        self.optimizer = build_optimizer(self._trained_parameters(), self.settings)
-        n = len(self.train_data["target"])
         self.batch_size = int(self.settings["batch_size"])
-        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_data["target"]) / self.batch_size)
         self.epochs = int(self.settings["epochs"])
-        total = self.steps_per_epoch * self.epochs
-        schedule, lr = self.settings["schedule"], self.settings["lr"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(schedule, lr, step, self.steps_per_epoch, total)
-        )
+        self.optimizer = build_optimizer(self._trained_parameters(), self.settings)
+        self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         # Steps between the loss/gradient checks, each of which waits for the device: on a
         # GPU a wait per step would idle it while the next step is being queued.
@@ -151,6 +146,14 @@ class Trainer:
             init_model, _ = load_model(init, expect_net=self.spec["net"], role="initial student")
             model.load_state_dict(init_model.state_dict())
         return model
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """The learning rate per optimiser step (:func:`lr_factor` of the spec's schedule)."""
+        total = self.steps_per_epoch * self.epochs
+        schedule, lr = self.settings["schedule"], self.settings["lr"]
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(schedule, lr, step, self.steps_per_epoch, total)
+        )
 
     @property
     def feature_paths(self) -> list[str]:
