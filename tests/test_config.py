@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdmri.config import (
-    MODELS,
-    load_config,
-    model_spec,
-    models_needed,
-    schema,
-    train_settings,
-    validate,
-)
+from kdmri.config import load_config, schema, validate
 from kdmri.errors import KdmriError
+from kdmri.methods import MODELS, models_needed
+from kdmri.specs import model_spec, train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
