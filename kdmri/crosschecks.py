@@ -14,6 +14,7 @@ from __future__ import annotations
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
+from kdmri.models import MODEL_FAMILIES, family
 from kdmri.specs import _spec_keys
 
 
@@ -103,12 +104,13 @@ def _check_sft(config: dict, source: str) -> None:
         if not uses:
             continue
         teacher, student = settings["teacher"], settings["student"]
-        if teacher["family"] != "dccnn" or student["family"] != "dccnn":
+        if not (family(teacher).cascades and family(student).cascades):
+            without = [name for name, entry in MODEL_FAMILIES.items() if not entry.cascades]
             raise KdmriError(
                 f"{source}: key 'models': {uses[0]} needs the student-friendly teacher, which "
                 f"needs DC-CNN teacher and student (cascades to branch at); task {task!r} has "
-                f"{teacher['family']} and {student['family']} (VDSR / U-Net / python networks "
-                "have no cascades)")
+                f"{teacher['family']} and {student['family']} (families without cascades: "
+                f"{', '.join(without)})")
         if teacher["cascades"] != student["cascades"]:
             raise KdmriError(
                 f"{source}: key 'tasks.{task}.student.cascades': the student-friendly teacher "
@@ -117,9 +119,10 @@ def _check_sft(config: dict, source: str) -> None:
 
 
 def _check_layer_index(net: dict, index: int, role: str, where: str, source: str) -> None:
-    """A numbered pair layer must be a hidden convolution of a plain-CNN network (one whose
-    activation exists: 1 .. convs - 1); other families are checked when they are built."""
-    if "convs" in net and not 1 <= index < net["convs"]:
+    """A numbered pair layer must be a hidden convolution of a network numbered by
+    convolution (one whose activation exists: 1 .. convs - 1); other families are checked
+    when they are built."""
+    if family(net).convs and not 1 <= index < net["convs"]:
         raise KdmriError(
             f"{source}: key '{where}': the {role}'s conv {index} has no activation; expected "
             f"1..{net['convs'] - 1} for {net['family']} with {net['convs']} convolutions"
@@ -152,7 +155,7 @@ def _check_compression(config: dict, source: str) -> None:
                                        source)
             teacher, net = settings["teacher"], student["net"]
             numbered = any(not isinstance(pair[1], str) for pair in student["pairs"])
-            if (numbered and teacher["family"] == net["family"] == "dccnn"
+            if (numbered and family(teacher).cascades and family(net).cascades
                     and teacher["cascades"] != net["cascades"]):
                 raise KdmriError(
                     f"{source}: key '{where}.net.cascades': the teacher's pairs give one "
@@ -161,20 +164,22 @@ def _check_compression(config: dict, source: str) -> None:
 
 
 def _check_pairs(config: dict, source: str) -> None:
-    """A ``family: python`` network has no numbered convolutions: its task's attention
-    pairs name modules by path (checked where the study trains an attention stage)."""
+    """A network whose layers have no numbers (``family: python``) is addressed by module
+    path: its task's attention pairs name modules (checked where the study trains an
+    attention stage)."""
     for task, settings in config["tasks"].items():
         names = evaluated_models(config, task)
         if not any("pairs" in _spec_keys(config, m) for name in names if name != "zf"
                    for m in models_needed(name, config)):
             continue
-        python = [role for role in ("teacher", "student") if settings[role]["family"] == "python"]
+        by_path = [role for role in ("teacher", "student") if not family(settings[role]).numbered]
         numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
-        if python and numbered:
+        if by_path and numbered:
+            families = sorted({settings[role]["family"] for role in by_path})
             raise KdmriError(
-                f"{source}: key 'tasks.{task}.pairs': the {' and '.join(python)} network "
-                f"(family python) is addressed by module path; give each pair as two module "
-                f"paths [teacher, student], e.g. [\"cascades.2.cnn.4\", \"body.3\"], "
+                f"{source}: key 'tasks.{task}.pairs': the {' and '.join(by_path)} network "
+                f"(family {' and '.join(families)}) is addressed by module path; give each pair "
+                f"as two module paths [teacher, student], e.g. [\"cascades.2.cnn.4\", \"body.3\"], "
                 f"found {numbered[0]}"
             )
 

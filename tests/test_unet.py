@@ -52,7 +52,7 @@ def test_parameter_counts(chans, pools, complex_, expected):
 
 
 def test_the_registry_and_the_schema_give_the_same_defaults():
-    assert MODEL_FAMILIES["unet"] is UNet
+    assert MODEL_FAMILIES["unet"].cls is UNet
     net = fill_defaults("net", {"family": "unet"})
     assert net == {"family": "unet", "chans": 32, "num_pool_layers": 3, "drop_prob": 0.0,
                    "dc": True}
