@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
 
     p = add("train", cmd_train, "train one model (teacher, student, attention or imitation stage)")
-    p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.config.model_spec)")
+    p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.specs.model_spec)")
     p.add_argument("--inputs-dir", required=True, help="folder with train.h5 and val.h5 inputs")
     p.add_argument("--cache-dir", default=None, help="teacher cache folder (distillation stages)")
     p.add_argument("--teacher", default=None,
