@@ -72,8 +72,11 @@ MODEL_FAMILIES: dict[str, Family] = {
 
 
 def family(net: dict) -> Family:
-    """The registry entry of a network spec's ``family``."""
-    name = net.get("family")
+    """The registry entry of a network spec's ``family`` (a key every net spec has)."""
+    return _entry(net["family"])
+
+
+def _entry(name: Any) -> Family:
     if name not in MODEL_FAMILIES:
         raise KdmriError(f"unknown model family {name!r}; expected one of {sorted(MODEL_FAMILIES)}")
     return MODEL_FAMILIES[name]
@@ -89,8 +92,8 @@ def family_of(model: nn.Module) -> str | None:
 def build_model(spec: dict) -> nn.Module:
     """Build a network from ``{"family": name, **constructor arguments}``."""
     spec = dict(spec)
-    cls = family(spec).cls
-    name = spec.pop("family")
+    name = spec.pop("family", None)
+    cls = _entry(name).cls
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(spec) - allowed)
     if unknown:

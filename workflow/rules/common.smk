@@ -12,7 +12,13 @@ from kdmri.comparisons import compares_methods
 from kdmri.config import apply_overrides, validate
 from kdmri.data.readers import dataset_spec, source_files
 from kdmri.keys import SPLITS
-from kdmri.methods import STAGES, compression_models, evaluated_models, recipe, study_models
+from kdmri.methods import (
+    STAGES,
+    compression_models,
+    evaluated_models,
+    recipe,
+    study_models,
+)
 from kdmri.specs import (
     methods_description,
     model_spec,
