@@ -216,7 +216,7 @@ def _study_config() -> dict:
 
 def _specs(config: dict) -> dict[str, dict]:
     """The real model specs of teacher, student and the imitation stage (kd), one epoch."""
-    from kdmri.config import model_spec
+    from kdmri.specs import model_spec
 
     specs = {}
     for name in ("teacher", "student", "kd"):

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from kdmri import __version__
-from kdmri.config import digest
 from kdmri.errors import KdmriError
 from kdmri.io import load_torch, save_torch
+from kdmri.keys import digest
 from kdmri.models import build_model
 
 MODEL_FORMAT = "kdmri-model/1"

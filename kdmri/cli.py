@@ -46,53 +46,20 @@ def _json_file(path: str, option: str) -> dict:
     return value
 
 
-def _check_spec(spec: dict, properties: dict, required: list[str]) -> None:
-    """Check a ``--spec`` against the study schema's definitions; one line naming the key."""
-    import jsonschema
-
-    from kdmri.config import _format_error, schema
-
-    root = schema()
-    validator = jsonschema.Draft202012Validator({
-        "$defs": root["$defs"], "type": "object", "properties": properties, "required": required,
-    })
-    errors = list(validator.iter_errors(spec))
-    if errors:
-        raise KdmriError(_format_error(jsonschema.exceptions.best_match(errors), "--spec"))
-
-
 def _check_train_spec(spec: dict) -> dict:
-    """Check a training ``--spec`` and return it with the schema's defaults filled in for
-    the train settings and the networks (a spec from kdmri.config.model_spec has them all)."""
-    from kdmri.config import MODEL_NAME, STAGES, fill_defaults
-    from kdmri.distill.terms import SPEC_KEYS, TERMS
+    """Check a training ``--spec`` (the schema's ``train_spec``, the loss's terms and the
+    keys they need) and return it with the schema's defaults filled in for the train
+    settings and the networks (a spec from kdmri.specs.model_spec has them all)."""
+    from kdmri.config import check_spec, fill_defaults
+    from kdmri.crosschecks import check_terms
+    from kdmri.distill.terms import TERMS
+    from kdmri.specs import spec_keys
 
-    number = {"type": "number", "minimum": 0}
-    layer = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]}
-    two_layers = {"type": "array", "items": layer, "minItems": 2, "maxItems": 2}
-    _check_spec(spec, {
-        "model": MODEL_NAME,
-        "stage": {"enum": sorted(STAGES)},
-        "net": {"$ref": "#/$defs/net"},
-        "teacher_net": {"$ref": "#/$defs/net"},
-        "student_net": {"$ref": "#/$defs/net"},  # the SFT branches' cascades (kdmri.distill.sft)
-        "pairs": {"$ref": "#/$defs/pairs"},
-        # FSP: per pair [[teacher F1, teacher F2], [student F1, student F2]] (kdmri.distill.pairs)
-        "fsp_pairs": {"type": "array", "minItems": 1, "items": {
-            "type": "array", "items": two_layers, "minItems": 2, "maxItems": 2}},
-        "seed": {"type": "integer", "minimum": 0},
-        "loss_weights": {"type": "object", "additionalProperties": False, "minProperties": 1,
-                         "properties": {k: number for k in TERMS}},
-        "loss_options": {"type": "object", "additionalProperties": {"type": "object"}},
-        "train": {"$ref": "#/$defs/train"},
-    }, ["model", "stage", "net", "loss_weights", "train", "seed"])
-    for term in TERMS:
-        inputs = TERMS[term].inputs if spec["loss_weights"].get(term) else ()
-        if any(i.startswith("teacher") for i in inputs) and "teacher_net" not in spec:
-            raise KdmriError(f"--spec: key 'teacher_net' is required by the {term} loss")
-        for key in dict.fromkeys(SPEC_KEYS[i] for i in inputs if i in SPEC_KEYS):
-            if key not in spec:
-                raise KdmriError(f"--spec: key {key!r} is required by the {term} loss")
+    check_spec("train_spec", spec)
+    check_terms(spec["loss_weights"], "loss_weights", "--spec")
+    for key, term in spec_keys(t for t in TERMS if spec["loss_weights"].get(t)).items():
+        if key not in spec:
+            raise KdmriError(f"--spec: key {key!r} is required by the {term} loss")
     filled = dict(spec, train=fill_defaults("train", spec["train"]))
     for key in ("net", "teacher_net", "student_net"):
         if key in spec:
@@ -159,9 +126,9 @@ def cmd_mask(args) -> int:
 
 
 def cmd_undersample(args) -> int:
-    from kdmri.config import SPLITS
     from kdmri.data.prepare import undersample_store
     from kdmri.data.store import image_shape, read_store
+    from kdmri.keys import SPLITS
     from kdmri.masks import load_mask
 
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
@@ -202,14 +169,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_cache_teacher(args) -> int:
-    from kdmri.config import fill_defaults
+    from kdmri.config import check_spec, fill_defaults
     from kdmri.device import select_device
     from kdmri.inference import cache_teacher
 
     _setup_torch(args)
     spec = _spec(args.spec)
-    _check_spec(spec, {"teacher_net": {"$ref": "#/$defs/net"}, "pairs": {"$ref": "#/$defs/pairs"}},
-                ["teacher_net", "pairs"])
+    check_spec("teacher_cache_spec", spec)
     spec = dict(spec, teacher_net=fill_defaults("net", spec["teacher_net"]))
     stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
     device, slot = select_device(args.device, log=_log)
@@ -352,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
 
     p = add("train", cmd_train, "train one model (teacher, student, attention or imitation stage)")
-    p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.config.model_spec)")
+    p.add_argument("--spec", required=True, help="model spec as JSON (kdmri.specs.model_spec)")
     p.add_argument("--inputs-dir", required=True, help="folder with train.h5 and val.h5 inputs")
     p.add_argument("--cache-dir", default=None, help="teacher cache folder (distillation stages)")
     p.add_argument("--teacher", default=None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kdmri.config import VARIANT, split_model
+from kdmri.methods import VARIANT, split_model
 from kdmri.tables import (
     GROUP,
     _format_acceleration,

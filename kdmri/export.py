@@ -174,24 +174,34 @@ class OnnxVDSR(nn.Module):
 
 
 def exportable(model: nn.Module, fmt: str = "torchscript") -> nn.Module:
-    """The plain-operator copy of a kdmri network for ``fmt`` (eval mode, CPU, float32)."""
-    from kdmri.models import DCCNN, VDSR
+    """The plain-operator copy of a kdmri network for ``fmt`` (eval mode, CPU, float32), for
+    a family whose registry entry lists ``fmt`` in its exports
+    (:data:`kdmri.models.MODEL_FAMILIES`), made by :data:`PLAIN_COPIES`."""
+    from kdmri.models import MODEL_FAMILIES, family_of
 
     model = model.to("cpu", memory_format=torch.contiguous_format)
     complex_net = bool(getattr(model, "complex", False))
     if complex_net and fmt == "onnx":
         raise KdmriError("--format onnx: networks with complex: true (two image channels) are "
                          "exported as torchscript only; use --format torchscript")
-    if isinstance(model, DCCNN):
-        cnns = [_plain_cnn(cascade.cnn) for cascade in model.cascades]
-        net: nn.Module = (OnnxDCCNN(cnns) if fmt == "onnx"
-                          else ScriptedDCCNN(cnns, complex=complex_net))
-    elif isinstance(model, VDSR):
-        cnn = _plain_cnn(model.cnn)
-        net = OnnxVDSR(cnn) if fmt == "onnx" else ScriptedVDSR(cnn)
-    else:
+    name = family_of(model)
+    if name is None or fmt not in MODEL_FAMILIES[name].exports:
         raise KdmriError(f"cannot export a network of type {type(model).__name__}")
-    return net.eval()
+    return PLAIN_COPIES[name](model, fmt, complex_net).eval()
+
+
+def _plain_dccnn(model: nn.Module, fmt: str, complex_net: bool) -> nn.Module:
+    cnns = [_plain_cnn(cascade.cnn) for cascade in model.cascades]
+    return OnnxDCCNN(cnns) if fmt == "onnx" else ScriptedDCCNN(cnns, complex=complex_net)
+
+
+def _plain_vdsr(model: nn.Module, fmt: str, complex_net: bool) -> nn.Module:
+    cnn = _plain_cnn(model.cnn)
+    return OnnxVDSR(cnn) if fmt == "onnx" else ScriptedVDSR(cnn)
+
+
+#: The plain-operator copy of each exportable family: ``(model, fmt, complex) -> module``.
+PLAIN_COPIES = {"dccnn": _plain_dccnn, "vdsr": _plain_vdsr}
 
 
 def script(model: nn.Module) -> torch.jit.ScriptModule:
@@ -215,8 +225,16 @@ def _family(net: dict) -> str:
     return str(net["family"])
 
 
+#: The sidecar's name of each task kind.
+KINDS = {"recon": "reconstruction", "sr": "super-resolution"}
+
+
 def _kind(net: dict) -> str:
-    return "reconstruction" if _family(net) == "dccnn" else "super-resolution"
+    """What an exported network does: the task its family serves (an exportable family
+    serves one, :data:`kdmri.models.MODEL_FAMILIES`)."""
+    from kdmri.models import family
+
+    return KINDS[family(net).tasks[0]]
 
 
 def contract(fmt: str, net: dict, complex_image: bool) -> dict:

@@ -10,12 +10,12 @@ import torch
 
 from kdmri.batch import check_complex, make_batch, stored_image
 from kdmri.checkpoints import load_model
-from kdmri.config import digest
 from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.losses import attention_map
 from kdmri.distill.pairs import pair_paths, pairs_attr
 from kdmri.errors import KdmriError
+from kdmri.keys import digest
 from kdmri.models import place_model
 from kdmri.mri import real_image
 

@@ -18,7 +18,7 @@ key                    value
                        and ``params`` as stored in the model file; for a ``family:
                        python`` network also ``source``: its ``target``, the ``file``
                        defining the class and that file's ``sha256`` when trained
-``config_digest``      :func:`kdmri.config.digest` of the config: sha256 of its sorted
+``config_digest``      :func:`kdmri.keys.digest` of the config: sha256 of its sorted
                        JSON, first 16 hex digits (the digest used for specs elsewhere)
 ``created_utc``        ISO 8601 UTC time of this record
 =====================  ==================================================================
@@ -104,7 +104,7 @@ def collect_provenance(config: dict, models: dict[str, str | Path], cwd: str | P
     import torch
 
     from kdmri import __version__
-    from kdmri.config import digest
+    from kdmri.keys import digest
 
     return {
         "kdmri_version": __version__,

@@ -32,11 +32,11 @@ import torch
 
 from kdmri.batch import Batch
 from kdmri.checkpoints import load_model
-from kdmri.config import digest
 from kdmri.data.store import SliceDataset, store_info
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.pairs import fsp_paths, pair_paths, plain_pairs
 from kdmri.errors import KdmriError
+from kdmri.keys import digest
 from kdmri.models import place_model
 
 #: The loss-term inputs the teacher cache holds, and the cache key of each.

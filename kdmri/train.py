@@ -2,7 +2,7 @@
 
 A stage is a weighted sum of named loss terms (the table :data:`kdmri.distill.terms.TERMS`:
 ``reconstruction``, ``imitation``, ``attention``, ...), the network it trains and the
-weights it starts from, all read from a model spec (:func:`kdmri.config.model_spec`).
+weights it starts from, all read from a model spec (:func:`kdmri.specs.model_spec`).
 The distillation terms read the teacher's outputs and attention maps from the teacher
 cache, so the paper's stages never run the teacher; the terms taking the teacher's
 features (FitNets, FSP, SP, CC) get them from the frozen teacher run on every batch

@@ -335,7 +335,8 @@ def test_a_complex_study_reaches_the_tables(tmp_path):
 
 
 def test_job_specs_keep_complex_only_where_true():
-    from kdmri.config import fill_defaults, model_spec
+    from kdmri.config import fill_defaults
+    from kdmri.specs import model_spec
 
     assert fill_defaults("net", {"family": "vdsr"}) == {"family": "vdsr", "convs": 11,
                                                         "channels": 64}

@@ -11,18 +11,18 @@ import pytest
 from scipy.stats import wilcoxon
 
 from kdmri import comparisons, tables
-from kdmri.config import (
+from kdmri.config import validate
+from kdmri.errors import KdmriError
+from kdmri.figures import compression_figure
+from kdmri.methods import (
     compression_models,
     evaluated_models,
-    model_spec,
     models_needed,
     recipe,
     split_model,
     study_models,
-    validate,
 )
-from kdmri.errors import KdmriError
-from kdmri.figures import compression_figure
+from kdmri.specs import model_spec
 from tests.test_tables import write_metrics
 from tests.test_workflow_conventions import read_rules
 from tests.workflow_utils import ROOT, planned_jobs, snakemake, write_config

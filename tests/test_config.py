@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdmri.config import (
-    MODELS,
-    load_config,
-    model_spec,
-    models_needed,
-    schema,
-    train_settings,
-    validate,
-)
+from kdmri.config import check_spec, load_config, schema, spec_schema, validate
 from kdmri.errors import KdmriError
+from kdmri.methods import MODELS, STAGES, VARIANT, models_needed, study_models
+from kdmri.specs import model_spec, spec_keys, teacher_cache_spec, train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -376,3 +370,45 @@ def test_snakemake_config_overrides_reach_the_jobs(tmp_path):
     assert weights["attention"] == {"attention": 2.0}  # the config file's nested key is kept
     assert {s["train"]["epochs"] for s in specs} == {3}
     assert {s["train"]["schedule"]["step_epochs"] for s in specs} == {40}
+
+
+# ---------------------------------------------------------------------- job specs' schema
+def test_the_stage_names_are_the_stage_table_everywhere_in_the_schema():
+    root = schema()
+    assert root["$defs"]["stage"]["enum"] == list(STAGES)
+    assert list(root["properties"]["stages"]["properties"]) == list(STAGES)
+    assert list(root["$defs"]["stage_overrides"]["properties"]) == list(STAGES)
+
+
+def test_the_spec_schema_rules_are_the_ones_the_specs_are_written_by():
+    """Every job spec the shipped studies write passes the schema the CLI checks it by."""
+    assert re.fullmatch(spec_schema()["$defs"]["model_name"]["pattern"], f"kd{VARIANT}s1")
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        config = load_config(path)
+        for task, settings in config["tasks"].items():
+            if not settings["datasets"]:
+                continue
+            check_spec("teacher_cache_spec", teacher_cache_spec(config, task))
+            for model in study_models(config):
+                if model == "zf" or model.partition(VARIANT)[2] not in (
+                        "", *settings["compression"]["students"]):
+                    continue
+                spec = model_spec(config, task, model, 0)
+                check_spec("train_spec", spec)
+                assert set(spec_keys(spec["loss_weights"])) <= set(spec)
+
+
+def test_a_spec_error_names_the_key():
+    spec = {"model": "kd", "stage": "imitation", "net": {"family": "dccnn"},
+            "loss_weights": {"imitation": 1.0}, "train": {}, "seed": 0}
+    check_spec("train_spec", spec)
+    for bad, words in [({"stage": "distil"}, ["key 'stage'", "'distil'", "teacher"]),
+                       ({"model": "kd@"}, ["key 'model'", "@<student name>"]),
+                       ({"seed": -1}, ["key 'seed'"]),
+                       ({"loss_weights": {}}, ["key 'loss_weights'"])]:
+        with pytest.raises(KdmriError) as error:
+            check_spec("train_spec", {**spec, **bad}, source="--spec")
+        message = str(error.value)
+        assert message.startswith("--spec: ") and all(w in message for w in words), message
+    with pytest.raises(KdmriError, match="--spec: .*'pairs' is a required property"):
+        check_spec("teacher_cache_spec", {"teacher_net": {"family": "dccnn"}})

@@ -23,12 +23,13 @@ from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from kdmri.cli import main  # noqa: E402
-from kdmri.config import SPLITS, validate  # noqa: E402
+from kdmri.config import validate  # noqa: E402
 from kdmri.data.dicom import plan_series, read_dicom_volume  # noqa: E402
 from kdmri.data.prepare import READERS, prepare_dataset  # noqa: E402
 from kdmri.data.readers import dataset_spec, source_files  # noqa: E402
 from kdmri.data.store import read_store  # noqa: E402
 from kdmri.errors import KdmriError  # noqa: E402
+from kdmri.keys import SPLITS  # noqa: E402
 
 # The files pydicom ships in its wheel (no download: get_testdata_file may fetch others).
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdmri.config import load_config, models_needed
+from kdmri.config import load_config
+from kdmri.methods import models_needed
 from tests.test_readers import make_fastmri, make_kdmri_h5, make_nifti
 from tests.workflow_utils import ROOT, planned_jobs, snakemake
 

@@ -14,19 +14,11 @@ from scipy.stats import wilcoxon
 
 from kdmri import comparisons, tables
 from kdmri.cli import main
-from kdmri.config import (
-    MODELS,
-    method_description,
-    methods,
-    methods_description,
-    model_spec,
-    models_needed,
-    recipe,
-    teacher_sources,
-    validate,
-)
+from kdmri.config import validate
 from kdmri.errors import KdmriError
 from kdmri.figures import methods_figure
+from kdmri.methods import MODELS, methods, models_needed, recipe
+from kdmri.specs import method_description, methods_description, model_spec, teacher_sources
 from tests.test_tables import write_metrics
 from tests.workflow_utils import ROOT, planned_jobs, write_config
 
@@ -140,7 +132,9 @@ def test_the_workflow_reads_the_method_and_term_tables_without_torch():
     """The Snakefile builds every job's spec on each invocation: that must not import torch
     (seconds per `snakemake -n`)."""
     code = ("import sys\n"
-            "from kdmri.config import load_config, methods, methods_description, model_spec\n"
+            "from kdmri.config import load_config\n"
+            "from kdmri.methods import methods\n"
+            "from kdmri.specs import methods_description, model_spec\n"
             "import kdmri.comparisons, kdmri.tables\n"
             "c = load_config('config/methods.yaml')\n"
             "[model_spec(c, 'recon', m, 0) for m in methods(c)]\n"

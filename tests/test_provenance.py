@@ -9,9 +9,9 @@ import pytest
 
 from kdmri import __version__, provenance
 from kdmri.cli import main
-from kdmri.config import digest
 from kdmri.errors import KdmriError
 from kdmri.io import save_torch
+from kdmri.keys import digest
 
 KEYS = {"kdmri_version", "git_commit", "git_dirty", "python", "torch", "snakemake",
         "platform", "models", "config_digest", "created_utc"}

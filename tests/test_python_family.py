@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdmri.checkpoints import load_model
-from kdmri.config import model_spec, validate
+from kdmri.config import validate
 from kdmri.distill.pairs import layer_paths, pair_paths
 from kdmri.errors import KdmriError
 from kdmri.inference import cache_teacher
@@ -24,6 +24,7 @@ from kdmri.io import load_torch
 from kdmri.models import build_model, count_parameters
 from kdmri.models.python_family import check_forward
 from kdmri.provenance import model_info
+from kdmri.specs import model_spec
 from kdmri.train import Trainer
 
 _names = itertools.count()

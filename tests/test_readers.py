@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdmri.cli import main
-from kdmri.config import SPLITS, load_config, schema, validate
+from kdmri.config import load_config, schema, validate
 from kdmri.data import readers
 from kdmri.data.prepare import READERS, prepare_dataset
 from kdmri.data.readers import (
@@ -31,6 +31,7 @@ from kdmri.data.readers import (
 )
 from kdmri.data.store import StoreWriter, read_store
 from kdmri.errors import KdmriError
+from kdmri.keys import SPLITS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from kdmri.config import model_spec, validate
+from kdmri.config import validate
+from kdmri.specs import model_spec
 from kdmri.train import Trainer, lr_factor
 from tests.reliability.helpers import PAIRS, STUDENT_NET, TEACHER_NET
 

@@ -19,7 +19,6 @@ import torch
 
 from kdmri.batch import make_batch
 from kdmri.checkpoints import load_model
-from kdmri.config import model_spec
 from kdmri.data.store import SliceDataset, read_store, store_info
 from kdmri.device import claim_gpu_slot, select_device
 from kdmri.distill import FeatureHooks, attention_map, attention_transfer_loss
@@ -28,6 +27,7 @@ from kdmri.errors import KdmriError
 from kdmri.inference import cache_teacher
 from kdmri.io import load_torch
 from kdmri.models import build_model
+from kdmri.specs import model_spec
 from kdmri.train import Trainer
 from tests.oracles import np_psnr, np_zero_filled
 from tests.reliability.helpers import PAIRS, STUDENT_NET, TEACHER_NET

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdmri.config import fill_defaults, net_spec, validate
+from kdmri.config import fill_defaults, validate
 from kdmri.distill import FeatureHooks, attention_transfer_loss
 from kdmri.errors import KdmriError
 from kdmri.models import MODEL_FAMILIES, UNet, build_model, count_parameters
 from kdmri.mri import fft2c, from_channels, ifft2c, to_channels
+from kdmri.specs import net_spec
 from tests.test_models import tiny_inputs
 
 TINY = {"family": "unet", "chans": 4, "num_pool_layers": 2}
@@ -51,7 +52,7 @@ def test_parameter_counts(chans, pools, complex_, expected):
 
 
 def test_the_registry_and_the_schema_give_the_same_defaults():
-    assert MODEL_FAMILIES["unet"] is UNet
+    assert MODEL_FAMILIES["unet"].cls is UNet
     net = fill_defaults("net", {"family": "unet"})
     assert net == {"family": "unet", "chans": 32, "num_pool_layers": 3, "drop_prob": 0.0,
                    "dc": True}

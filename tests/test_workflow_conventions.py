@@ -17,7 +17,8 @@ import tomllib
 import yaml
 
 from kdmri import tables
-from kdmri.config import load_config, methods_description
+from kdmri.config import load_config
+from kdmri.specs import methods_description
 from tests.test_tables import metrics_frame, write_metrics
 from tests.workflow_utils import ROOT, write_config
 

@@ -54,7 +54,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kdmri.config import SPLITS
 from kdmri.data.readers import (
     _as_float32,
     _first_line,
@@ -65,6 +64,7 @@ from kdmri.data.readers import (
     split_counts,
 )
 from kdmri.errors import KdmriError
+from kdmri.keys import SPLITS
 
 #: Largest difference of the direction cosines of two slices of one series.
 ORIENTATION_TOLERANCE = 1e-4

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdmri.config import SPLITS, validate
+from kdmri.config import validate
 from kdmri.data.readers import (
     DEFAULT_SIZE,
     dicom_volumes,
@@ -39,6 +39,7 @@ from kdmri.data.readers import (
 from kdmri.data.store import SliceDataset, StoreWriter, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import write_json
+from kdmri.keys import SPLITS
 from kdmri.mri import undersample, zero_filled
 
 

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdmri.config import SPLITS
 from kdmri.errors import KdmriError
+from kdmri.keys import SPLITS
 
 #: File pattern of each format when ``glob`` is empty.
 DEFAULT_GLOB = {"fastmri": "*.h5", "nifti": "**/*.nii*", "kdmri_h5": "**/*.h5", "dicom": "**/*"}

@@ -32,14 +32,16 @@ import torch
 from torch import nn
 
 from kdmri.errors import KdmriError
-from kdmri.models import DCCNN, build_model
+from kdmri.models import MODEL_FAMILIES, build_model, family_of
 from kdmri.mri import DataConsistency
 
 
 def check_sft_networks(teacher: nn.Module, student: nn.Module) -> None:
-    """Refuse, in one line, networks the branches cannot join: not both DC-CNN, different
-    or too few cascades, a complex network with a magnitude one."""
-    if not (isinstance(teacher, DCCNN) and isinstance(student, DCCNN)):
+    """Refuse, in one line, networks the branches cannot join: not both of a family with
+    cascades (:data:`kdmri.models.MODEL_FAMILIES`), different or too few cascades, a
+    complex network with a magnitude one."""
+    if not all(family_of(net) and MODEL_FAMILIES[family_of(net)].cascades
+               for net in (teacher, student)):
         raise KdmriError(
             "the student-friendly teacher (sft) needs cascades, which only DC-CNN (family "
             "dccnn) networks have (VDSR / U-Net / python networks have none): the teacher is "

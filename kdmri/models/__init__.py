@@ -15,35 +15,90 @@ network's FLOPs. Family ``python`` builds a class of the user's own code
 
 from __future__ import annotations
 
+import importlib
 import inspect
-
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kdmri.errors import KdmriError
-from kdmri.models.dccnn import DCCNN
-from kdmri.models.flops import flops_per_slice
-from kdmri.models.python_family import UserNetwork
-from kdmri.models.unet import UNet
-from kdmri.models.vdsr import VDSR
 
-MODEL_FAMILIES: dict[str, type] = {"dccnn": DCCNN, "vdsr": VDSR, "unet": UNet,
-                                  "python": UserNetwork}  # the user's own class
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """A network family's registry entry: the class that builds it and what it can do.
+
+    The config checks, the teacher's branches, ``kdmri export`` and ``kdmri apply`` read
+    what a family can do here, never from its name; the class is imported at its first
+    use (:attr:`cls`), so the table is read without torch (the Snakefile checks a study
+    with it on every invocation).
+    """
+
+    #: The class, as ``"package.module:Class"``: ``cls(**options)`` builds the network.
+    builder: str
+    #: The task kinds it serves (the config's tasks: ``recon``, ``sr``).
+    tasks: tuple[str, ...]
+    #: A chain of cascades (option ``cascades``): the student-friendly teacher branches
+    #: after each cascade (:mod:`kdmri.distill.sft`), and layer pairs given by conv index
+    #: are taken per cascade, so teacher and student need as many.
+    cascades: bool = False
+    #: Layers numbered by convolution (option ``convs``): a pair's conv index k has an
+    #: activation for 1 <= k < convs.
+    convs: bool = False
+    #: Feature layers named by 1-based number (``feature_paths(k)``); else by module path only.
+    numbered: bool = True
+    #: The formats ``kdmri export`` writes it in.
+    exports: tuple[str, ...] = ()
+
+    @property
+    def cls(self) -> type:
+        module, _, name = self.builder.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+#: The network families by name.
+MODEL_FAMILIES: dict[str, Family] = {
+    "dccnn": Family("kdmri.models.dccnn:DCCNN", tasks=("recon",), cascades=True, convs=True,
+                    exports=("torchscript", "onnx")),
+    "vdsr": Family("kdmri.models.vdsr:VDSR", tasks=("sr",), convs=True,
+                   exports=("torchscript", "onnx")),
+    "unet": Family("kdmri.models.unet:UNet", tasks=("recon", "sr")),
+    # the user's own class (kdmri.models.python_family)
+    "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),
+                     numbered=False),
+}
+
+
+def family(net: dict) -> Family:
+    """The registry entry of a network spec's ``family`` (a key every net spec has)."""
+    return _entry(net["family"])
+
+
+def _entry(name: Any) -> Family:
+    if name not in MODEL_FAMILIES:
+        raise KdmriError(f"unknown model family {name!r}; expected one of {sorted(MODEL_FAMILIES)}")
+    return MODEL_FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> str | None:
+    """The name of the family whose class ``model`` is an instance of (None for any other
+    module, a ``python`` family's network included: it is the user's class)."""
+    return next((name for name, entry in MODEL_FAMILIES.items()
+                 if isinstance(model, entry.cls)), None)
 
 
 def build_model(spec: dict) -> nn.Module:
     """Build a network from ``{"family": name, **constructor arguments}``."""
     spec = dict(spec)
-    family = spec.pop("family", None)
-    if family not in MODEL_FAMILIES:
-        raise KdmriError(
-            f"unknown model family {family!r}; expected one of {sorted(MODEL_FAMILIES)}"
-        )
-    cls = MODEL_FAMILIES[family]
+    name = spec.pop("family", None)
+    cls = _entry(name).cls
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise KdmriError(
-            f"model family {family!r} has no option(s) {unknown}; expected some of {sorted(allowed)}"
+            f"model family {name!r} has no option(s) {unknown}; expected some of {sorted(allowed)}"
         )
     return cls(**spec)
 
@@ -60,5 +115,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DCCNN", "VDSR", "UNet", "MODEL_FAMILIES", "build_model", "count_parameters",
-           "flops_per_slice", "place_model"]
+#: Names this package gives that import torch: imported at their first use.
+_LAZY = {"DCCNN": "kdmri.models.dccnn", "VDSR": "kdmri.models.vdsr", "UNet": "kdmri.models.unet",
+         "flops_per_slice": "kdmri.models.flops"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DCCNN", "VDSR", "UNet", "MODEL_FAMILIES", "Family", "build_model", "count_parameters",
+           "family", "family_of", "flops_per_slice", "place_model"]

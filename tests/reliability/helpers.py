@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from kdmri.checkpoints import MODEL_FORMAT
-from kdmri.config import model_spec, validate
+from kdmri.config import validate
 from kdmri.data.store import read_store, write_store
 from kdmri.io import save_torch
 from kdmri.models import build_model
+from kdmri.specs import model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER_NET = {"family": "dccnn", "cascades": 2, "convs": 4, "channels": 4}

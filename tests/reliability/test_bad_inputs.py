@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from kdmri.checkpoints import STATE_FORMAT
-from kdmri.config import digest
 from kdmri.data.store import read_store, write_store
 from kdmri.io import save_torch
+from kdmri.keys import digest
 from tests.reliability.helpers import (
     PAIRS,
     STUDENT_NET,

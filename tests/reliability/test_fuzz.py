@@ -20,11 +20,13 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kdmri.config import MODELS, STAGES, load_config, model_spec, net_spec, validate
+from kdmri.config import load_config, validate
 from kdmri.data.store import SliceDataset, read_store, store_info, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import load_torch, save_torch
 from kdmri.masks import load_mask
+from kdmri.methods import MODELS, STAGES
+from kdmri.specs import model_spec, net_spec
 from tests.reliability.helpers import ROOT
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdmri.config import model_spec, validate
+from kdmri.config import validate
 from kdmri.io import load_torch
+from kdmri.specs import model_spec
 from tests.reliability.helpers import (
     ENV,
     ROOT,

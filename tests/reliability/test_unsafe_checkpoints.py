@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kdmri.checkpoints import MODEL_FORMAT, STATE_FORMAT
-from kdmri.config import digest
 from kdmri.io import load_torch
+from kdmri.keys import digest
 from kdmri.models import build_model
 from tests.reliability.helpers import (
     PAIRS,

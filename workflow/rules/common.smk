@@ -9,21 +9,22 @@ import shlex
 import pandas as pd
 
 from kdmri.comparisons import compares_methods
-from kdmri.config import (
-    SPLITS,
+from kdmri.config import apply_overrides, validate
+from kdmri.data.readers import dataset_spec, source_files
+from kdmri.keys import SPLITS
+from kdmri.methods import (
     STAGES,
-    apply_overrides,
     compression_models,
     evaluated_models,
-    methods_description,
-    model_spec,
     recipe,
     study_models,
+)
+from kdmri.specs import (
+    methods_description,
+    model_spec,
     teacher_cache_spec,
     teacher_sources,
-    validate,
 )
-from kdmri.data.readers import dataset_spec, source_files
 from kdmri.tables import has_ablation
 
 # Validate before any key is read: an unknown key or a wrong type stops the run here.

@@ -1,0 +1,213 @@
+"""The checks across keys of a study config, after the schema's (one key at a time).
+
+:func:`check_study` runs them on a validated config with its defaults filled
+(:func:`kdmri.config.validate` calls it): the study's methods extend the shipped table
+soundly, every dataset a task names exists, complex networks go with complex data, the
+layer pairs fit the networks, and a student-friendly teacher has cascades to branch at.
+Each raises :class:`KdmriError` with one line naming the key, what was expected and what
+was found. What a network family can do is read from its registry entry
+(:data:`kdmri.models.MODEL_FAMILIES`), never from its name.
+"""
+
+from __future__ import annotations
+
+from kdmri.distill.terms import TERMS
+from kdmri.errors import KdmriError
+from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
+from kdmri.models import MODEL_FAMILIES, family
+from kdmri.specs import _spec_keys
+
+
+def check_study(config: dict, source: str) -> None:
+    """Every check across keys of ``config`` (validated, defaults filled), in order; the
+    first failing one raises."""
+    _check_methods(config, source)
+    for task, settings in config["tasks"].items():
+        for name in settings["datasets"]:
+            if name not in config["datasets"]:
+                raise KdmriError(
+                    f"{source}: key 'tasks.{task}.datasets': unknown dataset {name!r}; "
+                    f"defined datasets: {sorted(config['datasets'])}"
+                )
+    _check_complex(config, source)
+    _check_pairs(config, source)
+    _check_compression(config, source)
+    _check_sft(config, source)
+
+
+def check_terms(loss: dict, where: str, source: str) -> None:
+    """Every term a loss (term name -> weight) names is in the table
+    :data:`kdmri.distill.terms.TERMS`; ``where`` is the loss's key."""
+    for term in loss:
+        if term not in TERMS:
+            raise KdmriError(f"{source}: key '{where}': unknown loss term {term!r}; "
+                             f"terms: {list(TERMS)}")
+
+
+def _check_methods(config: dict, source: str) -> None:
+    """The study's methods extend the shipped table (a shipped name keeps its meaning);
+    every name a method, ``models`` or a compression study gives must be a method, each
+    init chain must end, a teacher must be trained in the teacher stage, and a loss may
+    name only known terms (a hint stage's must be given)."""
+    for name in config["methods"]:
+        if name in MODELS or name == "zf":
+            raise KdmriError(f"{source}: key 'methods.{name}': {name!r} is a shipped method "
+                             f"and cannot be redefined; choose another name")
+    table = methods(config)
+    known = sorted(table)
+    for name, entry in config["methods"].items():
+        where = f"methods.{name}"
+        for key in ("init", "teacher"):
+            if entry[key] is not None and entry[key] not in table:
+                raise KdmriError(f"{source}: key '{where}.{key}': unknown method "
+                                 f"{entry[key]!r}; methods: {known}")
+        if STAGES[table[entry["teacher"]].stage].network != "teacher":
+            raise KdmriError(f"{source}: key '{where}.teacher': {entry['teacher']!r} is "
+                             f"trained in the {table[entry['teacher']].stage} stage, not as a "
+                             "teacher")
+        if entry["loss"] is None and STAGES[entry["stage"]].loss is None:
+            raise KdmriError(f"{source}: key '{where}.loss': a {entry['stage']} stage has no "
+                             f"loss of its own; give the terms, e.g. {{fitnets: 1.0}}")
+        check_terms(entry["loss"] or {}, f"{where}.loss", source)
+        chain, current = [name], entry["init"]
+        while current is not None:
+            if current in chain:
+                raise KdmriError(f"{source}: key '{where}.init': the init chain "
+                                 f"{' <- '.join([*chain, current])} comes back to itself")
+            chain.append(current)
+            current = table[current].init
+    for i, name in enumerate(config["models"]):
+        if name != "zf" and name not in table:
+            raise KdmriError(f"{source}: key 'models.{i}': unknown method {name!r}; "
+                             f"expected zf or one of {known}")
+    for task, settings in config["tasks"].items():
+        method = settings["compression"]["method"]
+        students = sorted(m for m in table if STAGES[table[m].stage].network == "student")
+        if method not in students:
+            raise KdmriError(f"{source}: key 'tasks.{task}.compression.method': expected a "
+                             f"student's method, one of {students}, found {method!r}")
+
+
+def _check_sft(config: dict, source: str) -> None:
+    """A task that trains a student-friendly teacher (a model whose chain has an sft stage
+    or learns from one) needs DC-CNN teacher and student with as many cascades: the
+    branches cut the teacher after each cascade (kdmri.distill.sft)."""
+    for task, settings in config["tasks"].items():
+        if not settings["datasets"]:
+            continue
+        def sft(name: str) -> bool:
+            made = recipe(name, config)
+            return made.stage == "sft" or recipe(made.teacher, config).stage == "sft"
+
+        uses = [m for m in evaluated_models(config, task) if m != "zf"
+                and any(sft(n) for n in models_needed(m, config))]
+        if not uses:
+            continue
+        teacher, student = settings["teacher"], settings["student"]
+        if not (family(teacher).cascades and family(student).cascades):
+            without = [name for name, entry in MODEL_FAMILIES.items() if not entry.cascades]
+            raise KdmriError(
+                f"{source}: key 'models': {uses[0]} needs the student-friendly teacher, which "
+                f"needs DC-CNN teacher and student (cascades to branch at); task {task!r} has "
+                f"{teacher['family']} and {student['family']} (families without cascades: "
+                f"{', '.join(without)})")
+        if teacher["cascades"] != student["cascades"]:
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.student.cascades': the student-friendly teacher "
+                f"needs as many student as teacher cascades ({teacher['cascades']}), found "
+                f"{student['cascades']}")
+
+
+def _check_layer_index(net: dict, index: int, role: str, where: str, source: str) -> None:
+    """A numbered pair layer must be a hidden convolution of a network numbered by
+    convolution (one whose activation exists: 1 .. convs - 1); other families are checked
+    when they are built."""
+    if family(net).convs and not 1 <= index < net["convs"]:
+        raise KdmriError(
+            f"{source}: key '{where}': the {role}'s conv {index} has no activation; expected "
+            f"1..{net['convs'] - 1} for {net['family']} with {net['convs']} convolutions"
+        )
+
+
+def _check_compression(config: dict, source: str) -> None:
+    """Each compression student pairs its own layers with the teacher layers of the task's
+    pairs (one teacher cache serves every student; its pairs default to the task's, filled
+    by :func:`kdmri.config.validate`)."""
+    for task, settings in config["tasks"].items():
+        students = settings["compression"]["students"]
+        teacher_side = [pair[0] for pair in settings["pairs"]]
+        for name, student in students.items():
+            where = f"tasks.{task}.compression.students.{name}"
+            if [pair[0] for pair in student["pairs"]] != teacher_side:
+                raise KdmriError(
+                    f"{source}: key '{where}.pairs': the teacher's side must be the task's "
+                    f"{teacher_side} (one teacher cache serves every student), found "
+                    f"{[pair[0] for pair in student['pairs']]}"
+                )
+            if student["net"]["complex"] != settings["student"]["complex"]:
+                raise KdmriError(
+                    f"{source}: key '{where}.net.complex': expected "
+                    f"{str(settings['student']['complex']).lower()}, as the task's networks"
+                )
+            for pair in student["pairs"]:
+                if not isinstance(pair[1], str):
+                    _check_layer_index(student["net"], pair[1], "student", f"{where}.pairs",
+                                       source)
+            teacher, net = settings["teacher"], student["net"]
+            numbered = any(not isinstance(pair[1], str) for pair in student["pairs"])
+            if (numbered and family(teacher).cascades and family(net).cascades
+                    and teacher["cascades"] != net["cascades"]):
+                raise KdmriError(
+                    f"{source}: key '{where}.net.cascades': the teacher's pairs give one "
+                    f"attention map per cascade ({teacher['cascades']}), a student paired by "
+                    f"conv index needs as many, found {net['cascades']}")
+
+
+def _check_pairs(config: dict, source: str) -> None:
+    """A network whose layers have no numbers (``family: python``) is addressed by module
+    path: its task's attention pairs name modules (checked where the study trains an
+    attention stage)."""
+    for task, settings in config["tasks"].items():
+        names = evaluated_models(config, task)
+        if not any("pairs" in _spec_keys(config, m) for name in names if name != "zf"
+                   for m in models_needed(name, config)):
+            continue
+        by_path = [role for role in ("teacher", "student") if not family(settings[role]).numbered]
+        numbered = [pair for pair in settings["pairs"] if not isinstance(pair[0], str)]
+        if by_path and numbered:
+            families = sorted({settings[role]["family"] for role in by_path})
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.pairs': the {' and '.join(by_path)} network "
+                f"(family {' and '.join(families)}) is addressed by module path; give each pair "
+                f"as two module paths [teacher, student], e.g. [\"cascades.2.cnn.4\", \"body.3\"], "
+                f"found {numbered[0]}"
+            )
+
+
+def is_complex(dataset: dict) -> bool:
+    """Whether a dataset's targets are complex images (fastmri prepared from k-space)."""
+    return dataset["source"] == "kspace"
+
+
+def _check_complex(config: dict, source: str) -> None:
+    """``source: kspace`` is a fastmri option, and a task's networks are complex exactly
+    when its datasets are (one task cannot mix complex and magnitude datasets)."""
+    for name, dataset in config["datasets"].items():
+        if is_complex(dataset) and dataset["format"] != "fastmri":
+            raise KdmriError(
+                f"{source}: key 'datasets.{name}.source': kspace is an option of format "
+                f"fastmri, found format {dataset['format']!r}"
+            )
+    for task, settings in config["tasks"].items():
+        for name in settings["datasets"]:
+            data = "complex (source: kspace)" if is_complex(config["datasets"][name]) \
+                else "magnitude"
+            for role in ("teacher", "student"):
+                if settings[role]["complex"] != is_complex(config["datasets"][name]):
+                    raise KdmriError(
+                        f"{source}: key 'tasks.{task}.{role}.complex': dataset {name!r} is "
+                        f"{data} but the {role} network has complex: "
+                        f"{str(settings[role]['complex']).lower()}; a task's networks are "
+                        "complex exactly when its datasets are"
+                    )
+

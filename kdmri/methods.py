@@ -1,0 +1,165 @@
+"""The training stages and the methods: how each trained model is made.
+
+:data:`STAGES` is the table of training stages (the network each trains, its default
+loss), :data:`MODELS` the shipped methods (each model's stage, the model it starts from,
+its loss, the model it learns from); a study adds its own (``methods`` in its config,
+:func:`methods`). The functions here resolve a model's name (``kd``, ``kd@d5c3f16``) to
+its method, its init chain and its loss, and list the models a study trains and
+evaluates. The job specs built from them are :mod:`kdmri.specs`'s.
+
+This module must not import torch: the Snakefile imports it on every invocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kdmri.errors import KdmriError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: the network it trains, and its loss (term name -> weight) as a
+    function of the study's ``kd`` settings, for the models that do not give their own
+    (None: every model of the stage gives its loss). A stage's train settings are
+    ``train`` merged with its ``stages.<name>`` overrides (:func:`train_settings`)."""
+
+    network: str
+    loss: Callable[[dict], dict[str, float]] | None
+
+
+#: The training stages by name; each has a rule of its own (``train_<name>``).
+STAGES: dict[str, Stage] = {
+    "teacher": Stage("teacher", lambda kd: {"reconstruction": 1.0}),
+    "student": Stage("student", lambda kd: {"reconstruction": 1.0}),
+    # the paper's attention-transfer stage (eq. 1) and imitation stage (eq. 2)
+    "attention": Stage("student", lambda kd: {"attention": kd["attention_weight"]}),
+    "imitation": Stage("student", lambda kd: {"reconstruction": kd["alpha"],
+                                              "imitation": 1 - kd["alpha"]}),
+    # a feature-distillation stage: the model names the term (fitnets, fsp, sp, cc, ...)
+    "hint": Stage("student", None),
+    # the student-friendly teacher (SFT-KD-Recon): the teacher trained with branches through
+    # the student's cascades; its teacher cascades then teach any method
+    "sft": Stage("teacher", lambda kd: {"reconstruction": 1.0,
+                                        "sft_reconstruction": kd["sft_branch_reconstruction"],
+                                        "sft_imitation": kd["sft_branch_imitation"]}),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one trained model is made: its stage, the model it starts from (``init``), its
+    loss where it is not its stage's, and the model whose outputs and features the
+    distillation terms read (``teacher``)."""
+
+    stage: str
+    init: str | None = None
+    loss: dict[str, float] | None = None
+    teacher: str = "teacher"
+
+
+#: The shipped methods: every trained model by name (``zf``, the zero-filled input, is
+#: evaluated but not trained). A study adds its own under ``methods`` (:func:`methods`).
+#: ``kd_<term>`` is SFT-KD-Recon's comparison: a hint stage with that feature loss, then
+#: the imitation stage, as ``kd`` is the paper's attention stage then imitation.
+_STANDARD: dict[str, Method] = {
+    "attention": Method("attention"),
+    "kd": Method("imitation", init="attention"),
+    "kd_imitation": Method("imitation"),
+    "kd_attention": Method("student", init="attention"),
+    **{name: method for term in ("fitnets", "fsp", "sp", "cc") for name, method in (
+        (f"hint_{term}", Method("hint", loss={term: 1.0})),
+        (f"kd_{term}", Method("imitation", init=f"hint_{term}")),
+    )},
+}
+MODELS: dict[str, Method] = {
+    "teacher": Method("teacher"),
+    "student": Method("student"),
+    "sft_teacher": Method("sft"),
+    **_STANDARD,
+    # each distilling method again, learning from the student-friendly teacher: ``<name>_sft``
+    **{f"{name}_sft": Method(m.stage, f"{m.init}_sft" if m.init else None, m.loss,
+                             teacher="sft_teacher")
+       for name, m in _STANDARD.items()},
+}
+#: Between a model and a compression student's name: ``kd@d5c3f16`` is the model ``kd``
+#: trained with the student network ``d5c3f16`` of its task's ``compression.students``.
+VARIANT = "@"
+
+
+def methods(config: dict | None = None) -> dict[str, Method]:
+    """The method table of a study: the shipped :data:`MODELS` and the study's own
+    ``methods`` (None: the shipped ones)."""
+    table = dict(MODELS)
+    for name, entry in (config["methods"] if config is not None else {}).items():
+        table[name] = Method(entry["stage"], entry["init"], entry["loss"], entry["teacher"])
+    return table
+
+
+def split_model(model: str, config: dict | None = None) -> tuple[str, str | None]:
+    """``(method, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
+    ``("kd", None)`` for ``kd``. Raises :class:`KdmriError` for a name that is neither."""
+    return _split(model, methods(config))
+
+
+def _split(model: str, table: dict[str, Method]) -> tuple[str, str | None]:
+    base, sep, variant = model.partition(VARIANT)
+    if base not in table or (sep and not variant):
+        raise KdmriError(f"unknown model {model!r}; expected one of {sorted(table)}, "
+                         f"optionally followed by {VARIANT}<student name>")
+    return base, variant or None
+
+
+def recipe(model: str, config: dict | None = None) -> Method:
+    """The method of a model name (the study's table where ``config`` is given); a
+    compression student's model starts from the model of the same student (``kd@s`` from
+    ``attention@s``)."""
+    table = methods(config)
+    base, variant = _split(model, table)
+    found = table[base]
+    if variant and found.init:
+        return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher)
+    return found
+
+
+def compression_models(config: dict, task: str) -> list[str]:
+    """The models a task's compression study evaluates: per student ``s``, ``student@s``
+    and ``<method>@s`` (in the order the students are listed)."""
+    comp = config["tasks"][task]["compression"]
+    return [f"{m}{VARIANT}{s}" for s in comp["students"] for m in ("student", comp["method"])]
+
+
+def evaluated_models(config: dict, task: str) -> list[str]:
+    """Every model evaluated in a task's cells: the study's ``models``, then, where the task
+    has a compression study, the teacher (its point on the curve) and the students'."""
+    models = list(config["models"])
+    extra = compression_models(config, task)
+    if extra and "teacher" not in models:
+        models.append("teacher")
+    return models + extra
+
+
+def study_models(config: dict) -> list[str]:
+    """Every model name any task of the study may train or evaluate (with each
+    compression model's init chain), for the workflow's wildcards."""
+    names = {"zf", *methods(config)}
+    for task in config["tasks"]:
+        names.update(m for model in compression_models(config, task)
+                     for m in models_needed(model, config))
+    return sorted(names)
+
+
+def models_needed(model: str, config: dict | None = None) -> list[str]:
+    """The trained models ``model`` depends on (its init chain), itself last."""
+    chain = [model]
+    while (init := recipe(chain[0], config).init) is not None:
+        chain.insert(0, init)
+    return chain
+
+
+def loss_weights(config: dict, method: Method) -> dict[str, float]:
+    """A method's loss: its own, else its stage's (from the study's ``kd`` settings)."""
+    if method.loss is not None:
+        return dict(method.loss)
+    return STAGES[method.stage].loss(config["kd"])

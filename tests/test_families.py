@@ -1,0 +1,115 @@
+"""The network family registry: what each family declares it can do (kdmri.models.MODEL_FAMILIES)
+agrees with the network its class builds, and the config checks, export and apply read the
+declaration, not the family's name."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdmri import export
+from kdmri.config import fill_defaults, schema, validate
+from kdmri.errors import KdmriError
+from kdmri.models import MODEL_FAMILIES, build_model, family_of
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A small network of each built-in family (the python family builds a user's class).
+SMALL = {
+    "dccnn": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 4},
+    "vdsr": {"family": "vdsr", "convs": 4, "channels": 4},
+    "unet": {"family": "unet", "chans": 4, "num_pool_layers": 1},
+}
+
+
+def test_the_registry_names_the_schemas_families_and_tasks():
+    root = schema()
+    assert list(MODEL_FAMILIES) == root["$defs"]["net"]["properties"]["family"]["enum"]
+    tasks = set(root["properties"]["tasks"]["properties"])
+    for name, entry in MODEL_FAMILIES.items():
+        assert entry.tasks and set(entry.tasks) <= tasks, name
+        assert set(entry.exports) <= set(export.FORMATS), name
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_declaration_holds_for_the_built_network(name):
+    entry = MODEL_FAMILIES[name]
+    net = fill_defaults("net", SMALL[name])
+    model = build_model(net)
+    assert family_of(model) == name and isinstance(model, entry.cls)
+    # cascades: one feature path per cascade, and the student-friendly teacher's cascades
+    assert entry.cascades == ("cascades" in net)
+    if entry.cascades:
+        assert len(model.cascades) == net["cascades"]
+        assert len(model.feature_paths(1)) == net["cascades"]
+    # convs: exactly the conv indices 1 .. convs - 1 have an activation
+    assert entry.convs == ("convs" in net)
+    if entry.convs:
+        for conv in range(1, net["convs"]):
+            model.feature_paths(conv)
+        with pytest.raises(KdmriError):
+            model.feature_paths(net["convs"])
+    # numbered: the first layer is addressed by number
+    assert entry.numbered
+    assert model.feature_paths(1)
+    # exports: exactly the declared formats have a plain-operator copy
+    assert (name in export.PLAIN_COPIES) == bool(entry.exports)
+    for fmt in export.FORMATS:
+        if fmt in entry.exports:
+            assert export.exportable(model, fmt) is not None
+        else:
+            with pytest.raises(KdmriError, match="cannot export"):
+                export.exportable(model, fmt)
+
+
+def test_the_python_family_is_addressed_by_path_and_not_exported():
+    entry = MODEL_FAMILIES["python"]
+    assert not entry.numbered and not entry.cascades and not entry.convs and not entry.exports
+
+
+def test_the_registry_is_read_without_torch():
+    code = ("import sys\nfrom kdmri.models import MODEL_FAMILIES, family\n"
+            "assert family({'family': 'dccnn'}).cascades\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _declare(monkeypatch, name: str, **changes) -> None:
+    monkeypatch.setitem(MODEL_FAMILIES, name, dataclasses.replace(MODEL_FAMILIES[name], **changes))
+
+
+def test_the_config_checks_read_the_declarations(monkeypatch):
+    unet = {"tasks": {"recon": {
+        "datasets": ["demo"], "teacher": {"family": "unet"}, "student": {"family": "unet"}}}}
+    validate({**unet, "models": ["zf", "kd"]})  # numbered U-Net blocks pair by index
+    _declare(monkeypatch, "unet", numbered=False)
+    with pytest.raises(KdmriError, match=r"\(family unet\) is addressed by module path"):
+        validate({**unet, "models": ["zf", "kd"]})
+    # a student-friendly teacher needs families with cascades
+    sr = {"tasks": {"sr": {"datasets": ["demo"]}}, "models": ["zf", "sft_teacher"]}
+    with pytest.raises(KdmriError, match="families without cascades: vdsr, unet, python"):
+        validate(sr)
+    # a conv index is checked against convs only where the family numbers convolutions
+    tiny = {"tasks": {"sr": {"datasets": ["demo"], "compression": {"students": {
+        "s": {"net": {"family": "vdsr", "convs": 3}, "pairs": [[6, 5]]}}}}}}
+    with pytest.raises(KdmriError, match="conv 5 has no activation"):
+        validate(tiny)
+    _declare(monkeypatch, "vdsr", convs=False)
+    validate(tiny)
+
+
+def test_export_reads_the_declarations(monkeypatch):
+    vdsr = fill_defaults("net", SMALL["vdsr"])
+    assert export._kind(vdsr) == "super-resolution"
+    assert export._kind(fill_defaults("net", SMALL["dccnn"])) == "reconstruction"
+    _declare(monkeypatch, "vdsr", tasks=("recon",), exports=("torchscript",))
+    assert export._kind(vdsr) == "reconstruction"
+    model = build_model(vdsr)
+    export.exportable(model, "torchscript")
+    with pytest.raises(KdmriError, match="cannot export a network of type VDSR"):
+        export.exportable(model, "onnx")
