@@ -7,6 +7,12 @@ columns (the phase-encode direction is W, see :mod:`kdmri.mri`).
 
 Masks are saved as ``.npy`` with a ``.json`` sidecar holding their parameters; external
 2-D masks (for example the original KD-MRI ``.npy`` masks) load with :func:`load_mask`.
+
+A mask's settings travel with what is made from it: ``kdmri undersample`` writes the
+sidecar's parameters into every input store (attribute :data:`MASK_ATTR`), the trainer
+copies those of its training store into ``model.pt`` (key ``mask``,
+:func:`recorded_settings`), and ``kdmri apply`` makes the mask of those settings at the
+size of the volume it is given (:func:`mask_from_settings`).
 """
 
 from __future__ import annotations
@@ -182,6 +188,37 @@ def mask_params(path: str | Path) -> dict:
     """The sidecar parameters of a saved mask ({} for an external mask without one)."""
     sidecar = Path(path).with_suffix(".json")
     return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
+#: The input-store attribute holding, as JSON text, the sidecar parameters of the mask the
+#: store was undersampled with (kind, acceleration, centre fraction, seed, shape, ...).
+MASK_ATTR = "mask_params"
+
+
+def recorded_settings(store: str | Path) -> dict | None:
+    """The mask parameters an input store records (:data:`MASK_ATTR`), or None where it
+    has none (a store undersampled from a mask without a sidecar, or by a library call)."""
+    from kdmri.data.store import store_info
+
+    text = store_info(store)["attrs"].get(MASK_ATTR)
+    return None if text is None else json.loads(text)
+
+
+def mask_from_settings(settings: dict, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The mask of the recorded ``settings`` (kind, acceleration, centre fraction, seed) at
+    ``shape``: ``create_mask_func(kind, acceleration, center_fraction)(shape, seed)``, the
+    mask ``kdmri mask`` makes with them for images of that size. ``where`` (a file) heads
+    the error for settings that make no mask: an external mask file's (kind ``file``)."""
+    kind = settings.get("kind")
+    if kind not in MASK_FUNCS:
+        known = f"an external mask file {settings.get('file')!r}" if kind == "file" \
+            else f"mask kind {kind!r}"
+        raise KdmriError(f"{where}: the model was trained with {known}, which kdmri cannot "
+                         f"make at another size; give a mask of shape {tuple(shape)} (--mask)")
+    options = {"center_fraction": settings["center_fraction"]} \
+        if "center_fraction" in settings else {}  # lowres has none
+    func = create_mask_func(kind, settings["acceleration"], **options)
+    return func(tuple(shape), seed=int(settings["seed"]))
 
 
 def effective_acceleration(mask: np.ndarray) -> float:

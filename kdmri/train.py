@@ -58,6 +58,7 @@ from kdmri.distill.sft import StudentBranches
 from kdmri.distill.terms import TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
+from kdmri.masks import recorded_settings
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
@@ -143,7 +144,8 @@ class Trainer:
     def __init__(self, spec: dict, train_store: str | Path, val_store: str | Path,
                  out_dir: str | Path, cache_dir: str | Path | None = None,
                  init: str | Path | None = None, device: torch.device | str = "cpu",
-                 log=None, progress: bool | None = None, teacher: str | Path | None = None):
+                 log=None, progress: bool | None = None, teacher: str | Path | None = None,
+                 trust_code: bool | None = None):
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
@@ -166,6 +168,7 @@ class Trainer:
         self.val_data = self._data(val_store, cache_dir, "val", distill)
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
+        self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
 
         self._place_data()
         torch.manual_seed(spec["seed"])
@@ -177,7 +180,8 @@ class Trainer:
                                self.device, complex=self.complex)
             check_forward(self.model, first.image, first.kspace, first.mask)
         if init is not None:
-            init_model, _ = load_model(init, expect_net=spec["net"], role="initial student")
+            init_model, _ = load_model(init, expect_net=spec["net"], role="initial student",
+                                       trust_code=trust_code)
             self.model.load_state_dict(init_model.state_dict())
         self.params = count_parameters(self.model)
         self.amp = self.settings["amp"] and self.device.type == "cuda"
@@ -197,7 +201,8 @@ class Trainer:
             self.teacher = LiveTeacher(
                 teacher, spec["teacher_net"], self.device,
                 spec["pairs"] if "teacher_features" in needs else None,
-                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=self.amp)
+                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=self.amp,
+                trust_code=trust_code)
             self._check_live_pairs(needs)
         self.adapters = self._adapters() if "adapters" in needs else None
         self.branches = None
@@ -546,6 +551,7 @@ class Trainer:
             epoch=self.best["epoch"], val_loss=self.best["val_loss"],
             val_psnr=self.best["val_psnr"], params=self.params, device=str(self.device),
             **({"source": source} if source else {}),
+            **({"mask": self.mask_settings} if self.mask_settings else {}),
         )
         with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)
