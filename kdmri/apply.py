@@ -20,7 +20,7 @@ What runs (the steps of ``kdmri prepare``, ``undersample`` and ``predict`` for o
    (H, W), e.g. the study's ``mask.npy``) where given; else the mask of the model's own
    settings (``model.pt``'s ``mask``: kind, acceleration, centre fraction, seed) made at
    the slices' size (:func:`kdmri.masks.mask_from_settings`), which is written beside the
-   output (:func:`mask_path`);
+   output (:func:`made_mask_path`);
    super-resolution (VDSR): the slices are the low-resolution input as they are, on the
    grid of the output. The workflow makes that input from a full-resolution slice by
    keeping the central box of its k-space (the ``lowres`` mask) and zero-filling the rest,
@@ -139,7 +139,7 @@ class Result:
     made_mask: dict | None = None  # the model's settings, where apply made the mask
 
 
-def mask_path(out: str | Path) -> Path:
+def made_mask_path(out: str | Path) -> Path:
     """Where apply writes the mask it made for output ``out``: ``NAME_mask.npy`` beside
     ``NAME.nii(.gz)`` (with its ``.json`` sidecar, as ``kdmri mask`` writes)."""
     out = Path(out)
@@ -221,7 +221,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
 
 def write_output(result: Result, out: str | Path) -> Path:
     """Write ``result`` as NIfTI with the input's geometry (atomically), and the mask apply
-    made, where it made one, beside it (:func:`mask_path`)."""
+    made, where it made one, beside it (:func:`made_mask_path`)."""
     import nibabel as nib
 
     from kdmri.io import atomic_path
@@ -249,5 +249,5 @@ def write_output(result: Result, out: str | Path) -> Path:
         from kdmri.masks import save_mask
 
         params = {k: v for k, v in result.made_mask.items() if k not in ("shape", "sampled_fraction")}
-        save_mask(result.mask, mask_path(out), params)
+        save_mask(result.mask, made_mask_path(out), params)
     return out

@@ -293,7 +293,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from kdmri.apply import apply_model, mask_path, write_output
+    from kdmri.apply import apply_model, made_mask_path, write_output
     from kdmri.device import select_device
 
     _setup_torch(args)
@@ -310,7 +310,7 @@ def cmd_apply(args) -> int:
         options = ", ".join(f"{key.replace('_', ' ')} {made[key]:g}" for key in
                             ("acceleration", "center_fraction", "seed") if key in made)
         _log(f"no --mask: made the model's {made['kind']} mask ({options}) at "
-             f"{' x '.join(map(str, result.mask.shape))} -> {mask_path(args.out)}")
+             f"{' x '.join(map(str, result.mask.shape))} -> {made_mask_path(args.out)}")
     note = f"; {result.volume.note}" if result.volume.note else ""
     _log(f"applied {args.model} ({result.task}) to {len(result.output)} slices of "
          f"{tuple(result.output.shape[1:])} -> {args.out}{note}")
