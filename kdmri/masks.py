@@ -215,10 +215,19 @@ def mask_from_settings(settings: dict, shape: tuple[int, int], where: str) -> np
             else f"mask kind {kind!r}"
         raise KdmriError(f"{where}: the model was trained with {known}, which kdmri cannot "
                          f"make at another size; give a mask of shape {tuple(shape)} (--mask)")
+    seed = settings.get("seed")
+    if "acceleration" not in settings or not isinstance(seed, int) or isinstance(seed, bool) \
+            or seed < 0:
+        raise KdmriError(f"{where}: mask settings {settings} lack an acceleration or a seed "
+                         "(an integer >= 0); give a mask of shape "
+                         f"{tuple(shape)} (--mask)")
     options = {"center_fraction": settings["center_fraction"]} \
         if "center_fraction" in settings else {}  # lowres has none
-    func = create_mask_func(kind, settings["acceleration"], **options)
-    return func(tuple(shape), seed=int(settings["seed"]))
+    try:
+        func = create_mask_func(kind, settings["acceleration"], **options)
+    except KdmriError as exc:
+        raise KdmriError(f"{where}: mask settings: {exc}") from None
+    return func(tuple(shape), seed=seed)
 
 
 def effective_acceleration(mask: np.ndarray) -> float:

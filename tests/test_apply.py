@@ -280,3 +280,21 @@ def test_a_given_mask_wins_over_the_models_own(trained_at_32, tmp_path):
     got = np.moveaxis(np.asanyarray(nib.load(out).dataobj), 2, 0)
     np.testing.assert_allclose(got, _expected(model, np.moveaxis(data, 2, 0), mask),
                                atol=1e-5 * data.max(), rtol=0)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"kind": "file", "file": "lines.npy"}, ["external mask file 'lines.npy'", "--mask"]),
+    ({"kind": "spiral", "acceleration": 4, "seed": 0}, ["mask kind 'spiral'", "--mask"]),
+    ({"kind": "random", "acceleration": 4, "seed": "0"}, ["lack an acceleration or a seed"]),
+    ({"kind": "random", "acceleration": 0.5, "seed": 0}, ["acceleration must be a number >= 1"]),
+])
+def test_mask_settings_that_make_no_mask_are_one_line_errors(tmp_path, capsys, settings, words):
+    path = tmp_path / "model.pt"
+    model = build_model(NETS["dccnn"])
+    write_model_file(path, {"task": "recon", "net": NETS["dccnn"]}, model.state_dict(),
+                     mask=settings)
+    nib.save(nib.Nifti1Image(_volume((8, 10, 2)), np.eye(4)), tmp_path / "in.nii")
+    line = _error(capsys, ["apply", "--model", str(path), "--input", str(tmp_path / "in.nii"),
+                           "--out", str(tmp_path / "o.nii")])
+    assert str(path) in line and all(word in line for word in words), line
+    assert not (tmp_path / "o.nii").exists()
