@@ -204,27 +204,28 @@ def recorded_settings(store: str | Path) -> dict | None:
     return None if text is None else json.loads(text)
 
 
-def mask_from_settings(settings: dict, shape: tuple[int, int], where: str) -> np.ndarray:
-    """The mask of the recorded ``settings`` (kind, acceleration, centre fraction, seed) at
-    ``shape``: ``create_mask_func(kind, acceleration, center_fraction)(shape, seed)``, the
-    mask ``kdmri mask`` makes with them for images of that size. ``where`` (a file) heads
-    the error for settings that make no mask: an external mask file's (kind ``file``)."""
-    kind = settings.get("kind")
+def mask_from_settings(record: dict, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The mask of recorded settings (``record``: a mask sidecar's parameters, read from a
+    file: kind, acceleration, centre fraction, seed) at ``shape``:
+    ``create_mask_func(kind, acceleration, center_fraction)(shape, seed)``, the mask
+    ``kdmri mask`` makes with them for images of that size. ``where`` (the file) heads the
+    one-line error for a record that makes no mask: an external mask file's (kind
+    ``file``), an unknown kind, a missing acceleration or seed, a bad value."""
+    kind = record["kind"] if "kind" in record else None
     if kind not in MASK_FUNCS:
-        known = f"an external mask file {settings.get('file')!r}" if kind == "file" \
-            else f"mask kind {kind!r}"
+        known = f"an external mask file {record['file'] if 'file' in record else None!r}" \
+            if kind == "file" else f"mask kind {kind!r}"
         raise KdmriError(f"{where}: the model was trained with {known}, which kdmri cannot "
                          f"make at another size; give a mask of shape {tuple(shape)} (--mask)")
-    seed = settings.get("seed")
-    if "acceleration" not in settings or not isinstance(seed, int) or isinstance(seed, bool) \
+    seed = record["seed"] if "seed" in record else None
+    if "acceleration" not in record or not isinstance(seed, int) or isinstance(seed, bool) \
             or seed < 0:
-        raise KdmriError(f"{where}: mask settings {settings} lack an acceleration or a seed "
-                         "(an integer >= 0); give a mask of shape "
-                         f"{tuple(shape)} (--mask)")
-    options = {"center_fraction": settings["center_fraction"]} \
-        if "center_fraction" in settings else {}  # lowres has none
+        raise KdmriError(f"{where}: mask settings {record} lack an acceleration or a seed "
+                         f"(an integer >= 0); give a mask of shape {tuple(shape)} (--mask)")
+    options = {"center_fraction": record["center_fraction"]} \
+        if "center_fraction" in record else {}  # lowres has none
     try:
-        func = create_mask_func(kind, settings["acceleration"], **options)
+        func = create_mask_func(kind, record["acceleration"], **options)
     except KdmriError as exc:
         raise KdmriError(f"{where}: mask settings: {exc}") from None
     return func(tuple(shape), seed=seed)

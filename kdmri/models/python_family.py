@@ -46,10 +46,11 @@ def check_consent(net: dict, trusted: bool, where: str) -> None:
     """Refuse, before any import, to build a ``family: python`` ``net`` read from a file
     (``where`` names it) unless ``trusted``: building it imports the module its target
     names, which runs that module's code. Networks of the built-in families pass."""
-    if not isinstance(net, dict) or net.get("family") != "python" or trusted:
+    if trusted or not isinstance(net, dict) or "family" not in net or net["family"] != "python":
         return
+    target = net["target"] if "target" in net else None
     raise KdmriError(
-        f"{where}'s network is family python with target {net.get('target')!r}: loading it "
+        f"{where}'s network is family python with target {target!r}: loading it "
         f"imports that module and runs its code; give {TRUST_FLAG} to allow it (only for a "
         "model file and code you trust)"
     )
