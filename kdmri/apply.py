@@ -13,10 +13,14 @@ Inputs (by what ``--input`` is)
 What runs (the steps of ``kdmri prepare``, ``undersample`` and ``predict`` for one volume)
 
 1. the volume is divided by its maximum (prepare's ``max`` normalisation);
-2. reconstruction (DC-CNN): every slice is undersampled with ``--mask`` (the study's
-   ``mask.npy``, shape (H, W) of the slices): ``k = m * FFT(slice)``, zero-filled image
-   ``IFFT(k)``; the network gets its real part, ``k`` and ``m`` (:func:`kdmri.mri.undersample`,
-   :func:`kdmri.mri.zero_filled`, :func:`kdmri.batch.make_batch`);
+2. reconstruction (DC-CNN): every slice is undersampled with the mask ``m``: ``k = m *
+   FFT(slice)``, zero-filled image ``IFFT(k)``; the network gets its real part, ``k`` and
+   ``m`` (:func:`kdmri.mri.undersample`, :func:`kdmri.mri.zero_filled`,
+   :func:`kdmri.batch.make_batch`). ``m`` is ``--mask`` (a ``.npy`` of the slices' shape
+   (H, W), e.g. the study's ``mask.npy``) where given; else the mask of the model's own
+   settings (``model.pt``'s ``mask``: kind, acceleration, centre fraction, seed) made at
+   the slices' size (:func:`kdmri.masks.mask_from_settings`), which is written beside the
+   output (:func:`made_mask_path`);
    super-resolution (VDSR): the slices are the low-resolution input as they are, on the
    grid of the output. The workflow makes that input from a full-resolution slice by
    keeping the central box of its k-space (the ``lowres`` mask) and zero-filling the rest,
@@ -131,39 +135,59 @@ class Result:
     scale: float
     task: str
     volume: Volume
+    mask: np.ndarray | None = None  # the mask used, (H, W)
+    made_mask: dict | None = None  # the model's settings, where apply made the mask
+
+
+def made_mask_path(out: str | Path) -> Path:
+    """Where apply writes the mask it made for output ``out``: ``NAME_mask.npy`` beside
+    ``NAME.nii(.gz)`` (with its ``.json`` sidecar, as ``kdmri mask`` writes)."""
+    out = Path(out)
+    name = out.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return out.with_name(f"{name}_mask.npy")
 
 
 def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str | Path | None = None,
                 axis: int = 2, device=None, progress: bool = True,
-                batch_size: int = APPLY_BATCH) -> Result:
-    """Run the network of ``model_path`` on the volume ``input_path`` (see the module)."""
+                batch_size: int = APPLY_BATCH, trust_code: bool = False) -> Result:
+    """Run the network of ``model_path`` on the volume ``input_path`` (see the module);
+    ``trust_code``: the user's consent to build a ``family: python`` network
+    (:func:`kdmri.checkpoints.load_model`)."""
     import torch
     from tqdm import tqdm
 
     from kdmri.batch import make_batch
     from kdmri.checkpoints import load_model
     from kdmri.data.readers import normalize_volume
-    from kdmri.masks import load_mask
+    from kdmri.masks import load_mask, mask_from_settings
     from kdmri.models import place_model
     from kdmri.mri import real_image, undersample, zero_filled
 
     model_path, input_path = Path(model_path), Path(input_path)
     if not model_path.is_file():
         raise KdmriError(f"{model_path}: model file not found (--model)")
-    model, ckpt = load_model(model_path)
+    model, ckpt = load_model(model_path, trust_code=trust_code)
     task = ckpt["spec"]["task"]  # recon or sr, as the model was trained (any family)
     volume = read_volume(input_path, axis)
     _check_slices(input_path, volume.slices)
     shape = tuple(volume.slices.shape[1:])
-    if mask_path is None and task == "recon":
-        raise KdmriError(f"{model_path}: a reconstruction network needs --mask (the study's "
-                         f"mask.npy, shape {shape} for {input_path})")
-    mask = None
+    mask, made = None, None
     if mask_path is not None:
         try:
             mask = torch.from_numpy(load_mask(mask_path, shape))
         except KdmriError as exc:
             raise KdmriError(f"{exc} (slices of {input_path})") from None
+    elif task == "recon":
+        made = ckpt.get("mask")
+        if not made:
+            raise KdmriError(f"{model_path}: records no mask settings (trained on inputs "
+                             "undersampled without a kdmri mask sidecar); a reconstruction "
+                             f"network needs --mask, shape {shape} for {input_path}")
+        mask = torch.from_numpy(mask_from_settings(made, shape, str(model_path)))
     scale = float(volume.slices.max())
     normalised = normalize_volume(volume.slices, {"kind": "max"}, where=str(input_path))
     device = torch.device(device or "cpu")
@@ -192,11 +216,12 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
             outputs.append(out.cpu().numpy())
             bar.update(len(idx))
     output = np.concatenate(outputs).astype(np.float32) * np.float32(scale)
-    return Result(output, scale, task, volume)
+    return Result(output, scale, task, volume, None if mask is None else mask.numpy(), made)
 
 
 def write_output(result: Result, out: str | Path) -> Path:
-    """Write ``result`` as NIfTI with the input's geometry (atomically)."""
+    """Write ``result`` as NIfTI with the input's geometry (atomically), and the mask apply
+    made, where it made one, beside it (:func:`made_mask_path`)."""
     import nibabel as nib
 
     from kdmri.io import atomic_path
@@ -220,4 +245,9 @@ def write_output(result: Result, out: str | Path) -> Path:
     suffix = ".nii.gz" if out.name.lower().endswith(".gz") else ".nii"
     with atomic_path(out, suffix=suffix) as tmp:
         nib.save(image, tmp)
+    if result.made_mask:
+        from kdmri.masks import save_mask
+
+        params = {k: v for k, v in result.made_mask.items() if k not in ("shape", "sampled_fraction")}
+        save_mask(result.mask, made_mask_path(out), params)
     return out

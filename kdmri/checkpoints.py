@@ -2,7 +2,12 @@
 
 ``model.pt`` (:data:`MODEL_FORMAT`) holds one network: its architecture ``net``, the model
 spec, its weights and a few figures (epoch, validation loss and PSNR, parameters, device);
-it is what later stages start from and what every evaluation loads (:func:`load_model`).
+``mask``, the settings of the mask its training inputs were undersampled with (the
+sidecar of ``kdmri mask``: kind, acceleration, centre fraction, seed, shape; absent where
+the stores record none, :func:`kdmri.masks.recorded_settings`), from which ``kdmri apply``
+makes the mask at another image size; ``source`` for a ``family: python`` network. It is
+what later stages start from and what every evaluation loads (:func:`load_model`), and it
+is data: loading it never imports code the user has not allowed.
 Nothing a stage learns besides the network (a FitNets adapter, the student-friendly
 teacher's branches) is in it.
 
@@ -25,13 +30,29 @@ from kdmri.errors import KdmriError
 from kdmri.io import load_torch, save_torch
 from kdmri.keys import digest
 from kdmri.models import build_model
+from kdmri.models.python_family import check_consent
 
 MODEL_FORMAT = "kdmri-model/1"
 STATE_FORMAT = "kdmri-train-state/1"
 
 
-def load_model(path: str | Path, expect_net: dict | None = None, role: str = "model"):
-    """Load a ``model.pt`` (weights only) and build its network; check its architecture."""
+def load_model(path: str | Path, expect_net: dict | None = None, role: str = "model",
+               trust_code: bool | None = None):
+    """Load a ``model.pt`` (weights only) and build its network; check its architecture.
+
+    The one loader of model files: every command that runs a trained network goes through
+    it. A file is data and never chooses code to import: a ``family: python`` network
+    (whose ``target`` names a module to import, which runs that module's code) is built only
+    with the user's consent (:func:`kdmri.models.python_family.check_consent`), checked
+    before any import:
+
+    * ``trust_code=True``: the user said so (``--trust-code``);
+    * ``trust_code=None`` (the library's default) and ``expect_net`` given: the caller named
+      the network itself (a spec or study config), and the file must hold exactly that
+      network, so the file chooses nothing;
+    * otherwise (``trust_code=False``, the command line without ``--trust-code``) a one-line
+      error naming the file, the target and the flag.
+    """
     ckpt = load_torch(path)
     if ckpt.get("format") != MODEL_FORMAT:
         raise KdmriError(f"{path}: not a kdmri model file (format {ckpt.get('format')!r})")
@@ -39,6 +60,8 @@ def load_model(path: str | Path, expect_net: dict | None = None, role: str = "mo
         raise KdmriError(
             f"{path}: {role} architecture {ckpt['net']} does not match the config's {expect_net}"
         )
+    trusted = (expect_net is not None) if trust_code is None else bool(trust_code)
+    check_consent(ckpt["net"], trusted, f"{path}: the {role}")
     model = build_model(ckpt["net"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt
@@ -46,7 +69,8 @@ def load_model(path: str | Path, expect_net: dict | None = None, role: str = "mo
 
 def write_model_file(path: str | Path, spec: dict, state_dict: dict, **meta) -> None:
     """Write a ``model.pt`` (:data:`MODEL_FORMAT`): the network ``spec["net"]``, the model
-    spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params, device), atomically.
+    spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params, device; ``mask`` and
+    ``source`` where there are such), atomically.
     The file :class:`kdmri.train.Trainer` writes and :func:`load_model` reads."""
     save_torch({
         "format": MODEL_FORMAT,

@@ -16,6 +16,10 @@ from pathlib import Path
 from kdmri import __version__
 from kdmri.errors import KdmriError
 
+#: The flag by which the user allows a model file's ``family: python`` network to load
+#: (:func:`kdmri.models.python_family.check_consent`).
+TRUST_FLAG = "--trust-code"
+
 
 def _spec(text: str, option: str = "--spec") -> dict:
     """The JSON object given to ``option``: JSON text, or ``@file`` to read it from a file."""
@@ -129,7 +133,7 @@ def cmd_undersample(args) -> int:
     from kdmri.data.prepare import undersample_store
     from kdmri.data.store import image_shape, read_store
     from kdmri.keys import SPLITS
-    from kdmri.masks import load_mask
+    from kdmri.masks import load_mask, mask_params
 
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
     stores = {split: _split_store(data_dir, split) for split in SPLITS}
@@ -139,8 +143,9 @@ def cmd_undersample(args) -> int:
         if image_shape(store) != shape:
             raise KdmriError(f"{store}: images of {image_shape(store)}, train.h5 has {shape}")
         read_store(store, ["target", "volume", "slice"])
+    params = mask_params(args.mask)  # recorded in the stores, then in model.pt (kdmri apply)
     for split, store in stores.items():
-        undersample_store(store, mask, out_dir / f"{split}.h5")
+        undersample_store(store, mask, out_dir / f"{split}.h5", mask_params=params)
     _log(f"undersampled {data_dir} with {args.mask} -> {out_dir}")
     return 0
 
@@ -157,7 +162,7 @@ def cmd_train(args) -> int:
     try:
         trainer = Trainer(spec, stores["train"], stores["val"], args.out_dir,
                           cache_dir=args.cache_dir, init=args.init, device=device, log=_log,
-                          teacher=args.teacher)
+                          teacher=args.teacher, trust_code=args.trust_code)
         ensure_dir(args.out_dir)  # fail now, not after the first epoch
         result = trainer.run()
     finally:
@@ -181,7 +186,7 @@ def cmd_cache_teacher(args) -> int:
     device, slot = select_device(args.device, log=_log)
     try:
         cache_teacher(args.teacher, spec["teacher_net"], spec["pairs"], stores, args.out_dir,
-                      device)
+                      device, trust_code=args.trust_code)
     finally:
         if slot is not None:
             slot.release()
@@ -207,7 +212,7 @@ def cmd_predict(args) -> int:
     else:
         device, slot = select_device(args.device, log=_log)
         try:
-            model, ckpt = load_model(args.model)
+            model, ckpt = load_model(args.model, trust_code=args.trust_code)
             result = run_model(model, args.inputs, device)
             shape = result["output"].shape[1:]
             info.update(params=count_parameters(model), flops=flops_per_slice(model, *shape),
@@ -249,23 +254,29 @@ def cmd_export(args) -> int:
     from kdmri.export import export_model, summary
 
     _setup_torch(args)
-    _log(summary(export_model(args.model, args.format, args.out)))
+    _log(summary(export_model(args.model, args.format, args.out, trust_code=args.trust_code)))
     return 0
 
 
 def cmd_apply(args) -> int:
-    from kdmri.apply import apply_model, write_output
+    from kdmri.apply import apply_model, made_mask_path, write_output
     from kdmri.device import select_device
 
     _setup_torch(args)
     device, slot = select_device(args.device, log=_log)
     try:
         result = apply_model(args.model, args.input, args.mask, axis=args.axis, device=device,
-                             progress=not args.quiet)
+                             progress=not args.quiet, trust_code=args.trust_code)
     finally:
         if slot is not None:
             slot.release()
     write_output(result, args.out)
+    if result.made_mask:
+        made = result.made_mask
+        options = ", ".join(f"{key.replace('_', ' ')} {made[key]:g}" for key in
+                            ("acceleration", "center_fraction", "seed") if key in made)
+        _log(f"no --mask: made the model's {made['kind']} mask ({options}) at "
+             f"{' x '.join(map(str, result.mask.shape))} -> {made_mask_path(args.out)}")
     note = f"; {result.volume.note}" if result.volume.note else ""
     _log(f"applied {args.model} ({result.task}) to {len(result.output)} slices of "
          f"{tuple(result.output.shape[1:])} -> {args.out}{note}")
@@ -295,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
+
+    def trust_arg(p):
+        p.add_argument(TRUST_FLAG, action="store_true",
+                       help="build a family: python network that a model file names: imports "
+                            "its module, which runs that module's code (only for files you "
+                            "trust; docs/reliability.md)")
 
     def device_args(p):
         p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
@@ -326,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "features: fitnets, fsp, sp, cc, attention_batchnorm)")
     p.add_argument("--init", default=None, help="model.pt to start from")
     p.add_argument("--out-dir", required=True)
+    trust_arg(p)
     device_args(p)
 
     p = add("cache-teacher", cmd_cache_teacher, "store the frozen teacher's outputs and attention maps")
@@ -333,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="JSON with teacher_net and pairs")
     p.add_argument("--inputs-dir", required=True)
     p.add_argument("--out-dir", required=True)
+    trust_arg(p)
     device_args(p)
 
     p = add("predict", cmd_predict, "run a model (or zf) over a test store and time it")
@@ -343,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON file for parameters, FLOPs per slice, latency, device")
     p.add_argument("--repeats", type=_positive_int, default=20,
                    help="timed forward passes for latency")
+    trust_arg(p)
     device_args(p)
 
     p = add("evaluate", cmd_evaluate, "per-slice PSNR, SSIM, NMSE, HFEN of one model")
@@ -359,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="torchscript", help="torchscript (default) or onnx")
     p.add_argument("--out", required=True, help="file to write (FILE.json is written beside it)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    trust_arg(p)
 
     p = add("apply", cmd_apply, "run a trained network on one NIfTI, fastMRI HDF5 or DICOM "
             "volume and write a NIfTI (docs/deploy.md)")
@@ -367,11 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volume: .nii/.nii.gz, fastMRI .h5, or a DICOM series folder")
     p.add_argument("--out", required=True, help="output .nii or .nii.gz")
     p.add_argument("--mask", default=None,
-                   help="the study's mask.npy: required for reconstruction; for "
+                   help="a mask .npy of the slices' shape (e.g. the study's mask.npy); "
+                        "without it, reconstruction makes the mask of the model's own "
+                        "settings at the input's size and writes it beside --out; for "
                         "super-resolution, makes the low-resolution input from the volume")
     p.add_argument("--axis", type=int, default=2, help="NIfTI axis the slices are taken "
                    "across (default 2, as the nifti reader)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    trust_arg(p)
     device_args(p)
 
     for register in _EXTRA_COMMANDS:

@@ -382,9 +382,11 @@ def _export_onnx(model: nn.Module, net: dict, tmp: Path) -> dict:
     return {"opset": opset, "onnx_ops": sorted({node.op_type for node in proto.graph.node})}
 
 
-def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
+def export_model(model_path: str | Path, fmt: str, out: str | Path,
+                 trust_code: bool = False) -> dict:
     """Write ``model_path`` (a ``model.pt``) as ``fmt`` to ``out`` and the sidecar
-    ``out.json``; return the sidecar's content."""
+    ``out.json``; return the sidecar's content. ``trust_code``: the user's consent to build
+    a ``family: python`` network (:func:`kdmri.checkpoints.load_model`)."""
     from kdmri import __version__
     from kdmri.checkpoints import load_model
     from kdmri.io import atomic_path, write_json
@@ -397,7 +399,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict:
     _check_out(out)
     if fmt == "onnx":
         _onnx_modules()
-    model, ckpt = load_model(model_path)
+    model, ckpt = load_model(model_path, trust_code=trust_code)
     model = model.eval()
     net = ckpt["net"]
     extra: dict = {}

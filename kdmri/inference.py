@@ -53,9 +53,13 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
 
 
 def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[int | str]],
-                  inputs: dict[str, Path], out_dir: str | Path, device: torch.device) -> None:
-    """Run the frozen teacher once per split; store outputs and the paired attention maps."""
-    teacher, _ = load_model(teacher_ckpt, expect_net=teacher_net, role="teacher")
+                  inputs: dict[str, Path], out_dir: str | Path, device: torch.device,
+                  trust_code: bool | None = None) -> None:
+    """Run the frozen teacher once per split; store outputs and the paired attention maps.
+    ``trust_code``: the consent to build a ``family: python`` teacher
+    (:func:`kdmri.checkpoints.load_model`; None: ``teacher_net``, the caller's, is it)."""
+    teacher, _ = load_model(teacher_ckpt, expect_net=teacher_net, role="teacher",
+                            trust_code=trust_code)
     paths = pair_paths(teacher, pairs, "teacher")
     # every split is computed before any is written: a bad input leaves no partial cache
     results = {split: run_model(teacher, store, device, feature_paths=paths)

@@ -7,6 +7,12 @@ columns (the phase-encode direction is W, see :mod:`kdmri.mri`).
 
 Masks are saved as ``.npy`` with a ``.json`` sidecar holding their parameters; external
 2-D masks (for example the original KD-MRI ``.npy`` masks) load with :func:`load_mask`.
+
+A mask's settings travel with what is made from it: ``kdmri undersample`` writes the
+sidecar's parameters into every input store (attribute :data:`MASK_ATTR`), the trainer
+copies those of its training store into ``model.pt`` (key ``mask``,
+:func:`recorded_settings`), and ``kdmri apply`` makes the mask of those settings at the
+size of the volume it is given (:func:`mask_from_settings`).
 """
 
 from __future__ import annotations
@@ -182,6 +188,47 @@ def mask_params(path: str | Path) -> dict:
     """The sidecar parameters of a saved mask ({} for an external mask without one)."""
     sidecar = Path(path).with_suffix(".json")
     return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
+#: The input-store attribute holding, as JSON text, the sidecar parameters of the mask the
+#: store was undersampled with (kind, acceleration, centre fraction, seed, shape, ...).
+MASK_ATTR = "mask_params"
+
+
+def recorded_settings(store: str | Path) -> dict | None:
+    """The mask parameters an input store records (:data:`MASK_ATTR`), or None where it
+    has none (a store undersampled from a mask without a sidecar, or by a library call)."""
+    from kdmri.data.store import store_info
+
+    text = store_info(store)["attrs"].get(MASK_ATTR)
+    return None if text is None else json.loads(text)
+
+
+def mask_from_settings(record: dict, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The mask of recorded settings (``record``: a mask sidecar's parameters, read from a
+    file: kind, acceleration, centre fraction, seed) at ``shape``:
+    ``create_mask_func(kind, acceleration, center_fraction)(shape, seed)``, the mask
+    ``kdmri mask`` makes with them for images of that size. ``where`` (the file) heads the
+    one-line error for a record that makes no mask: an external mask file's (kind
+    ``file``), an unknown kind, a missing acceleration or seed, a bad value."""
+    kind = record["kind"] if "kind" in record else None
+    if kind not in MASK_FUNCS:
+        known = f"an external mask file {record['file'] if 'file' in record else None!r}" \
+            if kind == "file" else f"mask kind {kind!r}"
+        raise KdmriError(f"{where}: the model was trained with {known}, which kdmri cannot "
+                         f"make at another size; give a mask of shape {tuple(shape)} (--mask)")
+    seed = record["seed"] if "seed" in record else None
+    if "acceleration" not in record or not isinstance(seed, int) or isinstance(seed, bool) \
+            or seed < 0:
+        raise KdmriError(f"{where}: mask settings {record} lack an acceleration or a seed "
+                         f"(an integer >= 0); give a mask of shape {tuple(shape)} (--mask)")
+    options = {"center_fraction": record["center_fraction"]} \
+        if "center_fraction" in record else {}  # lowres has none
+    try:
+        func = create_mask_func(kind, record["acceleration"], **options)
+    except KdmriError as exc:
+        raise KdmriError(f"{where}: mask settings: {exc}") from None
+    return func(tuple(shape), seed=seed)
 
 
 def effective_acceleration(mask: np.ndarray) -> float:

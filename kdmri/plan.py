@@ -106,7 +106,8 @@ class StagePlan:
     (None where the stage has none).
     """
 
-    def __init__(self, spec: dict, teacher: str | Path | None = None):
+    def __init__(self, spec: dict, teacher: str | Path | None = None,
+                 trust_code: bool | None = None):
         self.spec = spec
         self.stage = spec["stage"]
         self.weights = {k: float(v) for k, v in spec["loss_weights"].items() if v}
@@ -121,6 +122,7 @@ class StagePlan:
                 "features, which the teacher cache does not hold: give the teacher's model.pt "
                 "(--teacher)")
         self.teacher_path = teacher
+        self.trust_code = trust_code  # kdmri.checkpoints.load_model's consent for the teacher
         self.cache_keys = [CACHE_KEYS[i] for i in CACHE_KEYS if i in self.needs]
         self.hooks: dict[str, list[str]] = {}
         self.teacher: LiveTeacher | None = None
@@ -146,7 +148,8 @@ class StagePlan:
             self.teacher = LiveTeacher(
                 self.teacher_path, spec["teacher_net"], device,
                 spec["pairs"] if "teacher_features" in needs else None,
-                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=amp)
+                spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=amp,
+                trust_code=self.trust_code)
             self._check_live_pairs()
         if "adapters" in needs:
             self.adapters = self._adapters(model, probe_batch(data, device, model.complex))

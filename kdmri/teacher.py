@@ -79,11 +79,13 @@ def read_teacher_cache(cache_dir: str | Path | None, split: str, spec: dict, key
 class LiveTeacher:
     """The frozen teacher of ``model.pt`` at ``path`` (its architecture checked against
     ``net``) on ``device``, hooked at the teacher's side of ``pairs`` and of ``fsp_pairs``
-    (either may be None: not needed). :meth:`features` runs it on a batch."""
+    (either may be None: not needed); ``trust_code`` as for
+    :func:`kdmri.checkpoints.load_model`. :meth:`features` runs it on a batch."""
 
     def __init__(self, path: str | Path, net: dict, device: torch.device,
-                 pairs: list | None, fsp_pairs: list | None, amp: bool = False):
-        model, _ = load_model(path, expect_net=net, role="teacher")
+                 pairs: list | None, fsp_pairs: list | None, amp: bool = False,
+                 trust_code: bool | None = None):
+        model, _ = load_model(path, expect_net=net, role="teacher", trust_code=trust_code)
         self.model = place_model(model, device).eval().requires_grad_(False)
         paths = pair_paths(self.model, pairs, "teacher") if pairs else []
         self.n_features = len(paths)

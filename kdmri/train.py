@@ -57,6 +57,7 @@ from kdmri.data.store import SliceDataset
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
+from kdmri.masks import recorded_settings
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
@@ -98,7 +99,8 @@ class Trainer:
     def __init__(self, spec: dict, train_store: str | Path, val_store: str | Path,
                  out_dir: str | Path, cache_dir: str | Path | None = None,
                  init: str | Path | None = None, device: torch.device | str = "cpu",
-                 log=None, progress: bool | None = None, teacher: str | Path | None = None):
+                 log=None, progress: bool | None = None, teacher: str | Path | None = None,
+                 trust_code: bool | None = None):
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
@@ -108,11 +110,13 @@ class Trainer:
         self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
         self.amp = self.settings["amp"] and self.device.type == "cuda"
 
-        self.plan = StagePlan(spec, teacher)
+        self.plan = StagePlan(spec, teacher, trust_code)
+        self.trust_code = trust_code
         self.train_data = self._data(train_store, cache_dir, "train")
         self.val_data = self._data(val_store, cache_dir, "val")
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
+        self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
         self._place_data()
         self.model = self._network(train_store, init)
         self.complex = self.model.complex
@@ -143,7 +147,8 @@ class Trainer:
             first = probe_batch(self.train_data, self.device, model.complex)
             check_forward(model, first.image, first.kspace, first.mask)
         if init is not None:
-            init_model, _ = load_model(init, expect_net=self.spec["net"], role="initial student")
+            init_model, _ = load_model(init, expect_net=self.spec["net"], role="initial student",
+                                       trust_code=self.trust_code)
             model.load_state_dict(init_model.state_dict())
         return model
 
@@ -399,6 +404,7 @@ class Trainer:
             epoch=self.best["epoch"], val_loss=self.best["val_loss"],
             val_psnr=self.best["val_psnr"], params=self.params, device=str(self.device),
             **({"source": source} if source else {}),
+            **({"mask": self.mask_settings} if self.mask_settings else {}),
         )
         with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -183,3 +185,116 @@ def test_errors_are_one_line_naming_the_file(tmp_path, capsys):
     line = _error(capsys, [*base, "--input", str(tmp_path / "notdicom"), "--mask",
                            str(tmp_path / "mask.npy")])
     assert line.startswith("kdmri: error: ") and "notdicom" in line
+
+
+# ---------------------------------------------------------------------- the model's own mask
+MASK_SETTINGS = {"kind": "random", "acceleration": 4, "center_fraction": 0.1}
+MASK_SEED = 3
+
+
+@pytest.fixture(scope="module")
+def trained_at_32(tmp_path_factory):
+    """A student trained at 32 x 32 through ``kdmri mask``, ``undersample`` and ``train``
+    (one epoch), as the workflow makes one."""
+    from kdmri.data.store import StoreWriter
+    from tests.conftest import smooth_volume
+    from tests.reliability.helpers import spec
+
+    root = tmp_path_factory.mktemp("trained_at_32")
+    rng = np.random.default_rng(5)
+    for split, slices in {"train": 6, "val": 2, "test": 2}.items():
+        with StoreWriter(root / "data" / f"{split}.h5", (32, 32)) as writer:
+            writer.add_volume(f"{split}-0", smooth_volume(rng, slices, (32, 32)))
+    (root / "spec.json").write_text(json.dumps(spec(epochs=1)))
+    steps = [
+        ["mask", "--spec", json.dumps(MASK_SETTINGS), "--like", root / "data" / "train.h5",
+         "--seed", MASK_SEED, "--out", root / "mask.npy"],
+        ["undersample", "--data-dir", root / "data", "--mask", root / "mask.npy",
+         "--out-dir", root / "inputs"],
+        ["train", "--spec", f"@{root / 'spec.json'}", "--inputs-dir", root / "inputs",
+         "--out-dir", root / "model", "--device", "cpu", "--threads", "1"],
+    ]
+    for argv in steps:
+        assert main([str(a) for a in argv]) == 0, argv
+    return root / "model" / "model.pt"
+
+
+def test_the_model_file_records_its_mask_settings(trained_at_32):
+    from kdmri.io import load_torch
+
+    recorded = load_torch(trained_at_32)["mask"]
+    assert {key: recorded[key] for key in MASK_SETTINGS} == MASK_SETTINGS
+    assert recorded["seed"] == MASK_SEED and recorded["shape"] == [32, 32]
+
+
+def _columns_as_settings_say(mask: np.ndarray) -> None:
+    """Whole k-space columns, width / acceleration of them, the centre band among them."""
+    height, width = mask.shape
+    columns = mask[0] == 1
+    assert (mask == columns[None, :]).all()
+    assert columns.sum() == round(width / MASK_SETTINGS["acceleration"])
+    band = round(width * MASK_SETTINGS["center_fraction"])
+    start = (width - band + 1) // 2
+    assert columns[start:start + band].all()
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (64, 64)])
+def test_without_mask_apply_makes_the_models_mask_at_the_inputs_size(trained_at_32, tmp_path,
+                                                                     capsys, shape):
+    from kdmri.masks import create_mask_func, mask_params
+
+    data = _volume((*shape, 3), seed=4)
+    nib.save(nib.Nifti1Image(data, _affine()), tmp_path / "in.nii.gz")
+    out = tmp_path / "out" / "recon.nii.gz"
+    assert main(["apply", "--model", str(trained_at_32), "--input", str(tmp_path / "in.nii.gz"),
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    made = tmp_path / "out" / "recon_mask.npy"
+    log = capsys.readouterr().err
+    assert "no --mask: made the model's random mask" in log and str(made) in log
+    assert f"{shape[0]} x {shape[1]}" in log
+    mask = np.load(made)
+    assert mask.shape == shape
+    _columns_as_settings_say(mask)
+    # the mask of the recorded settings and seed at this size, as `kdmri mask` makes it
+    np.testing.assert_array_equal(mask, create_mask_func(
+        "random", 4, 0.1)(shape, seed=MASK_SEED))
+    assert {k: mask_params(made)[k] for k in ("kind", "acceleration", "center_fraction",
+                                              "seed")} == {**MASK_SETTINGS, "seed": MASK_SEED}
+    model = load_model(trained_at_32)[0].eval()
+    slices = np.moveaxis(data, 2, 0)
+    got = np.moveaxis(np.asanyarray(nib.load(out).dataobj), 2, 0)
+    np.testing.assert_allclose(got, _expected(model, slices, mask), atol=1e-5 * data.max(),
+                               rtol=0)
+
+
+def test_a_given_mask_wins_over_the_models_own(trained_at_32, tmp_path):
+    data = _volume((48, 40, 2), seed=6)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "in.nii")
+    mask = _mask(48, 40, seed=2)
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "recon.nii"
+    assert main(["apply", "--model", str(trained_at_32), "--input", str(tmp_path / "in.nii"),
+                 "--mask", str(tmp_path / "mask.npy"), "--out", str(out), "--quiet"]) == 0
+    assert not (tmp_path / "recon_mask.npy").exists()
+    model = load_model(trained_at_32)[0].eval()
+    got = np.moveaxis(np.asanyarray(nib.load(out).dataobj), 2, 0)
+    np.testing.assert_allclose(got, _expected(model, np.moveaxis(data, 2, 0), mask),
+                               atol=1e-5 * data.max(), rtol=0)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"kind": "file", "file": "lines.npy"}, ["external mask file 'lines.npy'", "--mask"]),
+    ({"kind": "spiral", "acceleration": 4, "seed": 0}, ["mask kind 'spiral'", "--mask"]),
+    ({"kind": "random", "acceleration": 4, "seed": "0"}, ["lack an acceleration or a seed"]),
+    ({"kind": "random", "acceleration": 0.5, "seed": 0}, ["acceleration must be a number >= 1"]),
+])
+def test_mask_settings_that_make_no_mask_are_one_line_errors(tmp_path, capsys, settings, words):
+    path = tmp_path / "model.pt"
+    model = build_model(NETS["dccnn"])
+    write_model_file(path, {"task": "recon", "net": NETS["dccnn"]}, model.state_dict(),
+                     mask=settings)
+    nib.save(nib.Nifti1Image(_volume((8, 10, 2)), np.eye(4)), tmp_path / "in.nii")
+    line = _error(capsys, ["apply", "--model", str(path), "--input", str(tmp_path / "in.nii"),
+                           "--out", str(tmp_path / "o.nii")])
+    assert str(path) in line and all(word in line for word in words), line
+    assert not (tmp_path / "o.nii").exists()

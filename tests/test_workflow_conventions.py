@@ -207,3 +207,38 @@ def test_rule_tables_declares_every_table_kdmri_tables_writes(tmp_path, models):
     in_report = {name for name, flag in declared.items() if flag}
     assert in_report == {name for name in declared if name.endswith((".csv", ".html"))}
     assert (ROOT / "workflow" / "report" / "ablation.rst").is_file()
+
+
+def _dry_run_commands(workdir: Path, config: Path) -> list[str]:
+    """The shell command of every job of a study (``snakemake -n -p``: nothing runs)."""
+    out = _run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                "--directory", str(workdir), "--configfile", str(config), "-n", "-p",
+                "--forceall"], workdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = (line.strip().removeprefix("Shell command: ") for line in
+             (out.stdout + out.stderr).splitlines())
+    return [line for line in lines if line.startswith("kdmri ")]
+
+
+def test_jobs_loading_a_python_networks_model_file_pass_the_configs_consent(tmp_path):
+    """The study config that names a family: python network is the consent to import it:
+    the jobs that load such a model file (predict, cache-teacher, train --init/--teacher)
+    get --trust-code; no other job does, and studies of built-in networks get none."""
+    from tests.workflow_utils import copy_tree
+
+    copy_tree(ROOT / "examples" / "user_network", tmp_path / "user")
+    commands = _dry_run_commands(tmp_path / "user", tmp_path / "user" / "study.yaml")
+
+    def loads_python_model_file(command: str) -> bool:
+        if command.startswith("kdmri predict"):
+            return "--model zf " not in command
+        if command.startswith("kdmri train"):
+            return "--init " in command or "--teacher " in command
+        return command.startswith("kdmri cache-teacher")
+
+    loading = [c for c in commands if loads_python_model_file(c)]
+    assert loading and all("--trust-code" in c for c in loading)
+    assert not any("--trust-code" in c for c in commands if c not in loading)
+    (tmp_path / "test").mkdir()
+    built_in = _dry_run_commands(tmp_path / "test", ROOT / "config" / "test.yaml")
+    assert built_in and not any("--trust-code" in c for c in built_in)

@@ -40,6 +40,7 @@ from kdmri.data.store import SliceDataset, StoreWriter, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import write_json
 from kdmri.keys import SPLITS
+from kdmri.masks import MASK_ATTR
 from kdmri.mri import undersample, zero_filled
 
 
@@ -194,10 +195,13 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
     return info
 
 
-def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str | Path) -> None:
+def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str | Path,
+                      mask_params: dict | None = None) -> None:
     """Write the input store of one split: zero-filled images ``zf`` (complex64), ``target``,
-    ``mask``, ``volume`` and ``slice``. A complex target (a dataset prepared from k-space)
-    stays complex, and ``zf`` is then its complex zero-filled image as for any target."""
+    ``mask``, ``volume`` and ``slice``; ``mask_params`` (the mask's sidecar, where it has
+    one) as the attribute :data:`kdmri.masks.MASK_ATTR`. A complex target (a dataset
+    prepared from k-space) stays complex, and ``zf`` is then its complex zero-filled image
+    as for any target."""
     data = SliceDataset(target_store, keys=["target"])
     target = data.batch(np.arange(len(data)))["target"]
     if tuple(target.shape[1:]) != tuple(mask.shape):
@@ -209,7 +213,8 @@ def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str 
         out_path,
         {"zf": zf.numpy(), "target": target.numpy(), "mask": mask.astype(np.float32),
          "volume": data.volume, "slice": data.slice},
-        attrs={"volume_names": data.volume_names.tolist()},
+        attrs={"volume_names": data.volume_names.tolist(),
+               **({MASK_ATTR: json.dumps(mask_params, sort_keys=True)} if mask_params else {})},
     )
 
 

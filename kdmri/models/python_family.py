@@ -17,9 +17,11 @@ is appended to ``sys.path``, after the installed packages, before the import) an
   built-in families; attention pairs name the class's modules by path.
 
 The model file stores only the net spec and the state dict, never code: loading a model
-imports the class again. The trainer records the target and the sha256 of the file that
-defines the class (:func:`source_record`) in the model file, and the study's provenance
-copies it.
+imports the class again, and only with the user's consent (:func:`check_consent`): a model
+file is data, and the module its ``net`` names is imported only where the user named that
+network (a spec, the study config) or passed :data:`TRUST_FLAG`. The trainer records the
+target and the sha256 of the file that defines the class (:func:`source_record`) in the
+model file, and the study's provenance copies it.
 """
 
 from __future__ import annotations
@@ -33,10 +35,25 @@ import sys
 import torch
 from torch import nn
 
+from kdmri.cli import TRUST_FLAG
 from kdmri.errors import KdmriError
 
 #: The spec key every message names (a model spec's ``net``; a cache spec's ``teacher_net``).
 KEY = "net"
+
+
+def check_consent(net: dict, trusted: bool, where: str) -> None:
+    """Refuse, before any import, to build a ``family: python`` ``net`` read from a file
+    (``where`` names it) unless ``trusted``: building it imports the module its target
+    names, which runs that module's code. Networks of the built-in families pass."""
+    if trusted or not isinstance(net, dict) or "family" not in net or net["family"] != "python":
+        return
+    target = net["target"] if "target" in net else None
+    raise KdmriError(
+        f"{where}'s network is family python with target {target!r}: loading it "
+        f"imports that module and runs its code; give {TRUST_FLAG} to allow it (only for a "
+        "model file and code you trust)"
+    )
 
 
 def add_working_folder() -> str:

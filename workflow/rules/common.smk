@@ -151,6 +151,14 @@ def teacher_models():
     )
 
 
+def trust_code(*nets):
+    """The option `--trust-code` (with its leading space) for a job that loads a model file
+    holding a family: python network (of `nets`, the study config's): the config names its
+    target, and is the user's consent to import it (kdmri.checkpoints.load_model); empty
+    otherwise, so the commands of studies of built-in networks stay as they are."""
+    return " --trust-code" if any(net["family"] == "python" for net in nets) else ""
+
+
 def train_options(w, input):
     options = []
     if "cache" in input.keys():
@@ -159,7 +167,10 @@ def train_options(w, input):
         options.append(f"--teacher {input.teacher}")
     if "init" in input.keys():
         options.append(f"--init {input.init}")
-    return " ".join(options)
+    spec = model_spec(config, w.task, w.model, int(w.seed))
+    loaded = [spec["teacher_net"]] if "teacher" in input.keys() else []
+    loaded += [spec["net"]] if "init" in input.keys() else []
+    return " ".join(options) + trust_code(*loaded)
 
 
 def input_dir(name):
@@ -183,6 +194,12 @@ def mask_spec(w):
     if w.task == "sr":
         return spec_json({"kind": "lowres", "acceleration": float(w.acc)})
     return spec_json(dict(task["mask"], acceleration=float(w.acc)))
+
+
+def predict_trust(w):
+    if w.model == "zf":
+        return ""
+    return trust_code(model_spec(config, w.task, w.model, int(w.seed))["net"])
 
 
 def predict_model_input(w):

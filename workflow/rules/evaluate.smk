@@ -19,9 +19,11 @@ rule predict:
         **predict_resources(),
     params:
         model=lambda w, input: input.model if w.model != "zf" else "zf",
+        trust=predict_trust,
         device=config["device"],
     shell:
-        "kdmri predict --model {params.model} --inputs {input.inputs} --out {output.pred}"
+        "kdmri predict --model {params.model}{params.trust} --inputs {input.inputs}"
+        " --out {output.pred}"
         " --info {output.info} --device {params.device} --threads {threads} 2> {log}"
 
 

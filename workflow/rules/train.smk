@@ -78,10 +78,11 @@ rule cache_teacher:
         gpu=GPU,
     params:
         spec=lambda w: spec_json(teacher_cache_spec(config, w.task)),
+        trust=lambda w: trust_code(teacher_cache_spec(config, w.task)["teacher_net"]),
         device=config["device"],
         inputs_dir=input_dir("data"),
         out_dir=output_dir("cache"),
     shell:
-        "kdmri cache-teacher --teacher {input.teacher} --spec {params.spec:q}"
+        "kdmri cache-teacher --teacher {input.teacher}{params.trust} --spec {params.spec:q}"
         " --inputs-dir {params.inputs_dir} --out-dir {params.out_dir}"
         " --device {params.device} --threads {threads} 2> {log}"
