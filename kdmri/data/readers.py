@@ -1,6 +1,6 @@
-"""Readers of source data: one function per file format, each yielding
-``(split, volume name, slices)`` with ``slices`` a float32 array ``(S, H, W)`` (complex64
-for ``fastmri`` with ``source: kspace``).
+"""Readers of source data: one function per file format (DICOM's in
+:mod:`kdmri.data.dicom`), each yielding ``(split, volume name, slices)`` with ``slices`` a
+float32 array ``(S, H, W)`` (complex64 for ``fastmri`` with ``source: kspace``).
 
 =============  ===========================================================================
 format         what one file holds
@@ -18,7 +18,8 @@ The files of a dataset, their splits and their volumes' names come from
 :mod:`kdmri.data.sources` (:func:`~kdmri.data.sources.plan_sources`), as do the steps every
 reader shares: slices are centre-cropped or zero-padded to ``size`` x ``size``
 (:func:`~kdmri.data.sources.fit_size`); without ``size`` they keep the files' size
-(fastmri: 320), which all volumes must then share.
+(fastmri: 320), which all volumes must then share;
+:func:`~kdmri.data.sources.normalize_volume` scales every volume to a common range.
 
 Readers take one dataset entry of the config with the schema's defaults filled
 (:func:`kdmri.config.validate`). A mistake in the data raises
