@@ -90,7 +90,8 @@ def read_volume(path: str | Path, axis: int = 2) -> Volume:
 
 
 def _read_nifti(path: Path, axis: int) -> Volume:
-    from kdmri.data.readers import _as_float32, nifti_data, open_nifti
+    from kdmri.data.readers import nifti_data, open_nifti
+    from kdmri.data.sources import as_float32
 
     image = open_nifti(path)
     shape = tuple(image.shape)
@@ -102,7 +103,7 @@ def _read_nifti(path: Path, axis: int) -> Volume:
                             if len(shape) == 4 else ""))
     if axis not in (0, 1, 2):
         raise KdmriError(f"--axis must be 0, 1 or 2, found {axis}")
-    data = _as_float32(nifti_data(path, image).reshape(shape), path, "the image")
+    data = as_float32(nifti_data(path, image).reshape(shape), path, "the image")
     return Volume(np.ascontiguousarray(np.moveaxis(data, axis, 0)), "nifti",
                   image.affine, header=image.header, axis=axis)
 
@@ -117,10 +118,10 @@ def _read_hdf5(path: Path) -> Volume:
 
 def _read_dicom(path: Path) -> Volume:
     from kdmri.data.dicom import read_dicom_volume
-    from kdmri.data.readers import _as_float32
+    from kdmri.data.sources import as_float32
 
     volume, affine, _ = read_dicom_volume(path)
-    return Volume(_as_float32(volume, path, "the image"), "dicom", np.asarray(affine))
+    return Volume(as_float32(volume, path, "the image"), "dicom", np.asarray(affine))
 
 
 def _check_slices(path: Path, slices: np.ndarray) -> None:
@@ -162,7 +163,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
 
     from kdmri.batch import make_batch
     from kdmri.checkpoints import load_model
-    from kdmri.data.readers import normalize_volume
+    from kdmri.data.sources import normalize_volume
     from kdmri.masks import load_mask, mask_from_settings
     from kdmri.models import place_model
     from kdmri.mri import real_image, undersample, zero_filled

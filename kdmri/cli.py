@@ -15,10 +15,7 @@ from pathlib import Path
 
 from kdmri import __version__
 from kdmri.errors import KdmriError
-
-#: The flag by which the user allows a model file's ``family: python`` network to load
-#: (:func:`kdmri.models.python_family.check_consent`).
-TRUST_FLAG = "--trust-code"
+from kdmri.keys import TRUST_FLAG
 
 
 def _spec(text: str, option: str = "--spec") -> dict:

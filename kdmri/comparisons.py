@@ -2,8 +2,9 @@
 sizes, plain and distilled) and the table of distillation methods (each against the plain
 student and the standard teacher, with a Holm-corrected Wilcoxon test).
 
-Both read the per-slice metrics that :mod:`kdmri.tables` reads and use its pooled means,
-gap and paired-test helpers, so one formula serves every table.
+Both read the per-slice metrics that :mod:`kdmri.tables` reads and use the pooled means,
+gap, paired tests and Holm adjustment of :mod:`kdmri.stats`, so one formula serves every
+table.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import numpy as np
 import pandas as pd
 
 from kdmri.methods import VARIANT, split_model
-from kdmri.tables import (
+from kdmri.notation import format_acceleration, format_params, latex_escape
+from kdmri.stats import (
     GROUP,
-    _format_acceleration,
-    _format_params,
-    _gap,
-    _paired,
-    _sorted,
-    _wilcoxon,
     check_metrics,
+    gap_closed,
+    holm,
+    paired,
+    sort_rows,
     summarise,
+    wilcoxon_p,
 )
 
 # ---------------------------------------------------------------------- compression
@@ -45,8 +46,8 @@ def compression(frame: pd.DataFrame) -> pd.DataFrame:
 
     ``params``, ``flops`` and ``latency_ms`` are the student's (the distilled one has the
     same network); PSNR / SSIM means are pooled over slices and seeds as in
-    :func:`summarise`; ``kd_*`` are the distilled student's. ``gap_closed = (KD - S) /
-    (T - S)`` against the cell's teacher (NaN without a teacher or when T = S);
+    :func:`kdmri.stats.summarise`; ``kd_*`` are the distilled student's. ``gap_closed =
+    (KD - S) / (T - S)`` against the cell's teacher (NaN without a teacher or when T = S);
     ``wilcoxon_p`` is the two-sided paired Wilcoxon test of per-slice PSNR, distilled vs
     plain, on the seeds both have. Rows are ordered by parameters within a cell.
     """
@@ -70,7 +71,7 @@ def compression(frame: pd.DataFrame) -> pd.DataFrame:
                 seeds = sorted(set(group.loc[group["model"] == plain, "seed"])
                                & set(group.loc[group["model"] == distilled, "seed"]))
                 both = group[group["seed"].isin(seeds)]
-                pairs = _paired(both, where, distilled, plain)
+                pairs = paired(both, where, distilled, plain)
                 s_psnr, k_psnr = pairs["psnr_student"].mean(), pairs["psnr_kd"].mean()
                 s_row = summary.loc[(*key, plain)]
                 t = {c: (teacher[c] if teacher is not None else np.nan)
@@ -88,9 +89,9 @@ def compression(frame: pd.DataFrame) -> pd.DataFrame:
                     "teacher_psnr": t["psnr_mean"], "teacher_ssim": t["ssim_mean"],
                     "teacher_params": t["params"], "teacher_flops": t["flops"],
                     "teacher_latency_ms": t["latency_ms"],
-                    "gap_closed": _gap(k_psnr, s_psnr, t["psnr_mean"]),
-                    "wilcoxon_p": _wilcoxon(pairs["psnr_kd"].to_numpy(float),
-                                            pairs["psnr_student"].to_numpy(float)),
+                    "gap_closed": gap_closed(k_psnr, s_psnr, t["psnr_mean"]),
+                    "wilcoxon_p": wilcoxon_p(pairs["psnr_kd"].to_numpy(float),
+                                             pairs["psnr_student"].to_numpy(float)),
                     "n_seeds": len(seeds),
                 })
     result = pd.DataFrame(rows, columns=COMPRESSION_COLUMNS)
@@ -99,7 +100,7 @@ def compression(frame: pd.DataFrame) -> pd.DataFrame:
     if not len(result):
         return result
     order = result.sort_values("params", kind="stable")
-    return _sorted(order, GROUP)
+    return sort_rows(order, GROUP)
 
 
 def compression_markdown(table: pd.DataFrame) -> str:
@@ -108,7 +109,7 @@ def compression_markdown(table: pd.DataFrame) -> str:
     for key, block in table.groupby(GROUP, sort=False):
         task, dataset, acc = key
         first = block.iloc[0]
-        lines += [f"### {task} / {dataset} / {_format_acceleration(acc)}×", "",
+        lines += [f"### {task} / {dataset} / {format_acceleration(acc)}×", "",
                   "| Student | Params | MFLOP/slice | Latency ms | Student PSNR / SSIM | "
                   f"{first['method']} PSNR / SSIM | Gain dB | Gap closed | p |",
                   "|---|---:|---:|---:|---|---|---:|---:|---:|"]
@@ -117,14 +118,14 @@ def compression_markdown(table: pd.DataFrame) -> str:
             gap = "-" if pd.isna(row["gap_closed"]) else f"{100 * row['gap_closed']:.0f} %"
             p = "-" if pd.isna(row["wilcoxon_p"]) else f"{row['wilcoxon_p']:.2g}"
             lines.append(
-                f"| {row['student']} | {_format_params(row['params'])} | {flops} | "
+                f"| {row['student']} | {format_params(row['params'])} | {flops} | "
                 f"{row['latency_ms']:.2f} | {row['student_psnr']:.2f} / "
                 f"{row['student_ssim']:.4f} | {row['kd_psnr']:.2f} / {row['kd_ssim']:.4f} | "
                 f"{row['kd_minus_student_psnr']:+.2f} | {gap} | {p} |")
         if not pd.isna(first["teacher_psnr"]):
             flops = ("-" if pd.isna(first["teacher_flops"])
                      else f"{first['teacher_flops'] / 1e6:.1f}")
-            lines.append(f"| teacher | {_format_params(first['teacher_params'])} | {flops} | "
+            lines.append(f"| teacher | {format_params(first['teacher_params'])} | {flops} | "
                          f"{first['teacher_latency_ms']:.2f} | {first['teacher_psnr']:.2f} / "
                          f"{first['teacher_ssim']:.4f} | | | | |")
         lines.append("")
@@ -140,22 +141,6 @@ METHOD_COLUMNS = [
     "psnr", "ssim", "gain_psnr", "gain_ssim", "gap_closed", "wilcoxon_p", "p_holm",
     "student_psnr", "student_ssim", "teacher_psnr", "n_seeds",
 ]
-
-
-def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjustment of p-values for a family of tests: with the m finite p
-    sorted ascending, p_(i) * (m - i + 1), made non-decreasing and capped at 1; NaN entries
-    stay NaN and do not count in m."""
-    p = np.asarray(pvalues, dtype=float)
-    adjusted = np.full_like(p, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
 
 
 def describe_stages(stages: list[dict]) -> str:
@@ -209,7 +194,7 @@ def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> p
                 continue
             seeds = sorted(set(group.loc[group["model"] == method, "seed"])
                            & set(group.loc[group["model"] == "student", "seed"]))
-            pairs = _paired(group[group["seed"].isin(seeds)], where, method, "student")
+            pairs = paired(group[group["seed"].isin(seeds)], where, method, "student")
             m_psnr, s_psnr = pairs["psnr_kd"].mean(), pairs["psnr_student"].mean()
             m_ssim, s_ssim = pairs["ssim_kd"].mean(), pairs["ssim_student"].mean()
             cell_rows.append({
@@ -218,9 +203,9 @@ def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> p
                 "stages": describe_stages(info[method]["stages"]),
                 "psnr": float(m_psnr), "ssim": float(m_ssim),
                 "gain_psnr": float(m_psnr - s_psnr), "gain_ssim": float(m_ssim - s_ssim),
-                "gap_closed": _gap(m_psnr, s_psnr, teacher),
-                "wilcoxon_p": _wilcoxon(pairs["psnr_kd"].to_numpy(float),
-                                        pairs["psnr_student"].to_numpy(float)),
+                "gap_closed": gap_closed(m_psnr, s_psnr, teacher),
+                "wilcoxon_p": wilcoxon_p(pairs["psnr_kd"].to_numpy(float),
+                                         pairs["psnr_student"].to_numpy(float)),
                 "student_psnr": float(s_psnr), "student_ssim": float(s_ssim),
                 "teacher_psnr": float(teacher), "n_seeds": len(seeds),
             })
@@ -266,7 +251,7 @@ def methods_markdown(table: pd.DataFrame) -> str:
         lines += [f"### {task} / {dataset}", ""]
         head = ["Method", "Teacher"]
         for acc in accs:
-            a = _format_acceleration(acc)
+            a = format_acceleration(acc)
             head += [f"{a}× PSNR / SSIM", f"{a}× gain dB (gap)", f"{a}× p (Holm)"]
         lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---|---:|---:|" * len(accs)]
         first = {acc: next(r for (m, a), r in cells.items() if a == acc) for acc in accs}
@@ -289,14 +274,12 @@ def methods_markdown(table: pd.DataFrame) -> str:
 
 def methods_latex(table: pd.DataFrame) -> str:
     """The methods table as a LaTeX tabular per (task, dataset) (booktabs)."""
-    from kdmri.tables import latex_escape
-
     out = []
     for task, dataset, accs, methods, cells in _wide(table):
         out += [f"% {task} / {dataset}", "\\begin{tabular}{ll" + "ccc" * len(accs) + "}",
                 "\\toprule",
                 "Method & Teacher & " + " & ".join(
-                    f"\\multicolumn{{3}}{{c}}{{{_format_acceleration(a)}$\\times$}}"
+                    f"\\multicolumn{{3}}{{c}}{{{format_acceleration(a)}$\\times$}}"
                     for a in accs) + " \\\\",
                 " & & " + " & ".join(["PSNR / SSIM & gain (gap) & $p_\\mathrm{Holm}$"]
                                      * len(accs)) + " \\\\", "\\midrule"]

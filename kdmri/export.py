@@ -18,7 +18,9 @@ format          what the file is
 
 Both hold a copy of the network built here from plain operators (``nn.Conv2d``, ReLU, the
 FFTs), with the trained weights: the same arithmetic as :class:`kdmri.models.DCCNN` and
-:class:`kdmri.models.VDSR` (tests/test_export.py compares them within 1e-5) without the
+:class:`kdmri.models.VDSR` (tests/test_export.py compares them within 1e-5), the data
+consistency being the eager networks' own (:func:`kdmri.mri.prepare_dc` and
+:func:`kdmri.mri.apply_dc`, which TorchScript compiles into the file), without the
 CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`, so the file runs on any
 device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
 source model's sha256 and the check made after writing it (the reloaded file against the
@@ -30,7 +32,7 @@ translation step: ``No ONNX function found for <OpOverload(op='aten.sym_size',
 overload='int')>. Failure message: No decompositions registered for the complex-valued
 input``), and the centring shifts are slices and concatenations (``torch.roll`` with a
 shift that depends on the image size fails: ``Unsupported attribute type: '<class
-'list'>'`` in ``aten_roll``). Neither changes a number.
+'list'>'`` in ``aten_roll``), as :mod:`kdmri.mri` writes them. Neither changes a number.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from kdmri.errors import KdmriError
+from kdmri.mri import apply_dc, prepare_dc
 
 EXPORT_FORMAT = "kdmri-export/1"
 FORMATS = ("torchscript", "onnx")
@@ -72,17 +75,11 @@ def _plain_cnn(block: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _signs(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """``(-1)^(i + j)``: as :func:`kdmri.mri._alternating_signs`."""
-    rows = 1 - 2 * (torch.arange(height, device=device) % 2)
-    cols = 1 - 2 * (torch.arange(width, device=device) % 2)
-    return (rows[:, None] * cols[None, :]).to(torch.float32)
-
-
 class ScriptedDCCNN(nn.Module):
-    """DC-CNN in TorchScript: :class:`kdmri.models.DCCNN` with
-    :class:`kdmri.mri.DataConsistency` written out (the sign form for even sizes, the
-    shifted form for odd ones, chosen per call)."""
+    """DC-CNN in TorchScript: :class:`kdmri.models.DCCNN`'s cascades, each followed by the
+    data consistency of :class:`kdmri.mri.DataConsistency` (:func:`kdmri.mri.prepare_dc`
+    and :func:`kdmri.mri.apply_dc`, compiled into the file: the sign form for even sizes,
+    the shifted form for odd ones, chosen per call)."""
 
     def __init__(self, cnns: list[nn.Sequential], complex: bool = False):
         super().__init__()
@@ -91,46 +88,18 @@ class ScriptedDCCNN(nn.Module):
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        m = mask.to(torch.float32)
-        if m.dim() < 2:
-            m = m.reshape(1, -1)
-        height, width = kspace.shape[-2], kspace.shape[-1]
-        shifted = height % 2 == 1 or width % 2 == 1
-        m = torch.fft.ifftshift(m, dim=(-2, -1))
-        kept = m * torch.fft.ifftshift(kspace.to(torch.complex64), dim=(-2, -1))
-        free = 1.0 - m
-        if not shifted:
-            kept = kept * _signs(height, width, kspace.device)
+        measured = torch.view_as_real(kspace.to(torch.complex64))
+        kept, free, shifted = prepare_dc(measured, mask)
         x = image.to(torch.float32)
         for cnn in self.cnns:
-            x = x + cnn(x)
-            if self.complex:  # two channels (real, imaginary): kdmri.mri.from_channels
-                z = torch.complex(x[:, 0:1], x[:, 1:2])
-            else:
-                z = x.to(torch.complex64)
-            if shifted:
-                z = torch.fft.ifftshift(z, dim=(-2, -1))
-            z = torch.fft.ifft2(kept + free * torch.fft.fft2(z, norm="ortho"), norm="ortho")
-            if shifted:
-                z = torch.fft.fftshift(z, dim=(-2, -1))
-            if self.complex:
-                x = torch.cat([z.real, z.imag], dim=1)
-            else:
-                x = z.real.contiguous()
+            x = apply_dc(x + cnn(x), kept, free, shifted, self.complex)
         return x
-
-
-def _half_roll(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
-    """``ifftshift`` (``inverse``) or ``fftshift`` along ``dim`` as two slices joined."""
-    n = x.shape[dim]
-    start = n // 2 if inverse else (n + 1) // 2
-    return torch.cat([x.narrow(dim, start, n - start), x.narrow(dim, 0, start)], dim)
 
 
 class OnnxDCCNN(nn.Module):
     """DC-CNN for the ONNX exporter: k-space as float ``(N, 1, H, W, 2)``, the mask
-    ``(H, W)``; every centring shift on a real tensor, as slices (the shifted form of the
-    data consistency, right for any size)."""
+    ``(H, W)``; the data consistency of :func:`kdmri.mri.apply_dc` in its shifted form
+    (right for any size, which the graph does not know), every shift on a real tensor."""
 
     def __init__(self, cnns: list[nn.Sequential]):
         super().__init__()
@@ -138,17 +107,10 @@ class OnnxDCCNN(nn.Module):
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        m = _half_roll(_half_roll(mask.to(torch.float32), -2, True), -1, True)
-        measured = _half_roll(_half_roll(kspace, -3, True), -2, True)
-        kept = m * torch.view_as_complex(measured.contiguous())
-        free = 1.0 - m
+        kept, free, shifted = prepare_dc(kspace, mask, sign_form=False)
         x = image
         for cnn in self.cnns:
-            x = x + cnn(x)
-            x = _half_roll(_half_roll(x, -2, True), -1, True)
-            k = kept + free * torch.fft.fft2(x.to(torch.complex64), norm="ortho")
-            x = torch.fft.ifft2(k, norm="ortho").real
-            x = _half_roll(_half_roll(x, -2, False), -1, False)
+            x = apply_dc(x + cnn(x), kept, free, shifted, False)
         return x
 
 

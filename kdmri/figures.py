@@ -238,7 +238,7 @@ def _comparison_cells(table_path: str | Path, columns: list[str], what: str, emp
     with one-line errors for a missing file, missing columns and no rows."""
     import pandas as pd
 
-    from kdmri.tables import GROUP
+    from kdmri.stats import GROUP
 
     table_path = Path(table_path)
     if not table_path.is_file():

@@ -1,7 +1,8 @@
 """The names and the digest that key the files every layer shares.
 
 A leaf module (it imports nothing of kdmri): the data layer, the checkpoints and the
-teacher cache take the split names and the digest from here, not from the config.
+teacher cache take the split names and the digest from here, not from the config; the
+CLI and the network loader take the trust flag's name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Any
 
 #: The splits of every prepared dataset, in order: ``<split>.h5`` in a data folder.
 SPLITS = ("train", "val", "test")
+
+#: The command-line flag by which the user allows a model file's ``family: python`` network
+#: to load (:func:`kdmri.models.python_family.check_consent`).
+TRUST_FLAG = "--trust-code"
 
 
 def digest(obj: Any) -> str:

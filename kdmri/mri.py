@@ -13,6 +13,12 @@ that choice is made. On the complex path networks see a complex image ``(..., 1,
 as two real channels ``(..., 2, H, W)`` (real, imaginary): :func:`to_channels` and
 :func:`from_channels` convert, and :class:`DataConsistency` built with ``complex=True``
 keeps the whole complex result.
+
+Data consistency is written once: :func:`prepare_dc` (the measurement's part, once per
+batch) and :func:`apply_dc` (each call), which :class:`DataConsistency` runs for the eager
+networks and :mod:`kdmri.export` for the exported ones; both compile with TorchScript and
+export to ONNX. The centred inverse FFT on NumPy arrays, for code that does not import
+torch: :func:`kdmri.numpy_fft.ifft2c`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ import torch
 def _check_spatial(x: torch.Tensor, name: str) -> None:
     if x.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
+
+
+def _check_channels(image: torch.Tensor) -> None:
+    if image.ndim < 3 or image.shape[-3] != 2:
+        raise ValueError(f"expected two channels (..., 2, H, W), got shape {tuple(image.shape)}")
 
 
 def _centred(transform, data: torch.Tensor, name: str) -> torch.Tensor:
@@ -57,8 +68,7 @@ def to_channels(image: torch.Tensor) -> torch.Tensor:
 def from_channels(image: torch.Tensor) -> torch.Tensor:
     """Two real channels ``(..., 2, H, W)`` (real, imaginary) as a complex image
     ``(..., 1, H, W)`` (complex64): the inverse of :func:`to_channels`."""
-    if image.ndim < 3 or image.shape[-3] != 2:
-        raise ValueError(f"expected two channels (..., 2, H, W), got shape {tuple(image.shape)}")
+    _check_channels(image)
     return torch.complex(image[..., 0:1, :, :].float(), image[..., 1:2, :, :].float())
 
 
@@ -72,58 +82,18 @@ def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
     return ifft2c(kspace)
 
 
-class DataConsistency:
-    """Hard data consistency against one measurement: ``k = m * k0 + (1 - m) * FFT(x)``,
-    returned as the real image of ``IFFT(k)`` or, with ``complex=True``, as the whole
-    complex ``IFFT(k)`` in two channels: the image is then ``(..., 2, H, W)`` (real,
-    imaginary; :func:`to_channels`) against ``measured`` ``(..., 1, H, W)``, and so is
-    the result.
+def _half_roll(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
+    """``ifftshift`` (``inverse``) or ``fftshift`` of ``x`` along ``dim``, written as two
+    slices joined: the same permutation as :func:`torch.fft.ifftshift` / ``fftshift``,
+    in a form the ONNX exporter takes (a ``torch.roll`` by a size-dependent shift fails)."""
+    n = x.shape[dim]
+    start = n // 2 if inverse else (n + 1) // 2
+    return torch.cat([x.narrow(dim, start, n - start), x.narrow(dim, 0, start)], dim)
 
-    ``measured`` is the measured k-space ``k0`` (zero where not sampled), ``mask`` the 0/1
-    sampling mask. Both are prepared once, here, so that a network applying DC many times
-    (DC-CNN's cascades) pays as little as possible per call. Always computed in
-    float32/complex64, also under mixed precision.
 
-    The centred transforms shift the image and k-space by half their size. For even H and
-    W that shift is, on the other side of the transform, a multiplication by the signs
-    ``(-1)^(kh + kw)``, and the signs of both transforms meet and cancel except on the
-    measured part. So each call runs ``IFFT(s * m * k0 + (1 - m) * FFT(x))`` with the first
-    term prepared, and no shift at all (what that saves: docs/performance.md). For H and
-    W powers of two the result equals the shifted form's bit for bit with PyTorch's CPU
-    FFT (MKL); other even sizes agree within float32 rounding. Odd sizes keep the shifts
-    (moved to FFT order here, two shifts per call).
-    """
-
-    def __init__(self, measured: torch.Tensor, mask: torch.Tensor, complex: bool = False):
-        _check_spatial(measured, "kspace")
-        self.complex = complex
-        m = mask.to(torch.float32)
-        if m.ndim < 2:
-            m = m.reshape(1, -1)  # a (W,) column mask
-        m = torch.fft.ifftshift(m, dim=(-2, -1))
-        self._kept = m * torch.fft.ifftshift(measured, dim=(-2, -1))
-        self._free = 1.0 - m
-        height, width = measured.shape[-2:]
-        self._shifted = height % 2 == 1 or width % 2 == 1
-        if not self._shifted:
-            self._kept = self._kept * _alternating_signs(height, width, measured.device)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """DC of the network's prediction ``image``: real ``(..., H, W)``, or with
-        ``complex=True`` two channels ``(..., 2, H, W)``."""
-        _check_spatial(image, "image")
-        with torch.autocast(device_type=image.device.type, enabled=False):
-            x = from_channels(image) if self.complex else image.float()
-            if self._shifted:
-                x = torch.fft.ifftshift(x, dim=(-2, -1))
-            k = self._kept + self._free * torch.fft.fft2(x.to(torch.complex64), norm="ortho")
-            x = torch.fft.ifft2(k, norm="ortho")
-            if self.complex:
-                x = torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x
-                return to_channels(x)
-            x = real_image(x)
-            # a real view of the complex result would keep that buffer alive and be strided
-            return torch.fft.fftshift(x, dim=(-2, -1)) if self._shifted else x.contiguous()
+def _shift2(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
+    """:func:`_half_roll` along ``dim`` and ``dim + 1`` (the two spatial dims)."""
+    return _half_roll(_half_roll(x, dim, inverse), dim + 1, inverse)
 
 
 def _alternating_signs(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -132,6 +102,103 @@ def _alternating_signs(height: int, width: int, device: torch.device) -> torch.T
     rows = 1 - 2 * (torch.arange(height, device=device) % 2)
     cols = 1 - 2 * (torch.arange(width, device=device) % 2)
     return (rows[:, None] * cols[None, :]).to(torch.float32)
+
+
+def prepare_dc(measured: torch.Tensor, mask: torch.Tensor,
+               sign_form: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The parts of hard data consistency that depend on the measurement only, in FFT
+    order (zero frequency first): ``(kept, free, shifted)`` for :func:`apply_dc`.
+
+    ``measured``: the measured centred k-space ``k0`` as real pairs ``(..., H, W, 2)``
+    (real, imaginary: :func:`torch.view_as_real`; ONNX has no complex inputs); ``mask``:
+    the 0/1 sampling mask, broadcastable to ``(H, W)`` (a ``(W,)`` column mask too).
+    ``free = 1 - m`` and ``kept = m * k0``, both moved to FFT order (``ifftshift``).
+
+    The centred transforms shift the image and k-space by half their size. For even H and
+    W that shift is, on the other side of the transform, a multiplication by the signs
+    ``s = (-1)^(kh + kw)``, and the signs of both transforms meet and cancel except on the
+    measured part. So with ``sign_form`` and even sizes, ``kept = s * m * k0`` and
+    ``shifted`` is False: :func:`apply_dc` then runs ``IFFT(kept + free * FFT(x))`` with no
+    shift at all. For H and W powers of two that equals the shifted form bit for bit with
+    PyTorch's CPU FFT (MKL); other even sizes agree within float32 rounding. Odd sizes,
+    or ``sign_form=False`` (the ONNX graph, whose sizes are not known when it is built),
+    give ``shifted`` True: the image is shifted to FFT order and back around the
+    transforms, two shifts per call. Scriptable by TorchScript and exportable to ONNX.
+    """
+    m = mask.to(torch.float32)
+    if m.dim() < 2:
+        m = m.reshape(1, -1)  # a (W,) column mask
+    m = _shift2(m, -2, True)
+    kept = m * torch.view_as_complex(_shift2(measured, -3, True).contiguous())
+    free = 1.0 - m
+    shifted = True
+    if sign_form:
+        height, width = measured.shape[-3], measured.shape[-2]
+        shifted = height % 2 == 1 or width % 2 == 1
+        if not shifted:
+            kept = kept * _alternating_signs(height, width, measured.device)
+    return kept, free, shifted
+
+
+def apply_dc(image: torch.Tensor, kept: torch.Tensor, free: torch.Tensor, shifted: bool,
+             two_channels: bool) -> torch.Tensor:
+    """Hard data consistency of a network's image with a measurement prepared by
+    :func:`prepare_dc`: ``IFFT(kept + free * FFT(x))`` in FFT order, i.e. in centred terms
+    ``IFFT(m * k0 + (1 - m) * FFT(x))``, computed in float32 / complex64.
+
+    ``image``: real ``(..., H, W)`` whose result is the real part, or with
+    ``two_channels`` the complex image as channels ``(..., 2, H, W)`` (real, imaginary:
+    :func:`to_channels`) whose result is the whole complex image in two channels. The
+    result has the shape of ``image``. Scriptable by TorchScript and exportable to ONNX
+    (with ``two_channels`` False); :class:`DataConsistency` and the exported networks of
+    :mod:`kdmri.export` all run this.
+    """
+    x = image.to(torch.float32)
+    if shifted:
+        x = _shift2(x, -2, True)
+    if two_channels:
+        z = torch.complex(x[..., 0:1, :, :], x[..., 1:2, :, :])
+    else:
+        z = x.to(torch.complex64)
+    z = torch.fft.ifft2(kept + free * torch.fft.fft2(z, norm="ortho"), norm="ortho")
+    if two_channels:
+        x = torch.cat([z.real, z.imag], dim=-3)
+    else:
+        x = z.real
+    # a real view of the complex result would keep that buffer alive and be strided
+    return _shift2(x, -2, False) if shifted else x.contiguous()
+
+
+class DataConsistency:
+    """Hard data consistency against one measurement: ``k = m * k0 + (1 - m) * FFT(x)``,
+    returned as the real image of ``IFFT(k)`` or, with ``complex=True``, as the whole
+    complex ``IFFT(k)`` in two channels: the image is then ``(..., 2, H, W)`` (real,
+    imaginary; :func:`to_channels`) against ``measured`` ``(..., 1, H, W)``, and so is
+    the result.
+
+    ``measured`` is the measured k-space ``k0`` (zero where not sampled), ``mask`` the 0/1
+    sampling mask. Both are prepared once, here (:func:`prepare_dc`), so that a network
+    applying DC many times (DC-CNN's cascades) pays as little as possible per call
+    (:func:`apply_dc`). Always computed in float32/complex64, also under mixed precision.
+    For even H and W no call shifts the image (the sign form of :func:`prepare_dc`; what
+    that saves: docs/performance.md); odd sizes keep the shifts.
+    """
+
+    def __init__(self, measured: torch.Tensor, mask: torch.Tensor, complex: bool = False):
+        _check_spatial(measured, "kspace")
+        self.complex = complex
+        if not measured.is_complex():
+            measured = measured.to(torch.complex64)
+        self._kept, self._free, self._shifted = prepare_dc(torch.view_as_real(measured), mask)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """DC of the network's prediction ``image``: real ``(..., H, W)``, or with
+        ``complex=True`` two channels ``(..., 2, H, W)``."""
+        _check_spatial(image, "image")
+        if self.complex:
+            _check_channels(image)
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            return apply_dc(image, self._kept, self._free, self._shifted, self.complex)
 
 
 def data_consistency(

@@ -24,9 +24,9 @@
     compression study's models are present, and the table of distillation methods, where
     ``--methods`` describes two or more distilled models.
 
-The pure functions :func:`read_metrics`, :func:`summarise`, :func:`kd_gain`,
-:func:`ablation`, :func:`to_markdown` and :func:`to_latex` do the work; the CLI only reads
-and writes files.
+The pure functions :func:`read_metrics`, :func:`kdmri.stats.summarise`, :func:`kd_gain`,
+:func:`ablation`, :func:`to_markdown` and :func:`to_latex` do the work, on the statistics
+of :mod:`kdmri.stats`; the CLI only reads and writes files.
 """
 
 from __future__ import annotations
@@ -41,23 +41,19 @@ import pandas as pd
 
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, write_text
+from kdmri.notation import format_acceleration, format_params, latex_escape
+from kdmri.stats import (
+    GROUP,
+    SUMMARY_COLUMNS,
+    check_metrics,
+    gap_closed,
+    paired,
+    seed_std,
+    sort_rows,
+    summarise,
+    wilcoxon_p,
+)
 
-#: Columns every metrics.csv must have (``flops`` is read where present: files written
-#: before it existed have none).
-METRICS_COLUMNS = [
-    "task", "dataset", "acceleration", "model", "seed", "params", "latency_ms",
-    "volume", "slice", "psnr", "ssim", "nmse", "hfen",
-]
-METRIC_NAMES = ["psnr", "ssim", "nmse", "hfen"]
-#: Row order of models in every table; other model names follow alphabetically.
-MODEL_ORDER = ["zf", "teacher", "student", "kd", "kd_imitation", "kd_attention"]
-GROUP = ["task", "dataset", "acceleration"]
-SUMMARY_COLUMNS = [
-    "task", "dataset", "acceleration", "model",
-    "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
-    "nmse_mean", "nmse_std", "hfen_mean", "hfen_std",
-    "n_slices", "params", "flops", "latency_ms", "n_seeds",
-]
 KD_GAIN_COLUMNS = [
     "task", "dataset", "acceleration",
     "kd_minus_student_psnr", "kd_minus_student_ssim", "teacher_minus_student_psnr",
@@ -73,17 +69,6 @@ FAIRNESS_RULE = (
 
 
 # ---------------------------------------------------------------------- reading
-def check_metrics(frame: pd.DataFrame, source: str = "metrics") -> pd.DataFrame:
-    """Raise :class:`KdmriError` naming ``source`` if required columns are missing."""
-    missing = [c for c in METRICS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise KdmriError(
-            f"{source}: missing columns {missing} (expected {METRICS_COLUMNS}, "
-            f"found {list(frame.columns)})"
-        )
-    return frame
-
-
 def read_metrics(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read and concatenate metrics files, checking each one's columns."""
     frames = []
@@ -115,105 +100,7 @@ def _check_unique(frame: pd.DataFrame) -> None:
         )
 
 
-# ---------------------------------------------------------------------- ordering
-def _sort_key(column: pd.Series) -> pd.Series:
-    if column.name == "model":
-        names = column.astype(str)
-        others = sorted(set(names) - set(MODEL_ORDER))
-        order = {name: i for i, name in enumerate([*MODEL_ORDER, *others])}
-        return names.map(order)
-    if column.name == "acceleration":
-        numeric = pd.to_numeric(column, errors="coerce")
-        if numeric.notna().all():
-            return numeric
-    return column.astype(str)
-
-
-def _sorted(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    return frame.sort_values(list(by), key=_sort_key, kind="stable").reset_index(drop=True)
-
-
-def _param_value(values: pd.Series, where: str, what: str = "parameter counts"):
-    distinct = values.dropna().unique()
-    if len(distinct) > 1:
-        raise KdmriError(f"metrics: {where} has different {what} {sorted(distinct)}")
-    return int(distinct[0]) if len(distinct) else np.nan
-
-
-# ---------------------------------------------------------------------- summary
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, dataset, acceleration, model): pooled means and stds of every metric.
-
-    Means and standard deviations run over all test slices of all seeds together; the
-    standard deviation is the population one (numpy's default, ``ddof=0``).
-    ``n_slices`` counts distinct (volume, slice) test slices, ``n_seeds`` distinct seeds;
-    ``latency_ms`` is the mean over seeds of each seed's latency.
-    """
-    check_metrics(frame)
-    rows = []
-    for key, group in frame.groupby([*GROUP, "model"], sort=False, dropna=False):
-        row = dict(zip([*GROUP, "model"], key, strict=True))
-        for metric in METRIC_NAMES:
-            values = group[metric].to_numpy(dtype=float)
-            row[f"{metric}_mean"] = float(np.mean(values))
-            row[f"{metric}_std"] = float(np.std(values))
-        row["n_slices"] = int(len(group[["volume", "slice"]].drop_duplicates()))
-        row["params"] = _param_value(group["params"], f"model {key[3]!r} at {key[:3]}")
-        row["flops"] = (_param_value(group["flops"], f"model {key[3]!r} at {key[:3]}",
-                                     "FLOP counts") if "flops" in group else np.nan)
-        per_seed = group.groupby("seed")["latency_ms"].mean()
-        row["latency_ms"] = float(per_seed.mean()) if per_seed.notna().any() else np.nan
-        row["n_seeds"] = int(group["seed"].nunique())
-        rows.append(row)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    summary["params"] = summary["params"].astype("Int64")
-    summary["flops"] = summary["flops"].astype("Int64")
-    return _sorted(summary, [*GROUP, "model"])
-
-
 # ---------------------------------------------------------------------- KD gain
-def _gap(kd: float, student: float, teacher: float) -> float:
-    denominator = teacher - student
-    if denominator == 0 or not math.isfinite(denominator):
-        return math.nan
-    return (kd - student) / denominator
-
-
-def _seed_std(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _wilcoxon(kd: np.ndarray, student: np.ndarray) -> float:
-    """Two-sided paired Wilcoxon p of kd vs student; NaN when no pair differs."""
-    from scipy.stats import wilcoxon
-
-    with np.errstate(invalid="ignore"):
-        diff = kd - student
-    diff = diff[np.isfinite(diff)]  # inf - inf (two perfect slices) carries no information
-    if not np.any(diff != 0):
-        return math.nan
-    return float(wilcoxon(diff, alternative="two-sided").pvalue)
-
-
-def _paired(group: pd.DataFrame, where: str, kd: str = "kd",
-            student: str = "student") -> pd.DataFrame:
-    """Rows of models ``kd`` and ``student`` of one group joined on (seed, volume, slice),
-    as columns ``psnr_kd``, ``psnr_student``, ``ssim_kd``, ``ssim_student``."""
-    keys = ["seed", "volume", "slice"]
-    first = group.loc[group["model"] == kd, [*keys, "psnr", "ssim"]]
-    second = group.loc[group["model"] == student, [*keys, "psnr", "ssim"]]
-    pairs = first.merge(second, on=keys, how="outer", suffixes=("_kd", "_student"),
-                        indicator=True, validate="one_to_one")
-    unmatched = pairs["_merge"] != "both"
-    if unmatched.any():
-        example = pairs.loc[unmatched, keys].iloc[0].to_dict()
-        raise KdmriError(
-            f"metrics: {where}: {kd} and {student} were evaluated on different slices "
-            f"({int(unmatched.sum())} unmatched, e.g. {example})"
-        )
-    return pairs.drop(columns="_merge")
-
-
 def kd_gain(frame: pd.DataFrame) -> pd.DataFrame:
     """How much KD helps, per (task, dataset, acceleration) having teacher, student and kd.
 
@@ -237,12 +124,12 @@ def kd_gain(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         group = group[group["seed"].isin(seeds)]
         where = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key, strict=True))
-        pairs = _paired(group, where)
+        pairs = paired(group, where)
         means = group.groupby("model")[["psnr", "ssim"]].mean()
         by_seed = group.groupby(["seed", "model"])["psnr"].mean().unstack("model")
         seed_gain = (by_seed["kd"] - by_seed["student"]).to_numpy()
         seed_gap = np.array(
-            [_gap(r["kd"], r["student"], r["teacher"]) for _, r in by_seed.iterrows()]
+            [gap_closed(r["kd"], r["student"], r["teacher"]) for _, r in by_seed.iterrows()]
         )
         finite_gap = seed_gap[np.isfinite(seed_gap)]
         t, s, k = (means.loc[m, "psnr"] for m in TRIO)
@@ -251,16 +138,16 @@ def kd_gain(frame: pd.DataFrame) -> pd.DataFrame:
             "kd_minus_student_psnr": float(k - s),
             "kd_minus_student_ssim": float(means.loc["kd", "ssim"] - means.loc["student", "ssim"]),
             "teacher_minus_student_psnr": float(t - s),
-            "gap_closed": _gap(k, s, t),
-            "wilcoxon_p": _wilcoxon(pairs["psnr_kd"].to_numpy(float),
-                                    pairs["psnr_student"].to_numpy(float)),
+            "gap_closed": gap_closed(k, s, t),
+            "wilcoxon_p": wilcoxon_p(pairs["psnr_kd"].to_numpy(float),
+                                     pairs["psnr_student"].to_numpy(float)),
             "n_seeds": len(seeds),
             "gap_closed_seed_mean": float(finite_gap.mean()) if finite_gap.size else math.nan,
-            "gap_closed_seed_std": _seed_std(finite_gap) if finite_gap.size else math.nan,
-            "kd_minus_student_psnr_seed_std": _seed_std(seed_gain),
+            "gap_closed_seed_std": seed_std(finite_gap) if finite_gap.size else math.nan,
+            "kd_minus_student_psnr_seed_std": seed_std(seed_gain),
         })
     result = pd.DataFrame(rows, columns=KD_GAIN_COLUMNS)
-    return _sorted(result, GROUP) if len(result) else result
+    return sort_rows(result, GROUP) if len(result) else result
 
 
 # ---------------------------------------------------------------------- ablation
@@ -273,7 +160,7 @@ def ablation(frame: pd.DataFrame) -> pd.DataFrame:
 
     One row per (task, dataset, acceleration) that has a student and at least one of the
     other three; a model that is absent there leaves NaN in its columns. Means are pooled
-    over slices and seeds as in :func:`summarise`.
+    over slices and seeds as in :func:`kdmri.stats.summarise`.
     """
     check_metrics(frame)
     columns = list(GROUP)
@@ -296,28 +183,10 @@ def ablation(frame: pd.DataFrame) -> pd.DataFrame:
                     row[f"{model}_{metric}_gain"] = float(value - means.loc["student", metric])
         rows.append(row)
     result = pd.DataFrame(rows, columns=columns)
-    return _sorted(result, GROUP) if len(result) else result
+    return sort_rows(result, GROUP) if len(result) else result
 
 
 # ---------------------------------------------------------------------- paper table
-def _format_params(value) -> str:
-    if value is None or pd.isna(value):
-        return "-"
-    value = int(value)
-    if value >= 1_000_000:
-        return f"{value / 1e6:.2f}M"
-    if value >= 1_000:
-        return f"{value / 1e3:.1f}K"
-    return str(value)
-
-
-def _format_acceleration(value) -> str:
-    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-    if pd.isna(number):
-        return str(value)
-    return f"{int(number)}" if float(number).is_integer() else f"{number:g}"
-
-
 def _ranks(values: pd.Series, decimals: int) -> pd.Series:
     """1 for the best (highest) shown value, 2 for the next; ties share a rank."""
     return values.round(decimals).rank(method="min", ascending=False)
@@ -333,7 +202,7 @@ def _cells(summary: pd.DataFrame) -> list[tuple]:
     missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns and c not in optional]
     if missing:
         raise KdmriError(f"summary: missing columns {missing}")
-    summary = _sorted(summary, [*GROUP, "model"])
+    summary = sort_rows(summary, [*GROUP, "model"])
     blocks = []
     for key, block in summary.groupby(["task", "dataset"], sort=False):
         accelerations = list(dict.fromkeys(block["acceleration"]))
@@ -350,7 +219,7 @@ def _cells(summary: pd.DataFrame) -> list[tuple]:
                 )
         params = {
             m: " / ".join(dict.fromkeys(
-                _format_params(p) for p in block.loc[block["model"] == m, "params"]))
+                format_params(p) for p in block.loc[block["model"] == m, "params"]))
             for m in models
         }
         blocks.append((key, accelerations, models, cells, params))
@@ -384,7 +253,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
     for (task, dataset), accs, models, cells, params in _cells(summary):
         lines.append(f"### {task} / {dataset}")
         lines.append("")
-        lines.append("| Model | Params | " + " | ".join(f"{_format_acceleration(a)}× PSNR / SSIM"
+        lines.append("| Model | Params | " + " | ".join(f"{format_acceleration(a)}× PSNR / SSIM"
                                                        for a in accs) + " |")
         lines.append("|---|---:|" + "---|" * len(accs))
         for model in models:
@@ -415,7 +284,7 @@ def to_html(summary: pd.DataFrame, gain: pd.DataFrame) -> str:
     for (task, dataset), accs, models, cells, params in _cells(summary):
         parts.append(f"<h3>{html.escape(str(task))} / {html.escape(str(dataset))}</h3>")
         parts.append("<table class='summary'><tr><th>Model</th><th>Params</th>"
-                     + "".join(f"<th>{_format_acceleration(a)}&times; PSNR / SSIM</th>"
+                     + "".join(f"<th>{format_acceleration(a)}&times; PSNR / SSIM</th>"
                                for a in accs) + "</tr>")
         for model in models:
             row = [html.escape(str(model)), params[model]] + _row(
@@ -430,16 +299,6 @@ def to_html(summary: pd.DataFrame, gain: pd.DataFrame) -> str:
                                   classes="kd-gain", border=0))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-    "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def to_latex(summary: pd.DataFrame) -> str:
@@ -458,7 +317,7 @@ def to_latex(summary: pd.DataFrame) -> str:
             rf"{latex_escape(dataset)}}}}} \\",
             r"\hline",
             "Model & Params & " + " & ".join(
-                rf"${latex_escape(_format_acceleration(a))}\times$" for a in accs) + r" \\",
+                rf"${latex_escape(format_acceleration(a))}\times$" for a in accs) + r" \\",
             " & & " + " & ".join("PSNR / SSIM" for _ in accs) + r" \\",
             r"\hline",
         ]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from kdmri import comparisons, tables
+from kdmri import comparisons, stats, tables
 from kdmri.cli import main
 from kdmri.config import validate
 from kdmri.errors import KdmriError
@@ -151,9 +151,9 @@ def test_holm_against_the_step_down_written_out():
     # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 4 * 0.01, 3 * 0.03, 2 * 0.04, 1 * 0.5, then the
     # running maximum keeps them non-decreasing
     expected = [0.04, 0.09, 0.09, np.nan, 0.5]
-    np.testing.assert_allclose(comparisons.holm(p), expected)
-    assert comparisons.holm([0.6, 0.7])[0] == 1.0  # capped
-    assert comparisons.holm([]).size == 0
+    np.testing.assert_allclose(stats.holm(p), expected)
+    assert stats.holm([0.6, 0.7])[0] == 1.0  # capped
+    assert stats.holm([]).size == 0
 
 
 # ---------------------------------------------------------------------- methods table

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from kdmri import mri, numpy_fft
 from kdmri.mri import DataConsistency, data_consistency, fft2c, ifft2c, real_image, undersample, zero_filled
 from tests.oracles import np_fft2c, np_ifft2c
 
@@ -42,6 +45,16 @@ def test_fft_matches_numpy_float64_oracle(shape):
     np.testing.assert_allclose(fft2c(x).numpy(), expected_k, atol=1e-5, rtol=1e-5)
     expected_x = np_ifft2c(x.numpy().astype(np.complex128))
     np.testing.assert_allclose(ifft2c(x).numpy(), expected_x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numpy_ifft2c_matches_the_oracle_and_the_torch_one(shape):
+    """kdmri.numpy_fft.ifft2c (the readers' inverse FFT, without torch) is kdmri.mri.ifft2c."""
+    k = random_complex(shape, seed=2).numpy()
+    out = numpy_fft.ifft2c(k)
+    assert out.dtype == np.complex64
+    np.testing.assert_allclose(out, np_ifft2c(k.astype(np.complex128)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, ifft2c(torch.from_numpy(k)).numpy(), atol=1e-5, rtol=1e-5)
 
 
 def test_fft_real_input_matches_numpy():
@@ -208,8 +221,35 @@ def test_prepared_dc_of_even_sizes_runs_no_shift_and_matches_the_centred_formula
 
     monkeypatch.setattr(torch.fft, "fftshift", no_shift)
     monkeypatch.setattr(torch.fft, "ifftshift", no_shift)
+    monkeypatch.setattr(mri, "_half_roll", no_shift)  # the shifts of kdmri.mri's DC core
     out = prepared(prediction)
     (grad_prepared,) = torch.autograd.grad(out.square().sum(), prediction)
     np.testing.assert_allclose(out.detach().numpy(), expected, atol=2e-6)
     torch.testing.assert_close(out, centred, atol=2e-6, rtol=0)
     torch.testing.assert_close(grad_prepared, grad_centred, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (64, 64), (24, 36), (13, 10)])
+def test_the_shifted_form_of_the_dc_core_matches_the_prepared_dc(shape):
+    """prepare_dc(sign_form=False), the form the ONNX graph runs at every size, against
+    DataConsistency and the centred formula: the same numbers at powers of two and odd
+    sizes (with MKL's FFT), within float32 rounding elsewhere."""
+    mask, measured, prediction, centred, _ = _centred_dc_case(shape, 2, seed=2)
+    kept, free, shifted = mri.prepare_dc(torch.view_as_real(measured), mask, sign_form=False)
+    assert shifted
+    out = mri.apply_dc(prediction.detach(), kept, free, shifted, False)
+    reference = DataConsistency(measured, mask)(prediction).detach()
+    torch.testing.assert_close(out, reference, atol=2e-6, rtol=0)
+    torch.testing.assert_close(out, centred.detach(), atol=2e-6, rtol=0)
+    exact = all(n & (n - 1) == 0 for n in shape) or any(n % 2 for n in shape)
+    if exact and torch.backends.mkl.is_available():
+        assert torch.equal(out, centred.detach())
+
+
+def test_data_consistency_is_written_once():
+    """The exported networks run kdmri.mri's DC core: kdmri.export has no FFT of its own."""
+    from kdmri import export
+
+    source = Path(export.__file__).read_text()
+    assert "torch.fft" not in source and "view_as_complex" not in source
+    assert "prepare_dc(" in source and "apply_dc(" in source

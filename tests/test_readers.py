@@ -20,15 +20,8 @@ from kdmri.cli import main
 from kdmri.config import load_config, schema, validate
 from kdmri.data import readers
 from kdmri.data.prepare import READERS, prepare_dataset
-from kdmri.data.readers import (
-    dataset_spec,
-    fastmri_volumes,
-    fit_size,
-    normalize_volume,
-    plan_sources,
-    source_files,
-    split_counts,
-)
+from kdmri.data.readers import dataset_spec, fastmri_volumes, source_files
+from kdmri.data.sources import fit_size, normalize_volume, plan_sources, split_counts
 from kdmri.data.store import StoreWriter, read_store
 from kdmri.errors import KdmriError
 from kdmri.keys import SPLITS

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from kdmri import tables
+from kdmri import stats, tables
 from kdmri.cli import main
 from kdmri.errors import KdmriError
 
@@ -54,7 +54,7 @@ def write_metrics(frame: pd.DataFrame, folder) -> list[str]:
 
 def test_summary_columns_order_and_values() -> None:
     frame = metrics_frame().sample(frac=1.0, random_state=3)  # row order must not matter
-    summary = tables.summarise(frame)
+    summary = stats.summarise(frame)
     assert list(summary.columns) == [
         "task", "dataset", "acceleration", "model", "psnr_mean", "psnr_std", "ssim_mean",
         "ssim_std", "nmse_mean", "nmse_std", "hfen_mean", "hfen_std", "n_slices", "params",
@@ -73,13 +73,13 @@ def test_summary_columns_order_and_values() -> None:
 
 def test_flops_are_optional_and_must_agree() -> None:
     """Metrics files written before FLOPs were counted give an empty flops column."""
-    summary = tables.summarise(metrics_frame().drop(columns="flops"))
+    summary = stats.summarise(metrics_frame().drop(columns="flops"))
     assert summary["flops"].isna().all() and summary["params"].notna().all()
     tables.to_markdown(summary.drop(columns="flops"))
     frame = metrics_frame()
     frame.loc[(frame["model"] == "kd") & (frame["seed"] == 1), "flops"] = 1
     with pytest.raises(KdmriError, match="different FLOP counts"):
-        tables.summarise(frame)
+        stats.summarise(frame)
 
 
 def test_kd_gain_known_answer_and_wilcoxon() -> None:
@@ -136,7 +136,7 @@ def test_no_difference_gives_nan_p() -> None:
 
 
 def test_markdown_bold_best_and_underline_second() -> None:
-    summary = tables.summarise(metrics_frame())
+    summary = stats.summarise(metrics_frame())
     text = tables.to_markdown(summary)
     teacher = next(line for line in text.splitlines() if line.startswith("| teacher |"))
     kd = next(line for line in text.splitlines() if line.startswith("| kd |"))
@@ -154,7 +154,7 @@ def test_markdown_bold_best_and_underline_second() -> None:
 def test_latex_escapes_and_marks() -> None:
     frame = metrics_frame(models=("student", "kd", "kd_attention"), accelerations=(4,))
     frame["dataset"] = "fast_mri"
-    text = tables.to_latex(tables.summarise(frame))
+    text = tables.to_latex(stats.summarise(frame))
     assert r"kd\_attention" in text and r"fast\_mri" in text
     body = text.replace(r"\_", "")
     assert "_" not in body

@@ -54,16 +54,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kdmri.data.readers import (
-    _as_float32,
-    _first_line,
-    _glob,
-    _root,
-    _split_dirs,
+from kdmri.data.sources import (
+    as_float32,
+    data_root,
+    file_pattern,
     fit_size,
     split_counts,
+    split_folders,
 )
-from kdmri.errors import KdmriError
+from kdmri.errors import KdmriError, first_line
 from kdmri.keys import SPLITS
 
 #: Largest difference of the direction cosines of two slices of one series.
@@ -124,7 +123,7 @@ def _header(path: Path):
         return None
     except Exception as exc:  # a DICM marker but a header pydicom cannot parse
         raise KdmriError(
-            f"{path}: DICOM header is unreadable or truncated ({_first_line(exc)})"
+            f"{path}: DICOM header is unreadable or truncated ({first_line(exc)})"
         ) from None
     if "Rows" not in ds or "Columns" not in ds:
         return None
@@ -173,8 +172,8 @@ def _series_names(root: Path, found: dict[str, tuple[list[Path], str]]) -> dict[
 
 def plan_series(cfg: dict) -> list[Series]:
     """Every series with its split and volume name (reads the headers only)."""
-    root, pattern = _root(cfg), _glob(cfg)
-    dirs = _split_dirs(cfg, root)
+    root, pattern = data_root(cfg), file_pattern(cfg)
+    dirs = split_folders(cfg, root)
     groups: dict[str, dict[str, tuple[list[Path], str]]] = {
         split: scan_series(root / folder, pattern) for split, folder in dirs.items()}
     if "train" not in dirs:
@@ -256,14 +255,14 @@ def _pixels(path: Path, ds) -> np.ndarray:
     try:
         array = ds.pixel_array
     except Exception as exc:  # truncated, corrupt or inconsistent pixel data
-        text = _first_line(exc)
+        text = first_line(exc)
         if "missing dependencies" in text or "plugins" in text:
             raise KdmriError(f"{path}: cannot decode the pixel data ({text})") from None
         raise KdmriError(f"{path}: pixel data is unreadable, truncated or corrupt ({text})") from None
     rows, cols = int(ds.Rows), int(ds.Columns)
     if array.size % (rows * cols):
         raise KdmriError(f"{path}: pixel data of shape {array.shape}, expected images of {rows} x {cols}")
-    return _as_float32(array, path, "the pixel data").reshape(-1, rows, cols)
+    return as_float32(array, path, "the pixel data").reshape(-1, rows, cols)
 
 
 def _floats(value, n: int) -> np.ndarray | None:
@@ -443,7 +442,7 @@ def _read_file(path: Path) -> tuple[str, int, list[_Slice]]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise KdmriError(f"{path}: DICOM file is unreadable or truncated ({_first_line(exc)})") from None
+        raise KdmriError(f"{path}: DICOM file is unreadable or truncated ({first_line(exc)})") from None
     pixels = _pixels(path, ds)
     number = int(_number(ds.get("InstanceNumber"), 0) or 0)
     if int(_number(ds.get("NumberOfFrames"), 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:

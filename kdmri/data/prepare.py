@@ -2,11 +2,12 @@
 undersampling: turn a target store and a mask into the input store every stage reads.
 
 :func:`prepare_dataset` is the one entry point (``kdmri prepare``): the reader of the
-dataset's ``format`` (:data:`READERS`; the file formats live in :mod:`kdmri.data.readers`)
-yields ``(split, volume name, slices)``; every volume is normalised by
-:func:`~kdmri.data.readers.normalize_volume` and appended to its split's store. The three
-stores are written side by side in a hidden staging folder and moved into place together
-only when every file was read without error, so a failure leaves no store behind.
+dataset's ``format`` (:data:`READERS`; the file formats live in :mod:`kdmri.data.readers`
+and :mod:`kdmri.data.dicom`) yields ``(split, volume name, slices)``; every volume is
+normalised by :func:`~kdmri.data.sources.normalize_volume` and appended to its split's
+store. The three stores are written side by side in a hidden staging folder and moved into
+place together only when every file was read without error, so a failure leaves no store
+behind.
 
 Splits are made by volume (subject), never by slices of one volume.
 """
@@ -28,14 +29,9 @@ import torch
 from tqdm import tqdm
 
 from kdmri.config import validate
-from kdmri.data.readers import (
-    DEFAULT_SIZE,
-    dicom_volumes,
-    fastmri_volumes,
-    kdmri_h5_volumes,
-    nifti_volumes,
-    normalize_volume,
-)
+from kdmri.data.dicom import dicom_volumes
+from kdmri.data.readers import DEFAULT_SIZE, fastmri_volumes, kdmri_h5_volumes, nifti_volumes
+from kdmri.data.sources import normalize_volume
 from kdmri.data.store import SliceDataset, StoreWriter, write_store
 from kdmri.errors import KdmriError
 from kdmri.io import write_json

@@ -1,6 +1,6 @@
-"""Readers of source data: one function per file format, each yielding
-``(split, volume name, slices)`` with ``slices`` a float32 array ``(S, H, W)`` (complex64
-for ``fastmri`` with ``source: kspace``).
+"""Readers of source data: one function per file format (DICOM's in
+:mod:`kdmri.data.dicom`), each yielding ``(split, volume name, slices)`` with ``slices`` a
+float32 array ``(S, H, W)`` (complex64 for ``fastmri`` with ``source: kspace``).
 
 =============  ===========================================================================
 format         what one file holds
@@ -14,24 +14,12 @@ format         what one file holds
                split by series: :mod:`kdmri.data.dicom`
 =============  ===========================================================================
 
-Every file is one *volume* (a 4-D NIfTI gives one volume per chosen frame) and lands in
-exactly one split, so no volume has slices in two splits:
-
-* splits named in ``split_dirs`` take the files of their folder;
-* the other splits divide a *pool* of files in the ratio of ``split_fractions`` by a
-  permutation seeded with ``seed`` (at least one file each); the pool is the train
-  folder's files when train has a folder, else every file under ``path`` outside the
-  named folders (all files when there are none).
-
-``kdmri_h5`` without ``split_dirs`` uses the original layout when ``path`` holds ``train/``
-and ``validation/``: train from ``train/``, test from ``validation/`` (the split the original
-code reported on), val drawn from ``train/``. A file name found again in other folders of
-one split (the same volume under ``acc_4x/``, ``acc_5x/``, ...) is read once.
-
-A volume is named after its file (without extension), or after its path relative to
-``path`` (``/`` -> ``_``) where file names repeat. Slices are centre-cropped or zero-padded
-to ``size`` x ``size``; without ``size`` they keep the files' size (fastmri: 320), which all
-volumes must then share. :func:`normalize_volume` scales every volume to a common range.
+The files of a dataset, their splits and their volumes' names come from
+:mod:`kdmri.data.sources` (:func:`~kdmri.data.sources.plan_sources`), as do the steps every
+reader shares: slices are centre-cropped or zero-padded to ``size`` x ``size``
+(:func:`~kdmri.data.sources.fit_size`); without ``size`` they keep the files' size
+(fastmri: 320), which all volumes must then share;
+:func:`~kdmri.data.sources.normalize_volume` scales every volume to a common range.
 
 Readers take one dataset entry of the config with the schema's defaults filled
 (:func:`kdmri.config.validate`). A mistake in the data raises
@@ -44,16 +32,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kdmri.errors import KdmriError
-from kdmri.keys import SPLITS
+from kdmri.data.dicom import series_files
+from kdmri.data.sources import Source, as_float32, fit_size, plan_sources
+from kdmri.errors import KdmriError, first_line
+from kdmri.numpy_fft import ifft2c
 
-#: File pattern of each format when ``glob`` is empty.
-DEFAULT_GLOB = {"fastmri": "*.h5", "nifti": "**/*.nii*", "kdmri_h5": "**/*.h5", "dicom": "**/*"}
 #: In-plane size of each format when ``size`` is not set (None: keep the files' size).
 DEFAULT_SIZE = {"demo": 64, "fastmri": 320, "nifti": None, "kdmri_h5": None, "dicom": None}
 #: fastMRI magnitude targets, in order of preference, when ``target_key`` is ``auto``.
@@ -61,7 +48,6 @@ FASTMRI_KEYS = ("reconstruction_esc", "reconstruction_rss")
 #: fastMRI's acquired k-space (``source: kspace``).
 FASTMRI_KSPACE_KEY = "kspace"
 KDMRI_H5_KEY = "volfs"
-_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5")
 
 Volume = tuple[str, str, np.ndarray]
 
@@ -87,144 +73,11 @@ def dataset_spec(cfg: dict) -> dict:
     return spec
 
 
-@dataclass(frozen=True)
-class Source:
-    """One source file, the split it goes to and the name of its volume."""
-
-    path: Path
-    split: str
-    name: str
-
-
-# ------------------------------------------------------------------------- file listing
-def _root(cfg: dict) -> Path:
-    if not cfg["path"]:
-        raise KdmriError(f"format {cfg['format']!r}: key 'path' (the data folder) is not set")
-    root = Path(os.path.expanduser(cfg["path"]))
-    if not root.is_dir():
-        raise KdmriError(f"{root}: data folder not found (key 'path')")
-    return root
-
-
-def _glob(cfg: dict) -> str:
-    return cfg["glob"] or DEFAULT_GLOB[cfg["format"]]
-
-
-def _find(folder: Path, pattern: str, exclude: tuple[Path, ...] = ()) -> list[Path]:
-    files = sorted(
-        p for p in folder.glob(pattern)
-        if p.is_file() and not p.name.startswith(".")
-        and not any(p.is_relative_to(e) for e in exclude)
-    )
-    if not files:
-        where = f" outside {[str(e) for e in exclude]}" if exclude else ""
-        raise KdmriError(f"{folder}: no files match {pattern!r}{where} (empty folder?)")
-    return files
-
-
-def _split_dirs(cfg: dict, root: Path) -> dict[str, str]:
-    dirs = {s: d for s, d in cfg["split_dirs"].items() if d}
-    if not dirs and cfg["format"] == "kdmri_h5":
-        if (root / "train").is_dir() and (root / "validation").is_dir():
-            dirs = {"train": "train", "test": "validation"}
-    for split, folder in dirs.items():
-        if not (root / folder).is_dir():
-            raise KdmriError(
-                f"{root / folder}: folder of split {split!r} not found (key 'split_dirs')"
-            )
-    return dirs
-
-
-def _dedupe_by_name(files: list[Path]) -> list[Path]:
-    seen: dict[str, Path] = {}
-    for path in files:
-        seen.setdefault(path.name, path)
-    return sorted(seen.values())
-
-
-def split_counts(n_files: int, fractions: dict[str, float], splits: list[str]) -> dict[str, int]:
-    """Files per split: ``n_files`` divided in the ratio of ``fractions`` (largest
-    remainders get the leftover files), then at least one file per split."""
-    total = sum(fractions[s] for s in splits)
-    raw = {s: n_files * fractions[s] / total for s in splits}
-    counts = {s: int(np.floor(raw[s])) for s in splits}
-    leftover = n_files - sum(counts.values())
-    for split in sorted(splits, key=lambda s: counts[s] - raw[s])[:leftover]:
-        counts[split] += 1
-    for split in splits:
-        while counts[split] == 0:
-            donor = max(splits, key=lambda s: counts[s])
-            counts[donor] -= 1
-            counts[split] += 1
-    return counts
-
-
-def plan_sources(cfg: dict) -> list[Source]:
-    """Every source file with its split and volume name (reads no file's contents)."""
-    root, pattern = _root(cfg), _glob(cfg)
-    dirs = _split_dirs(cfg, root)
-    named = {split: _find(root / folder, pattern) for split, folder in dirs.items()}
-    shared = [s for s in SPLITS if s not in dirs or s == "train"]
-    if "train" in dirs:
-        pool = named.pop("train")
-    else:
-        pool = _find(root, pattern, exclude=tuple(root / d for d in dirs.values()))
-    if cfg["format"] == "kdmri_h5":
-        pool = _dedupe_by_name(pool)
-        named = {s: _dedupe_by_name(f) for s, f in named.items()}
-    if len(pool) < len(shared):
-        raise KdmriError(
-            f"{root}: {len(pool)} file(s) matching {pattern!r} to divide into splits "
-            f"{shared}; expected at least {len(shared)}"
-        )
-    assigned: dict[str, list[Path]] = dict(named)
-    if len(shared) == 1:
-        assigned[shared[0]] = pool
-    else:
-        counts = split_counts(len(pool), cfg["split_fractions"], shared)
-        order = np.random.default_rng(cfg["seed"]).permutation(len(pool))
-        start = 0
-        for split in shared:
-            picked = order[start : start + counts[split]]
-            assigned[split] = sorted(pool[i] for i in picked)
-            start += counts[split]
-    everything = [p for files in assigned.values() for p in files]
-    if len(set(everything)) < len(everything):
-        raise KdmriError(
-            f"{root}: a file would be in two splits; expected split_dirs {dirs} to be "
-            "separate folders, none inside another"
-        )
-    names = _volume_names(root, everything)
-    return [Source(p, split, names[p]) for split in SPLITS for p in assigned[split]]
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def _volume_names(root: Path, files: list[Path]) -> dict[Path, str]:
-    stems = [_strip_suffix(p.name) for p in files]
-    if len(set(stems)) == len(stems):
-        return dict(zip(files, stems, strict=True))
-    names = {}
-    for path in files:
-        relative = path.relative_to(root).as_posix()
-        names[path] = _strip_suffix(relative).replace("/", "_")
-    if len(set(names.values())) < len(names):
-        raise KdmriError(f"{root}: two files map to the same volume name; rename one of them")
-    return names
-
-
 def source_files(cfg: dict) -> list[str]:
     """Every file preparation reads (sources and the frame list): the Snakemake inputs."""
     if cfg["format"] == "demo":
         return []
     if cfg["format"] == "dicom":  # the DICOM files of every series (headers read)
-        from kdmri.data.dicom import series_files
-
         return series_files(cfg)
     files = [str(s.path) for s in plan_sources(cfg)]
     if cfg["format"] == "nifti" and cfg["frame_list"]:
@@ -232,55 +85,7 @@ def source_files(cfg: dict) -> list[str]:
     return files
 
 
-# ------------------------------------------------------------------------- shared steps
-def fit_size(slices: np.ndarray, size: int | None) -> np.ndarray:
-    """Centre-crop or zero-pad the in-plane dims of ``(S, H, W)`` to ``size`` x ``size``
-    (a crop keeps the middle, starting at ``(n - size) // 2``)."""
-    if size is None or slices.shape[1:] == (size, size):
-        return slices
-    crop, pad = [slice(None)], [(0, 0)]
-    for n in slices.shape[1:]:
-        start = max(n - size, 0) // 2
-        crop.append(slice(start, start + min(n, size)))
-        before = max(size - n, 0) // 2
-        pad.append((before, max(size - n, 0) - before))
-    return np.ascontiguousarray(np.pad(slices[tuple(crop)], pad))
-
-
-def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") -> np.ndarray:
-    """Scale one volume: ``max`` divides by its maximum (as the paper), ``percentile``
-    divides by its ``percentile``-th percentile over all voxels (brighter voxels then
-    exceed 1). A complex volume is divided by the maximum (or percentile) of its
-    magnitudes and stays complex. Raises :class:`KdmriError` if the scale is not positive."""
-    kind = settings["kind"]
-    values = np.abs(volume) if np.iscomplexobj(volume) else volume
-    if kind == "max":
-        scale = float(values.max())
-    elif kind == "percentile":
-        scale = float(np.percentile(values, settings["percentile"]))
-    else:
-        raise KdmriError(
-            f"{where}: unknown normalization kind {kind!r}; expected max or percentile"
-        )
-    if not scale > 0:
-        raise KdmriError(
-            f"{where}: cannot normalise: its {kind} is {scale:g}, expected a positive value"
-        )
-    if scale == 1.0:
-        return volume
-    dtype = np.complex64 if np.iscomplexobj(volume) else np.float32
-    return (volume / np.float32(scale)).astype(dtype, copy=False)
-
-
-def _as_float32(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    if array.dtype.kind not in "fiub":
-        raise KdmriError(f"{path}: {what} must hold real numbers, found dtype {array.dtype}")
-    array = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise KdmriError(f"{path}: {what} contains NaN or infinite values")
-    return array
-
-
+# ------------------------------------------------------------------------ reading files
 def _iter_sources(cfg: dict, progress: bool) -> Iterator[Source]:
     sources = plan_sources(cfg)
     if not progress:
@@ -315,11 +120,6 @@ def _read_files(cfg: dict, load: Callable[[Path, dict], Iterator[tuple[str, np.n
             yield source.split, source.name + suffix, slices
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _open_h5(path: Path):
     import h5py
 
@@ -327,7 +127,7 @@ def _open_h5(path: Path):
         return h5py.File(path, "r")
     except OSError as exc:
         raise KdmriError(
-            f"{path}: expected an HDF5 file, found unreadable or other data ({_first_line(exc)})"
+            f"{path}: expected an HDF5 file, found unreadable or other data ({first_line(exc)})"
         ) from None
 
 
@@ -359,16 +159,7 @@ def _load_fastmri(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
                 f"{path}: key {key!r} must have 3 dims (slices, H, W), found shape {dataset.shape}"
             )
         data = _read_h5(dataset, path, key)
-    yield "", _as_float32(data, path, f"key {key!r}")
-
-
-def ifft2c(kspace: np.ndarray) -> np.ndarray:
-    """The centred orthonormal 2-D inverse FFT over the last two dims (complex64), as
-    :func:`kdmri.mri.ifft2c` and fastMRI's ``ifft2c``: ``fftshift(ifft2(ifftshift(k)))``
-    with ``norm="ortho"`` (NumPy here: this module does not import torch)."""
-    shifted = np.fft.ifftshift(kspace, axes=(-2, -1))
-    image = np.fft.ifft2(shifted, axes=(-2, -1), norm="ortho")
-    return np.fft.fftshift(image, axes=(-2, -1)).astype(np.complex64)
+    yield "", as_float32(data, path, f"key {key!r}")
 
 
 def _load_fastmri_kspace(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -414,7 +205,7 @@ def _load_kdmri_h5(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
                 f"found shape {dataset.shape}"
             )
         data = _read_h5(dataset, path, key)
-    data = _as_float32(data, path, f"key {key!r}")
+    data = as_float32(data, path, f"key {key!r}")
     yield "", np.ascontiguousarray(data[None] if data.ndim == 2 else data.transpose(2, 0, 1))
 
 
@@ -480,7 +271,7 @@ def open_nifti(path: Path):
     except Exception as exc:  # nibabel raises many types for a file that is not NIfTI
         raise KdmriError(
             f"{path}: expected a NIfTI file (.nii, .nii.gz), found unreadable or other data "
-            f"({_first_line(exc)})"
+            f"({first_line(exc)})"
         ) from None
     return image
 
@@ -491,7 +282,7 @@ def nifti_data(path: Path, image) -> np.ndarray:
         return np.asanyarray(image.dataobj)
     except Exception as exc:  # truncated or corrupt image data (gzip, EOF, size errors)
         raise KdmriError(
-            f"{path}: image data is unreadable, truncated or corrupt ({_first_line(exc)})"
+            f"{path}: image data is unreadable, truncated or corrupt ({first_line(exc)})"
         ) from None
 
 
@@ -509,7 +300,7 @@ def _load_nifti(path: Path, cfg: dict, listed: dict[str, list[int]]
         frames = _frames_for(path, cfg, shape[3], listed)
         volumes = [(f"_f{t:02d}", data[..., t]) for t in frames]
     for suffix, volume in volumes:
-        volume = _as_float32(volume, path, "the image")
+        volume = as_float32(volume, path, "the image")
         yield suffix, np.ascontiguousarray(np.moveaxis(volume, axis, 0))
 
 
@@ -518,11 +309,3 @@ def nifti_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
     gives one volume per frame chosen by ``frame_list`` or ``frames``."""
     listed = read_frame_list(cfg["frame_list"]) if cfg["frame_list"] else {}
     return _read_files(cfg, lambda path, c: _load_nifti(path, c, listed), progress)
-
-
-# -------------------------------------------------------------------------------- DICOM
-def dicom_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
-    """DICOM series under ``path``, one volume per series: :mod:`kdmri.data.dicom`."""
-    from kdmri.data.dicom import dicom_volumes as read
-
-    return read(cfg, progress)

@@ -39,7 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from kdmri.errors import KdmriError
+from kdmri.errors import KdmriError, first_line
 from kdmri.io import atomic_path
 
 #: Expected number of dims per known key (``mask`` is not per slice).
@@ -60,7 +60,7 @@ def _open(path: Path) -> Iterator[h5py.File]:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise KdmriError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
+        raise KdmriError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
     try:
         yield handle
     finally:
@@ -100,7 +100,7 @@ def store_info(path: str | Path) -> dict:
             attrs = {k: _plain(v) for k, v in handle.attrs.items()}
             n = handle["volume"].shape[0] if "volume" in handle else None
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({_first_line(exc)})") from None
+        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({first_line(exc)})") from None
     return {"keys": keys, "attrs": attrs, "n_slices": n}
 
 
@@ -125,11 +125,6 @@ def is_complex_store(path: str | Path, key: str = "target") -> bool:
     return np.dtype(info["keys"][key][1]).kind == "c"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _plain(value):
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
@@ -151,7 +146,7 @@ def read_store(path: str | Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
             out["volume_names"] = np.array(_plain(handle.attrs.get("volume_names", [])))
             _check_lengths(path, out)
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({_first_line(exc)})") from None
+        raise KdmriError(f"{path}: corrupt or unreadable HDF5 store ({first_line(exc)})") from None
     return out
 
 
@@ -347,7 +342,7 @@ class SliceDataset:
                 self._handle = h5py.File(self.path, "r")
             except OSError as exc:
                 raise KdmriError(
-                    f"{self.path}: not a readable HDF5 file ({_first_line(exc)})"
+                    f"{self.path}: not a readable HDF5 file ({first_line(exc)})"
                 ) from None
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
@@ -357,7 +352,7 @@ class SliceDataset:
                 data = self._handle[key][sorted_idx.tolist()]
             except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise KdmriError(
-                    f"{self.path}: corrupt or unreadable HDF5 store ({_first_line(exc)})"
+                    f"{self.path}: corrupt or unreadable HDF5 store ({first_line(exc)})"
                 ) from None
             out[key] = torch.from_numpy(_check_values(self.path, key, data)[inverse])
         return out

@@ -35,8 +35,8 @@ import sys
 import torch
 from torch import nn
 
-from kdmri.cli import TRUST_FLAG
 from kdmri.errors import KdmriError
+from kdmri.keys import TRUST_FLAG
 
 #: The spec key every message names (a model spec's ``net``; a cache spec's ``teacher_net``).
 KEY = "net"

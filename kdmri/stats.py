@@ -1,0 +1,184 @@
+"""The statistics every results table uses, on a frame of per-slice metrics.
+
+A *metrics frame* has one row per (task, dataset, acceleration, model, seed, volume,
+slice) with the columns :data:`METRICS_COLUMNS` (``flops`` where present). On it:
+
+* :func:`summarise`: per (task, dataset, acceleration, model) the mean and the population
+  standard deviation (``ddof=0``) of every metric over all test slices of all seeds
+  pooled, the slice, seed, parameter and FLOP counts and the mean latency over seeds;
+* :func:`gap_closed`: the share of the teacher-student gap a distilled student closes,
+  ``(KD - S) / (T - S)``;
+* :func:`paired` and :func:`wilcoxon_p`: two models' slices joined on (seed, volume,
+  slice), and the two-sided Wilcoxon signed-rank test of their paired differences;
+* :func:`holm`: Holm's step-down adjustment of a family of p-values;
+* :func:`sort_rows`: the row order of every table (models in :data:`MODEL_ORDER`).
+
+:mod:`kdmri.tables` (summary, KD gain, ablation) and :mod:`kdmri.comparisons`
+(compression curve, methods) build their tables from these, so each formula is written
+once. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from kdmri.errors import KdmriError
+
+#: Columns every metrics.csv must have (``flops`` is read where present: files written
+#: before it existed have none).
+METRICS_COLUMNS = [
+    "task", "dataset", "acceleration", "model", "seed", "params", "latency_ms",
+    "volume", "slice", "psnr", "ssim", "nmse", "hfen",
+]
+METRIC_NAMES = ["psnr", "ssim", "nmse", "hfen"]
+#: Row order of models in every table; other model names follow alphabetically.
+MODEL_ORDER = ["zf", "teacher", "student", "kd", "kd_imitation", "kd_attention"]
+#: The cell a table row describes.
+GROUP = ["task", "dataset", "acceleration"]
+SUMMARY_COLUMNS = [
+    "task", "dataset", "acceleration", "model",
+    "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
+    "nmse_mean", "nmse_std", "hfen_mean", "hfen_std",
+    "n_slices", "params", "flops", "latency_ms", "n_seeds",
+]
+
+
+def check_metrics(frame: pd.DataFrame, source: str = "metrics") -> pd.DataFrame:
+    """Raise :class:`KdmriError` naming ``source`` if required columns are missing."""
+    missing = [c for c in METRICS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise KdmriError(
+            f"{source}: missing columns {missing} (expected {METRICS_COLUMNS}, "
+            f"found {list(frame.columns)})"
+        )
+    return frame
+
+
+# ---------------------------------------------------------------------- ordering
+def _sort_key(column: pd.Series) -> pd.Series:
+    if column.name == "model":
+        names = column.astype(str)
+        others = sorted(set(names) - set(MODEL_ORDER))
+        order = {name: i for i, name in enumerate([*MODEL_ORDER, *others])}
+        return names.map(order)
+    if column.name == "acceleration":
+        numeric = pd.to_numeric(column, errors="coerce")
+        if numeric.notna().all():
+            return numeric
+    return column.astype(str)
+
+
+def sort_rows(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``frame`` sorted (stably) by the columns ``by``: models in :data:`MODEL_ORDER`
+    then alphabetically, accelerations numerically where all are numbers, anything else
+    as text; the index renumbered."""
+    return frame.sort_values(list(by), key=_sort_key, kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- summary
+def _param_value(values: pd.Series, where: str, what: str = "parameter counts"):
+    distinct = values.dropna().unique()
+    if len(distinct) > 1:
+        raise KdmriError(f"metrics: {where} has different {what} {sorted(distinct)}")
+    return int(distinct[0]) if len(distinct) else np.nan
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, dataset, acceleration, model): pooled means and stds of every metric.
+
+    Means and standard deviations run over all test slices of all seeds together; the
+    standard deviation is the population one (numpy's default, ``ddof=0``).
+    ``n_slices`` counts distinct (volume, slice) test slices, ``n_seeds`` distinct seeds;
+    ``latency_ms`` is the mean over seeds of each seed's latency.
+    """
+    check_metrics(frame)
+    rows = []
+    for key, group in frame.groupby([*GROUP, "model"], sort=False, dropna=False):
+        row = dict(zip([*GROUP, "model"], key, strict=True))
+        for metric in METRIC_NAMES:
+            values = group[metric].to_numpy(dtype=float)
+            row[f"{metric}_mean"] = float(np.mean(values))
+            row[f"{metric}_std"] = float(np.std(values))
+        row["n_slices"] = int(len(group[["volume", "slice"]].drop_duplicates()))
+        row["params"] = _param_value(group["params"], f"model {key[3]!r} at {key[:3]}")
+        row["flops"] = (_param_value(group["flops"], f"model {key[3]!r} at {key[:3]}",
+                                     "FLOP counts") if "flops" in group else np.nan)
+        per_seed = group.groupby("seed")["latency_ms"].mean()
+        row["latency_ms"] = float(per_seed.mean()) if per_seed.notna().any() else np.nan
+        row["n_seeds"] = int(group["seed"].nunique())
+        rows.append(row)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary["params"] = summary["params"].astype("Int64")
+    summary["flops"] = summary["flops"].astype("Int64")
+    return sort_rows(summary, [*GROUP, "model"])
+
+
+# ---------------------------------------------------------------------- gap and spread
+def gap_closed(kd: float, student: float, teacher: float) -> float:
+    """``(kd - student) / (teacher - student)``: the share of the teacher-student gap the
+    distilled student closes (1: all of it, 0: none, < 0: worse than the student); NaN
+    when the teacher equals the student or either is not finite."""
+    denominator = teacher - student
+    if denominator == 0 or not math.isfinite(denominator):
+        return math.nan
+    return (kd - student) / denominator
+
+
+def seed_std(values: np.ndarray) -> float:
+    """Standard deviation over seeds with ``ddof=1``; 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------- paired tests
+def paired(group: pd.DataFrame, where: str, kd: str = "kd",
+           student: str = "student") -> pd.DataFrame:
+    """Rows of models ``kd`` and ``student`` of one group joined on (seed, volume, slice),
+    as columns ``psnr_kd``, ``psnr_student``, ``ssim_kd``, ``ssim_student``; a slice that
+    only one of them has raises :class:`KdmriError` naming ``where``."""
+    keys = ["seed", "volume", "slice"]
+    first = group.loc[group["model"] == kd, [*keys, "psnr", "ssim"]]
+    second = group.loc[group["model"] == student, [*keys, "psnr", "ssim"]]
+    pairs = first.merge(second, on=keys, how="outer", suffixes=("_kd", "_student"),
+                        indicator=True, validate="one_to_one")
+    unmatched = pairs["_merge"] != "both"
+    if unmatched.any():
+        example = pairs.loc[unmatched, keys].iloc[0].to_dict()
+        raise KdmriError(
+            f"metrics: {where}: {kd} and {student} were evaluated on different slices "
+            f"({int(unmatched.sum())} unmatched, e.g. {example})"
+        )
+    return pairs.drop(columns="_merge")
+
+
+def wilcoxon_p(kd: np.ndarray, student: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of the paired differences ``kd - student``
+    (scipy's default zero handling); pairs whose difference is not finite (two perfect
+    slices: inf - inf) are left out; NaN when no pair differs."""
+    from scipy.stats import wilcoxon
+
+    with np.errstate(invalid="ignore"):
+        diff = kd - student
+    diff = diff[np.isfinite(diff)]  # inf - inf (two perfect slices) carries no information
+    if not np.any(diff != 0):
+        return math.nan
+    return float(wilcoxon(diff, alternative="two-sided").pvalue)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of p-values for a family of tests: with the m finite p
+    sorted ascending, p_(i) * (m - i + 1), made non-decreasing and capped at 1; NaN entries
+    stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
