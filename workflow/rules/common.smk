@@ -24,6 +24,7 @@ from kdmri.config import (
     validate,
 )
 from kdmri.data.readers import dataset_spec, source_files
+from kdmri.priorities import StudyPriorities
 from kdmri.tables import has_ablation
 
 # Validate before any key is read: an unknown key or a wrong type stops the run here.
@@ -104,6 +105,18 @@ wildcard_constraints:
 
 def cell(w):
     return f"{R}/{w.task}/{w.dataset}/acc{w.acc}"
+
+
+# The critical path first (kdmri.priorities): the jobs that unlock training rank above
+# every training job, and among training jobs the longest remaining chain goes first.
+# Computed at the first job's priority; no job's spec or command depends on it.
+PRIORITIES = StudyPriorities(config)
+PRIORITY = {
+    "prepare": lambda w: PRIORITIES.prepare(w.dataset),
+    "inputs": lambda w: PRIORITIES.inputs(w.task, w.dataset),
+    "cache": lambda w: PRIORITIES.cache(w.task, w.dataset, w.model),
+    "train": lambda w: PRIORITIES.train(w.task, w.dataset, w.model),
+}
 
 
 def spec_json(obj):
