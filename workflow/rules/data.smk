@@ -12,7 +12,7 @@ rule prepare:
         f"{R}/logs/prepare/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/prepare/{{dataset}}.tsv"
-    priority: PRIORITY["prepare"]
+    priority: job_priority("prepare")
     conda:
         "../envs/kdmri.yaml"
     threads: THREADS
@@ -34,7 +34,7 @@ rule mask:
         sidecar=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/mask.json",
     log:
         f"{R}/logs/mask/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
-    priority: PRIORITY["inputs"]
+    priority: job_priority("inputs")
     localrule: True
     conda:
         "../envs/kdmri.yaml"
@@ -59,7 +59,7 @@ rule undersample:
         f"{R}/logs/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
-    priority: PRIORITY["inputs"]
+    priority: job_priority("inputs")
     conda:
         "../envs/kdmri.yaml"
     threads: THREADS

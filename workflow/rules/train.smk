@@ -21,7 +21,7 @@ for _stage in STAGES:
             f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
         wildcard_constraints:
             model=stage_models(_stage),
-        priority: PRIORITY["train"]
+        priority: job_priority("train")
         conda:
             "../envs/kdmri.yaml"
         threads: TRAIN_THREADS
@@ -59,7 +59,7 @@ rule cache_teacher:
         f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
     wildcard_constraints:
         model=teacher_models(),
-    priority: PRIORITY["cache"]
+    priority: job_priority("cache")
     conda:
         "../envs/kdmri.yaml"
     threads: TRAIN_THREADS
