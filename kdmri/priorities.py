@@ -17,8 +17,8 @@ scheduling by it is the classic highest-level-first rule)::
   mask and undersampled stores, a teacher's cache) take seconds, and a training job that
   starts while one of them is ready holds a core for minutes while the chain behind it
   cannot start. So each ranks above every training job of the study: its priority is its
-  chain plus the largest chain of any training job. Snakemake's priorities do not flow
-  to the jobs a prioritised job waits for; this is what makes them.
+  chain plus the largest chain of any training job. (Snakemake does not pass a job's
+  priority on to the jobs it waits for, so these are given their own.)
 
 Jobs after training (prediction, metrics, tables, figures) keep priority 0: they fill
 cores that nothing else can use.
