@@ -19,6 +19,7 @@ from kdmri.methods import (
     recipe,
     study_models,
 )
+from kdmri.priorities import StudyPriorities
 from kdmri.specs import (
     methods_description,
     model_spec,
@@ -105,6 +106,24 @@ wildcard_constraints:
 
 def cell(w):
     return f"{R}/{w.task}/{w.dataset}/acc{w.acc}"
+
+
+# The critical path first (kdmri.priorities): the jobs that unlock training rank above
+# every training job, and among training jobs the longest remaining chain goes first.
+# Computed at the first job's priority; no job's spec or command depends on it. A dry run
+# starts no job, so it asks for none (counting the networks' FLOPs imports torch).
+PRIORITIES = StudyPriorities(config)
+
+
+def job_priority(kind):
+    """A rule's priority function for one kind of job of kdmri.priorities."""
+    ask = {
+        "prepare": lambda w: PRIORITIES.prepare(w.dataset),
+        "inputs": lambda w: PRIORITIES.inputs(w.task, w.dataset),
+        "cache": lambda w: PRIORITIES.cache(w.task, w.dataset, w.model),
+        "train": lambda w: PRIORITIES.train(w.task, w.dataset, w.model),
+    }[kind]
+    return lambda w: 0 if workflow.dryrun else ask(w)
 
 
 def spec_json(obj):

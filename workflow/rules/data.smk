@@ -12,6 +12,7 @@ rule prepare:
         f"{R}/logs/prepare/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/prepare/{{dataset}}.tsv"
+    priority: job_priority("prepare")
     conda:
         "../envs/kdmri.yaml"
     threads: THREADS
@@ -33,6 +34,7 @@ rule mask:
         sidecar=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/mask.json",
     log:
         f"{R}/logs/mask/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+    priority: job_priority("inputs")
     localrule: True
     conda:
         "../envs/kdmri.yaml"
@@ -57,6 +59,7 @@ rule undersample:
         f"{R}/logs/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
+    priority: job_priority("inputs")
     conda:
         "../envs/kdmri.yaml"
     threads: THREADS

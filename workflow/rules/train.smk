@@ -2,18 +2,8 @@
 # shows the paper's procedure; a stage's models share its rule (e.g. train_imitation makes
 # kd and kd_imitation). model.pt holds the best weights; checkpoint/last.pt (not a declared
 # output, so Snakemake never deletes it) lets a re-run after a crash resume from the last
-# finished epoch.
-
-# Stages on the teacher's critical path (teacher -> cache -> attention -> imitation) are
-# scheduled first when several jobs are ready, which shortens the wall time on few cores.
-PRIORITY = {
-    "teacher": 40,
-    "sft": 40,
-    "attention": 20,
-    "hint": 20,
-    "imitation": 10,
-    "student": 0,
-}
+# finished epoch. A training job's priority is the cost of the chain it heads, and a
+# teacher's cache ranks above every training job (kdmri.priorities, through common.smk).
 
 for _stage in STAGES:
 
@@ -31,7 +21,7 @@ for _stage in STAGES:
             f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
         wildcard_constraints:
             model=stage_models(_stage),
-        priority: PRIORITY[_stage]
+        priority: job_priority("train")
         conda:
             "../envs/kdmri.yaml"
         threads: TRAIN_THREADS
@@ -69,7 +59,7 @@ rule cache_teacher:
         f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
     wildcard_constraints:
         model=teacher_models(),
-    priority: 30
+    priority: job_priority("cache")
     conda:
         "../envs/kdmri.yaml"
     threads: TRAIN_THREADS
