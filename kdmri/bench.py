@@ -45,7 +45,6 @@ This module is imported by every ``kdmri`` call: it imports torch only inside fu
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import importlib.util
@@ -767,25 +766,3 @@ def cmd_bench(args) -> int:
         print(f"- {note}")
     print(f"-> {args.out}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    from kdmri.cli import _positive_int as positive_int
-
-    return positive_int(text)
-
-
-def register_cli(add) -> None:
-    p = add("bench", cmd_bench, "measure training, inference, loading and workflow overheads")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, one timed round, no torch.compile, the test study's noop")
-    p.add_argument("--out", default="results/bench/bench.csv", help="CSV of the figures")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
-    p.add_argument("--size", type=int, default=None,
-                   help="image size of the training and loading stores (default 64, quick 16)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="time torch.compile (default: on, off with --quick)")
-    p.add_argument("--workdir", default=None,
-                   help="folder for scratch files: its kdmri-bench/ subfolder is replaced "
-                        "(default: a temporary folder, removed at the end)")

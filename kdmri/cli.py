@@ -1,9 +1,12 @@
 """The ``kdmri`` command line: one subcommand per pipeline stage.
 
-Every Snakemake rule calls one subcommand. Settings that determine a job's result arrive
-as ``--spec``: JSON text, or ``@file`` to read it from a file (the Snakefile builds it
-with :mod:`kdmri.config`, so the rule re-runs exactly when its spec changes). A user's
-mistake prints one line ``kdmri: error: ...`` and exits with status 2.
+Every Snakemake rule calls one subcommand. A subcommand is one ``cmd_<name>`` function here,
+which imports the module doing its work only when it runs (so ``kdmri bench`` and the
+tables are not imported by every call), and its arguments in :func:`build_parser`.
+Settings that determine a job's result arrive as ``--spec``: JSON text, or ``@file`` to
+read it from a file (the Snakefile builds it with :mod:`kdmri.specs`, so the rule re-runs
+exactly when its spec changes). A user's mistake prints one line ``kdmri: error: ...`` and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -280,6 +283,30 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_tables(args) -> int:
+    from kdmri.tables import cmd_tables as run
+
+    return run(args)
+
+
+def cmd_figures(args) -> int:
+    from kdmri.figures import cmd_figures as run
+
+    return run(args)
+
+
+def cmd_provenance(args) -> int:
+    from kdmri.provenance import cmd_provenance as run
+
+    return run(args)
+
+
+def cmd_bench(args) -> int:
+    from kdmri.bench import cmd_bench as run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------------- parser
 def _positive_int(text: str) -> int:
     try:
@@ -395,29 +422,52 @@ def build_parser() -> argparse.ArgumentParser:
     trust_arg(p)
     device_args(p)
 
-    for register in _EXTRA_COMMANDS:
-        register(add)
+    p = add("tables", cmd_tables,
+            "summary, KD-gain, ablation, compression and methods tables from metrics.csv files")
+    p.add_argument("--metrics", nargs="+", required=True,
+                   help="metrics.csv of every model and seed")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--methods", default=None,
+                   help="JSON: task -> model -> {teacher, stages}, for the table of methods")
+
+    p = add("figures", cmd_figures,
+            "reconstruction panel, training curves, mask, compression or methods figure")
+    p.add_argument("--kind", required=True,
+                   choices=["panel", "curves", "mask", "compression", "methods"])
+    p.add_argument("--inputs", help="panel: test input store (targets)")
+    p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
+                   help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
+    p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
+    p.add_argument("--mask", help="mask: the mask .npy")
+    p.add_argument("--table", help="compression, methods: compression.csv or methods.csv of "
+                                   "kdmri tables")
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
+
+    p = add("provenance", cmd_provenance, "record versions, git state, devices and config digest")
+    p.add_argument("--config-json", required=True,
+                   help="the run's config: a JSON file, @file, or JSON text")
+    p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH",
+                   help="trained model.pt files whose training device to record")
+    p.add_argument("--out", required=True, help="provenance JSON file")
+
+    p = add("bench", cmd_bench, "measure training, inference, loading and workflow overheads")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes, one timed round, no torch.compile, the test study's noop")
+    p.add_argument("--out", default="results/bench/bench.csv", help="CSV of the figures")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size of the training and loading stores (default 64, quick 16)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time torch.compile (default: on, off with --quick)")
+    p.add_argument("--workdir", default=None,
+                   help="folder for scratch files: its kdmri-bench/ subfolder is replaced "
+                        "(default: a temporary folder, removed at the end)")
     return parser
 
 
-#: Other modules register subcommands here: functions taking ``add(name, func, help)``.
-_EXTRA_COMMANDS: list = []
-
-
-def _register_optional() -> None:
-    for module in ("kdmri.tables", "kdmri.figures", "kdmri.provenance", "kdmri.bench"):
-        try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        if hasattr(mod, "register_cli") and mod.register_cli not in _EXTRA_COMMANDS:
-            _EXTRA_COMMANDS.append(mod.register_cli)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _register_optional()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

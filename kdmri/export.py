@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from kdmri.errors import KdmriError
+from kdmri.models import family
 from kdmri.mri import apply_dc, prepare_dc
 
 EXPORT_FORMAT = "kdmri-export/1"
@@ -183,10 +184,6 @@ def example_inputs(height: int, width: int, batch: int = 2, seed: int = 0, chann
     return image, kspace, mask
 
 
-def _family(net: dict) -> str:
-    return str(net["family"])
-
-
 #: The sidecar's name of each task kind.
 KINDS = {"recon": "reconstruction", "sr": "super-resolution"}
 
@@ -194,8 +191,6 @@ KINDS = {"recon": "reconstruction", "sr": "super-resolution"}
 def _kind(net: dict) -> str:
     """What an exported network does: the task its family serves (an exportable family
     serves one, :data:`kdmri.models.MODEL_FAMILIES`)."""
-    from kdmri.models import family
-
     return KINDS[family(net).tasks[0]]
 
 
@@ -220,12 +215,12 @@ def contract(fmt: str, net: dict, complex_image: bool) -> dict:
         mask = {"name": "mask", "dtype": "float32", "shape": ["H", "W"],
                 "meaning": "0/1 sampling mask"}
     inputs = [image, kspace, mask]
-    if _family(net) == "vdsr":
+    if not family(net).reads_kspace:
         if fmt == "onnx":
             inputs = [image]
         else:
             for entry in inputs[1:]:
-                entry["meaning"] = "ignored by VDSR (may be omitted)"
+                entry["meaning"] = f"ignored by {net['family']} (may be omitted)"
     return {
         "inputs": inputs,
         "outputs": [{"name": "output", "dtype": "float32", "shape": dims,
@@ -315,7 +310,7 @@ def _export_onnx(model: nn.Module, net: dict, tmp: Path) -> dict:
     height, width = EXAMPLE_SIZE
     image, kspace, mask = example_inputs(height, width)
     batch, h, w = Dim("batch"), Dim("height", min=2), Dim("width", min=2)
-    if _family(net) == "vdsr":
+    if not family(net).reads_kspace:
         args, names = (image,), ["image"]
         shapes: dict = {"image": {0: batch, 2: h, 3: w}}
     else:
@@ -334,7 +329,7 @@ def _export_onnx(model: nn.Module, net: dict, tmp: Path) -> dict:
         step = next((line for line in lines if "step" in line.lower()), lines[0] if lines else "")
         cause = next((line for line in reversed(lines) if "Error" in line and ":" in line), "")
         raise KdmriError(
-            f"ONNX cannot express this {_family(net)} network: torch.onnx.export failed "
+            f"ONNX cannot express this {net['family']} network: torch.onnx.export failed "
             f"({type(exc).__name__}: {step} {cause}); use --format torchscript"
         ) from None
     import onnx

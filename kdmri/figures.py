@@ -347,19 +347,3 @@ def cmd_figures(args) -> int:
         mask_figure(args.mask, args.out, args.title)
         print(f"mask -> {args.out}", file=sys.stderr)
     return 0
-
-
-def register_cli(add) -> None:
-    p = add("figures", cmd_figures,
-            "reconstruction panel, training curves, mask, compression or methods figure")
-    p.add_argument("--kind", required=True,
-                   choices=["panel", "curves", "mask", "compression", "methods"])
-    p.add_argument("--inputs", help="panel: test input store (targets)")
-    p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
-                   help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
-    p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
-    p.add_argument("--mask", help="mask: the mask .npy")
-    p.add_argument("--table", help="compression, methods: compression.csv or methods.csv of "
-                                   "kdmri tables")
-    p.add_argument("--title", default="")
-    p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")

@@ -131,12 +131,3 @@ def cmd_provenance(args) -> int:
     print(f"provenance: kdmri {record['kdmri_version']}, {commit}, "
           f"{len(record['models'])} models -> {args.out}", file=sys.stderr)
     return 0
-
-
-def register_cli(add) -> None:
-    p = add("provenance", cmd_provenance, "record versions, git state, devices and config digest")
-    p.add_argument("--config-json", required=True,
-                   help="the run's config: a JSON file, @file, or JSON text")
-    p.add_argument("--models", nargs="*", default=[], metavar="NAME=PATH",
-                   help="trained model.pt files whose training device to record")
-    p.add_argument("--out", required=True, help="provenance JSON file")

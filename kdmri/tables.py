@@ -402,13 +402,3 @@ def cmd_tables(args) -> int:
     counts = ", ".join(f"{len(table)} {name} rows" for name, table in tables.items())
     print(f"tables: {counts} -> {args.out_dir}", file=sys.stderr, flush=True)
     return 0
-
-
-def register_cli(add) -> None:
-    p = add("tables", cmd_tables,
-            "summary, KD-gain, ablation, compression and methods tables from metrics.csv files")
-    p.add_argument("--metrics", nargs="+", required=True,
-                   help="metrics.csv of every model and seed")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--methods", default=None,
-                   help="JSON: task -> model -> {teacher, stages}, for the table of methods")

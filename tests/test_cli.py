@@ -12,6 +12,8 @@ every subcommand). ``predict`` and ``evaluate`` succeeding: ``test_inference.py`
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,14 +57,25 @@ def run(capsys, *argv) -> SimpleNamespace:
 
 
 def subcommands() -> dict:
-    """Every subcommand's parser by name (the optional ones register as main does)."""
-    cli._register_optional()
+    """Every subcommand's parser by name."""
     parser = build_parser()
     (action,) = [a for a in parser._actions if a.dest == "command"]
     return action.choices
 
 
 # ---------------------------------------------------------------------- parsing and help
+def test_the_parser_imports_no_subcommand_module():
+    """Building the parser (every call does) imports none of the modules a subcommand runs:
+    ``kdmri bench``, the tables and the figures are imported only when they run."""
+    code = ("import sys; from kdmri.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith('kdmri.') or m == 'torch'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    for module in ("kdmri.bench", "kdmri.tables", "kdmri.figures", "kdmri.provenance",
+                   "kdmri.train", "torch"):
+        assert f"'{module}'" not in loaded, loaded
+
+
 def test_help_lists_every_subcommand_with_its_summary(capsys):
     result = run(capsys, "--help")
     assert result.returncode == 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdmri import export
 from kdmri.config import fill_defaults, schema, validate
@@ -63,6 +64,12 @@ def test_each_declaration_holds_for_the_built_network(name):
         else:
             with pytest.raises(KdmriError, match="cannot export"):
                 export.exportable(model, fmt)
+    # reads_kspace: the output depends on the measured k-space exactly where declared (a
+    # U-Net's depends on its dc option: only its default is checked)
+    image, kspace, mask = export.example_inputs(16, 16, channels=2 if model.complex else 1)
+    with torch.no_grad():
+        changed = model(image, kspace, mask) - model(image, 2 * kspace + 1, mask)
+    assert entry.reads_kspace == bool(changed.abs().max() > 0), name
 
 
 def test_the_python_family_is_addressed_by_path_and_not_exported():

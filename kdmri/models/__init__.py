@@ -51,6 +51,9 @@ class Family:
     numbered: bool = True
     #: The formats ``kdmri export`` writes it in.
     exports: tuple[str, ...] = ()
+    #: Its forward reads the measured k-space and the mask (data consistency); a family
+    #: that only reads the image is exported to ONNX with the image as its one input.
+    reads_kspace: bool = True
 
     @property
     def cls(self) -> type:
@@ -63,7 +66,7 @@ MODEL_FAMILIES: dict[str, Family] = {
     "dccnn": Family("kdmri.models.dccnn:DCCNN", tasks=("recon",), cascades=True, convs=True,
                     exports=("torchscript", "onnx")),
     "vdsr": Family("kdmri.models.vdsr:VDSR", tasks=("sr",), convs=True,
-                   exports=("torchscript", "onnx")),
+                   exports=("torchscript", "onnx"), reads_kspace=False),
     "unet": Family("kdmri.models.unet:UNet", tasks=("recon", "sr")),
     # the user's own class (kdmri.models.python_family)
     "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),

@@ -84,7 +84,6 @@ def main() -> None:
     import kdmri.train  # noqa: F401
 
     torch.set_num_threads(1)
-    kdmri.cli._register_optional()
     if sys.argv[1] == "--serve":  # one JSON batch per stdin line, its statuses per line
         for line in sys.stdin:
             print(json.dumps(_run(json.loads(line))), flush=True)

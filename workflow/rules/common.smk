@@ -104,8 +104,29 @@ wildcard_constraints:
     split="train|val|test",
 
 
-def cell(w):
-    return f"{R}/{w.task}/{w.dataset}/acc{w.acc}"
+def model_dir(
+    task="{task}", dataset="{dataset}", acc="{acc}", model="{model}", seed="{seed}"
+):
+    """The folder of one model of one study cell, R/<task>/<dataset>/acc<acc>/<model>/seed<seed>
+    (the cell's mask and zero-filled inputs are its model `inputs`). The defaults are the
+    wildcards: model_dir() is the pattern of the rules' outputs."""
+    return f"{R}/{task}/{dataset}/acc{acc}/{model}/seed{seed}"
+
+
+def cell_dir(w, model):
+    """The folder of `model` in the cell of the job with wildcards `w`."""
+    return model_dir(w.task, w.dataset, w.acc, model, w.seed)
+
+
+def job_key(model=True):
+    """A job's name in its log and benchmark files: <task>_<dataset>_acc<acc>[_<model>]_seed<seed>
+    (wildcards)."""
+    return "{task}_{dataset}_acc{acc}" + ("_{model}" if model else "") + "_seed{seed}"
+
+
+def figure_dir(task="{task}", dataset="{dataset}", acc="{acc}", seed="{seed}"):
+    """The folder of one cell's figures (defaults: the wildcards, as model_dir)."""
+    return f"{R}/figures/{task}/{dataset}/acc{acc}/seed{seed}"
 
 
 # The critical path first (kdmri.priorities): the jobs that unlock training rank above
@@ -139,18 +160,15 @@ def train_inputs(w):
     and/or the teacher's weights (of the method's teacher), the model it starts from."""
     made = recipe(w.model, config)
     sources = teacher_sources(config, w.model)
-    inputs = {
-        "data": [f"{cell(w)}/inputs/seed{w.seed}/{s}.h5" for s in ("train", "val")]
-    }
+    inputs = {"data": [f"{cell_dir(w, 'inputs')}/{s}.h5" for s in ("train", "val")]}
     if "cache" in sources:
         inputs["cache"] = [
-            f"{cell(w)}/{made.teacher}/seed{w.seed}/cache/{s}.h5"
-            for s in ("train", "val")
+            f"{cell_dir(w, made.teacher)}/cache/{s}.h5" for s in ("train", "val")
         ]
     if "weights" in sources:
-        inputs["teacher"] = f"{cell(w)}/{made.teacher}/seed{w.seed}/model.pt"
+        inputs["teacher"] = f"{cell_dir(w, made.teacher)}/model.pt"
     if made.init:
-        inputs["init"] = f"{cell(w)}/{made.init}/seed{w.seed}/model.pt"
+        inputs["init"] = f"{cell_dir(w, made.init)}/model.pt"
     return inputs
 
 
@@ -224,7 +242,7 @@ def predict_trust(w):
 def predict_model_input(w):
     if w.model == "zf":
         return []
-    return f"{cell(w)}/{w.model}/seed{w.seed}/model.pt"
+    return f"{cell_dir(w, w.model)}/model.pt"
 
 
 def panel_inputs(w):
@@ -232,11 +250,7 @@ def panel_inputs(w):
 
 
 def curve_inputs(w):
-    return {
-        m: f"{cell(w)}/{m}/seed{w.seed}/history.csv"
-        for m in config["models"]
-        if m != "zf"
-    }
+    return {m: f"{cell_dir(w, m)}/history.csv" for m in config["models"] if m != "zf"}
 
 
 def writes_ablation():
@@ -247,14 +261,12 @@ def writes_ablation():
 
 
 def prediction(w, model):
-    if model == "zf":
-        return f"{cell(w)}/zf/seed{w.seed}/test_pred.h5"
-    return f"{cell(w)}/{model}/seed{w.seed}/test_pred.h5"
+    return f"{cell_dir(w, model)}/test_pred.h5"
 
 
 def metrics_files():
     return [
-        f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/metrics.csv"
+        f"{model_dir(t, d, a, m, s)}/metrics.csv"
         for t, d, a, s in CELLS
         for m in evaluated_models(config, t)
     ]
@@ -262,7 +274,7 @@ def metrics_files():
 
 def trained_models():
     return {
-        f"{t}/{d}/acc{a}/{m}/seed{s}": f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/model.pt"
+        f"{t}/{d}/acc{a}/{m}/seed{s}": f"{model_dir(t, d, a, m, s)}/model.pt"
         for t, d, a, s in CELLS
         for m in sorted(set(evaluated_models(config, t)) - {"zf"})
     }
@@ -286,9 +298,9 @@ def figure_files():
     files = []
     for t, d, a, s in CELLS:
         files += [
-            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/panel.png",
-            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/curves.png",
-            f"{R}/figures/{t}/{d}/acc{a}/seed{s}/mask.png",
+            f"{figure_dir(t, d, a, s)}/panel.png",
+            f"{figure_dir(t, d, a, s)}/curves.png",
+            f"{figure_dir(t, d, a, s)}/mask.png",
         ]
     return files
 

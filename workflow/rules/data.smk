@@ -30,10 +30,10 @@ rule mask:
     input:
         like=f"{R}/data/{{dataset}}/train.h5",
     output:
-        mask=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/mask.npy",
-        sidecar=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/mask.json",
+        mask=f"{model_dir(model='inputs')}/mask.npy",
+        sidecar=f"{model_dir(model='inputs')}/mask.json",
     log:
-        f"{R}/logs/mask/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/mask/{job_key(model=False)}.log",
     priority: job_priority("inputs")
     localrule: True
     conda:
@@ -52,13 +52,14 @@ rule undersample:
         mask=rules.mask.output.mask,
     output:
         stores=expand(
-            f"{R}/{{{{task}}}}/{{{{dataset}}}}/acc{{{{acc}}}}/inputs/seed{{{{seed}}}}/{{split}}.h5",
+            f"{model_dir(model='inputs')}/{{split}}.h5",
             split=SPLITS,
+            allow_missing=True,
         ),
     log:
-        f"{R}/logs/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/undersample/{job_key(model=False)}.log",
     benchmark:
-        f"{R}/benchmarks/undersample/{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/undersample/{job_key(model=False)}.tsv"
     priority: job_priority("inputs")
     conda:
         "../envs/kdmri.yaml"

@@ -3,15 +3,15 @@
 
 rule predict:
     input:
-        inputs=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/test.h5",
+        inputs=f"{model_dir(model='inputs')}/test.h5",
         model=predict_model_input,
     output:
-        pred=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/test_pred.h5",
-        info=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/predict.json",
+        pred=f"{model_dir()}/test_pred.h5",
+        info=f"{model_dir()}/predict.json",
     log:
-        f"{R}/logs/predict/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+        f"{R}/logs/predict/{job_key()}.log",
     benchmark:
-        f"{R}/benchmarks/predict/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/predict/{job_key()}.tsv"
     conda:
         "../envs/kdmri.yaml"
     threads: TRAIN_THREADS
@@ -33,9 +33,9 @@ rule evaluate:
         pred=rules.predict.output.pred,
         info=rules.predict.output.info,
     output:
-        f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/metrics.csv",
+        f"{model_dir()}/metrics.csv",
     log:
-        f"{R}/logs/evaluate/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+        f"{R}/logs/evaluate/{job_key()}.log",
     conda:
         "../envs/kdmri.yaml"
     threads: 1

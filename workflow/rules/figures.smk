@@ -5,10 +5,10 @@
 rule figure_panel:
     input:
         unpack(panel_inputs),
-        test=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/test.h5",
+        test=f"{model_dir(model='inputs')}/test.h5",
     output:
         report(
-            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/panel.png",
+            f"{figure_dir()}/panel.png",
             caption="../report/panel.rst",
             category="Reconstructions",
             subcategory="{task} {dataset}",
@@ -20,7 +20,7 @@ rule figure_panel:
             },
         ),
     log:
-        f"{R}/logs/figures/panel_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/figures/panel_{job_key(model=False)}.log",
     localrule: True
     conda:
         "../envs/kdmri.yaml"
@@ -38,7 +38,7 @@ rule figure_curves:
         unpack(curve_inputs),
     output:
         report(
-            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/curves.png",
+            f"{figure_dir()}/curves.png",
             caption="../report/curves.rst",
             category="Training curves",
             subcategory="{task} {dataset}",
@@ -50,7 +50,7 @@ rule figure_curves:
             },
         ),
     log:
-        f"{R}/logs/figures/curves_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/figures/curves_{job_key(model=False)}.log",
     localrule: True
     conda:
         "../envs/kdmri.yaml"
@@ -68,7 +68,7 @@ rule figure_mask:
         rules.mask.output.mask,
     output:
         report(
-            f"{R}/figures/{{task}}/{{dataset}}/acc{{acc}}/seed{{seed}}/mask.png",
+            f"{figure_dir()}/mask.png",
             caption="../report/mask.rst",
             category="Masks",
             labels={
@@ -79,7 +79,7 @@ rule figure_mask:
             },
         ),
     log:
-        f"{R}/logs/figures/mask_{{task}}_{{dataset}}_acc{{acc}}_seed{{seed}}.log",
+        f"{R}/logs/figures/mask_{job_key(model=False)}.log",
     localrule: True
     conda:
         "../envs/kdmri.yaml"

@@ -13,12 +13,12 @@ for _stage in STAGES:
         input:
             unpack(train_inputs),
         output:
-            model=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
-            history=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/history.csv",
+            model=f"{model_dir()}/model.pt",
+            history=f"{model_dir()}/history.csv",
         log:
-            f"{R}/logs/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+            f"{R}/logs/train/{job_key()}.log",
         benchmark:
-            f"{R}/benchmarks/train/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+            f"{R}/benchmarks/train/{job_key()}.tsv"
         wildcard_constraints:
             model=stage_models(_stage),
         priority: job_priority("train")
@@ -43,20 +43,14 @@ for _stage in STAGES:
 # One cache per teacher (the teacher-stage model a method names) and cell.
 rule cache_teacher:
     input:
-        teacher=f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/model.pt",
-        data=[
-            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/inputs/seed{{seed}}/{s}.h5"
-            for s in ("train", "val")
-        ],
+        teacher=f"{model_dir()}/model.pt",
+        data=[f"{model_dir(model='inputs')}/{s}.h5" for s in ("train", "val")],
     output:
-        cache=[
-            f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/cache/{s}.h5"
-            for s in ("train", "val")
-        ],
+        cache=[f"{model_dir()}/cache/{s}.h5" for s in ("train", "val")],
     log:
-        f"{R}/logs/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.log",
+        f"{R}/logs/cache_teacher/{job_key()}.log",
     benchmark:
-        f"{R}/benchmarks/cache_teacher/{{task}}_{{dataset}}_acc{{acc}}_{{model}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/cache_teacher/{job_key()}.tsv"
     wildcard_constraints:
         model=teacher_models(),
     priority: job_priority("cache")
