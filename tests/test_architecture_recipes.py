@@ -143,7 +143,8 @@ class ToyNet(nn.Module):
 
 def test_a_network_family_added_to_the_registry_trains(stores, tmp_path, monkeypatch):
     # the recipe: the entry in MODEL_FAMILIES; the name and its defaults in the schema
-    monkeypatch.setitem(MODEL_FAMILIES, "toy", Family(f"{__name__}:ToyNet", tasks=("recon",)))
+    monkeypatch.setitem(MODEL_FAMILIES, "toy", Family(f"{__name__}:ToyNet", tasks=("recon",),
+                                                      reads_kspace=False))
     net = schema()["$defs"]["net"]
     with_schema_entry(monkeypatch, net["properties"]["family"], "enum", "toy")
     with_schema_entry(monkeypatch, net, "allOf", {
