@@ -5,7 +5,7 @@ step (``--teacher``).
 Each term trains, and decreases; the values the trainer logs equal the term's function
 applied to features captured by hooks on independent copies of the teacher and the student;
 the modules a term learns (FitNets' adapters, CC's embeddings, ...) train with the student,
-are in the resume checkpoint but not in ``model.pt``, and FitNets' come back on resume.
+are in the resume checkpoint but not in ``model.pt``, and come back on resume.
 """
 
 from __future__ import annotations
@@ -167,6 +167,28 @@ def test_fitnets_adapters_stay_out_of_the_student_and_resume(teacher_cache, stor
     resumed.run()
     assert resumed.start_epoch == 1
     assert_same_weights(resumed.adapters.state_dict(), reference.adapters.state_dict())
+    assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
+
+
+@pytest.mark.parametrize("term", ["cc_embedded", "vid", "ab", "ickd"])
+def test_every_terms_learnt_modules_come_back_on_resume(teacher_cache, stores, tmp_path,  # noqa: F811
+                                                        monkeypatch, term):
+    """A run stopped after its first epoch and resumed ends with the weights, network and
+    learnt modules alike, of the run that was not stopped."""
+    teacher_pt, _ = teacher_cache
+    model_spec = feature_spec(term, epochs=3)
+    reference = make_trainer(stores, tmp_path / "reference", model_spec, teacher_pt)
+    reference.run()
+    crash_at_epoch(monkeypatch, 1)
+    with pytest.raises(SimulatedCrash):
+        make_trainer(stores, tmp_path / "resumed", model_spec, teacher_pt).run()
+    monkeypatch.undo()
+    resumed = make_trainer(stores, tmp_path / "resumed", model_spec, teacher_pt)
+    resumed.run()
+    assert resumed.start_epoch == 1
+    (name,) = [i for i in TERMS[term].inputs if INPUTS[i].learnt]
+    assert_same_weights(resumed.plan.learnt[name].state_dict(),
+                        reference.plan.learnt[name].state_dict())
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
 
 
