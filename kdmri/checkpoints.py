@@ -14,8 +14,9 @@ teacher's branches) is in it.
 ``checkpoint/last.pt`` (:data:`STATE_FORMAT`) holds everything needed to continue a run
 exactly: the spec and its digest, the epoch, ``completed``, the state dicts of the
 network, the optimiser, the scheduler and the AMP scaler, the RNG states, the best weights
-so far and the history; and ``adapters`` (FitNets) or ``branches`` (the SFT stage) where the
-stage trains them. :func:`resume_state`
+so far and the history; and the modules a stage learns besides the network where it
+trains them: each learnt input's by its name (``adapters`` for FitNets, ``cc_embeddings``,
+...: :mod:`kdmri.distill.learnt`), ``branches`` for the SFT stage. :func:`resume_state`
 reads it back, refusing a checkpoint written under another spec (naming what differs).
 """
 
@@ -98,7 +99,8 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def training_state(spec: dict, epoch: int, completed: bool, parts: dict[str, dict],
                    best: dict | None, history: list[dict], device: torch.device) -> dict:
     """The resume checkpoint's content (:data:`STATE_FORMAT`); ``parts`` holds the state
-    dicts (model, optimizer, scheduler, scaler and, where trained, adapters or branches)."""
+    dicts (model, optimizer, scheduler, scaler and, where trained, the learnt modules or
+    branches)."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)

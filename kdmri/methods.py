@@ -59,18 +59,25 @@ class Method:
     teacher: str = "teacher"
 
 
+#: The feature methods, each shipped as ``hint_<name>`` (a hint stage weighing that term
+#: alone) and ``kd_<name>`` (then the imitation stage): name -> loss term. CC's is the
+#: embedded form, as its paper computes it; its pooled form (``cc``) stays a term a study
+#: can weigh. docs/methods.md says why each suits image-to-image networks.
+FEATURE_METHODS = {"fitnets": "fitnets", "fsp": "fsp", "sp": "sp", "cc": "cc_embedded",
+                   "vid": "vid", "ab": "ab", "ickd": "ickd"}
+
 #: The shipped methods: every trained model by name (``zf``, the zero-filled input, is
 #: evaluated but not trained). A study adds its own under ``methods`` (:func:`methods`).
-#: ``kd_<term>`` is SFT-KD-Recon's comparison: a hint stage with that feature loss, then
+#: ``kd_<name>`` is SFT-KD-Recon's comparison: a hint stage with that feature loss, then
 #: the imitation stage, as ``kd`` is the paper's attention stage then imitation.
 _STANDARD: dict[str, Method] = {
     "attention": Method("attention"),
     "kd": Method("imitation", init="attention"),
     "kd_imitation": Method("imitation"),
     "kd_attention": Method("student", init="attention"),
-    **{name: method for term in ("fitnets", "fsp", "sp", "cc") for name, method in (
-        (f"hint_{term}", Method("hint", loss={term: 1.0})),
-        (f"kd_{term}", Method("imitation", init=f"hint_{term}")),
+    **{name: method for short, term in FEATURE_METHODS.items() for name, method in (
+        (f"hint_{short}", Method("hint", loss={term: 1.0})),
+        (f"kd_{short}", Method("imitation", init=f"hint_{short}")),
     )},
 }
 MODELS: dict[str, Method] = {

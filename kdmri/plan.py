@@ -14,7 +14,9 @@ input                      the plan
 ``student_feature_pairs``  hooks at the student's side of ``fsp_pairs`` (F1, F2 each)
 ``teacher_features``,      the live teacher (:class:`kdmri.teacher.LiveTeacher`, the
 ``teacher_feature_pairs``  spec's ``--teacher``) hooked at the teacher's side of them
-``adapters``               FitNets' 1x1 convolutions (:meth:`StagePlan._adapters`)
+``adapters``,              the modules learnt per layer pair (FitNets' adapters, CC's
+``cc_embeddings``, ...     embeddings, ...: :data:`kdmri.distill.learnt.BUILDERS`,
+                           :meth:`StagePlan._learnt`)
 ``branch_outputs``         the SFT branches (:class:`kdmri.distill.sft.StudentBranches`)
                            and hooks at the network's cascades they start from
 =========================  ==========================================================
@@ -22,11 +24,11 @@ input                      the plan
 A plan is made in two steps: :class:`StagePlan` from the spec alone (the terms, their
 weights and options, their inputs and the cache keys; every check that needs no network),
 before the data are read; :meth:`StagePlan.build` once the network is built: the hooks,
-the live teacher, the adapters and the branches, in that order (each of the last three
+the live teacher, the learnt modules and the branches, in that order (each of the last three
 draws its initial weights from torch's generator after the network's, so the order is part
 of a run's numbers). Per batch, :meth:`StagePlan.losses` evaluates the terms on a
-:class:`Step`, which gathers each input at most once. The adapters and the branches train
-with the network (:meth:`StagePlan.auxiliary`); the trainer (:mod:`kdmri.train`) keeps
+:class:`Step`, which gathers each input at most once. The learnt modules and the branches
+train with the network (:meth:`StagePlan.auxiliary`); the trainer (:mod:`kdmri.train`) keeps
 them in its resume checkpoint, not in ``model.pt``.
 """
 
@@ -39,9 +41,10 @@ import torch
 
 from kdmri.batch import Batch, make_batch
 from kdmri.distill.hooks import FeatureHooks
+from kdmri.distill.learnt import BUILDERS
 from kdmri.distill.pairs import fsp_paths, pair_paths
 from kdmri.distill.sft import StudentBranches
-from kdmri.distill.terms import INPUTS, TEACHER_SOURCES, TERMS
+from kdmri.distill.terms import INPUTS, LEARNT_INPUTS, TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
 from kdmri.models import place_model
 from kdmri.teacher import CACHE_KEYS, LiveTeacher
@@ -102,8 +105,8 @@ class StagePlan:
     From the spec: ``terms`` (names, in the table's order), ``weights`` (name -> weight),
     ``options`` (name -> keyword options), ``needs`` (the inputs they take) and
     ``cache_keys`` (the teacher cache's keys to read). After :meth:`build`: ``hooks`` (input
-    -> the network's module paths hooked for it), ``teacher``, ``adapters``, ``branches``
-    (None where the stage has none).
+    -> the network's module paths hooked for it), ``teacher``, ``learnt`` (input -> its
+    modules), ``branches`` (None where the stage has none).
     """
 
     def __init__(self, spec: dict, teacher: str | Path | None = None,
@@ -126,7 +129,7 @@ class StagePlan:
         self.cache_keys = [CACHE_KEYS[i] for i in CACHE_KEYS if i in self.needs]
         self.hooks: dict[str, list[str]] = {}
         self.teacher: LiveTeacher | None = None
-        self.adapters: torch.nn.ModuleList | None = None
+        self.learnt: dict[str, torch.nn.Module] = {}
         self.branches: StudentBranches | None = None
         self.device = torch.device("cpu")
         self.amp = False
@@ -151,8 +154,9 @@ class StagePlan:
                 spec["fsp_pairs"] if "teacher_feature_pairs" in needs else None, amp=amp,
                 trust_code=self.trust_code)
             self._check_live_pairs()
-        if "adapters" in needs:
-            self.adapters = self._adapters(model, probe_batch(data, device, model.complex))
+        learnt = [name for name in LEARNT_INPUTS if name in needs]
+        if learnt:
+            self.learnt = self._learnt(model, probe_batch(data, device, model.complex), learnt)
         if "branch_outputs" in needs:  # built after the network: its initial weights are
             # the plain teacher's of the same seed
             self.branches = place_model(StudentBranches(model, spec["student_net"]), device)
@@ -170,10 +174,16 @@ class StagePlan:
         :meth:`Step.hooked` splits what the hooks captured)."""
         return [path for paths in self.hooks.values() for path in paths]
 
+    @property
+    def adapters(self) -> torch.nn.ModuleList | None:
+        """FitNets' adapters (None where the stage has none)."""
+        return self.learnt.get("adapters")
+
     def auxiliary(self) -> dict[str, torch.nn.Module]:
-        """The modules the stage trains besides the network, by their checkpoint key."""
-        return {key: module for key, module in
-                (("adapters", self.adapters), ("branches", self.branches)) if module is not None}
+        """The modules the stage trains besides the network, by their checkpoint key: the
+        learnt modules by their input's name, then ``branches``."""
+        branches = {"branches": self.branches} if self.branches is not None else {}
+        return {**self.learnt, **branches}
 
     def _check_live_pairs(self) -> None:
         """The teacher's layers pair one to one with the student's."""
@@ -186,23 +196,17 @@ class StagePlan:
                 raise KdmriError(f"{key}: the teacher's layers give {n_teacher} features, the "
                                  f"student's {n_student}; they are paired one to one")
 
-    def _adapters(self, model: torch.nn.Module, probe: Batch) -> torch.nn.ModuleList:
-        """FitNets' regressors: per pair a 1x1 convolution from the student's channels to
-        the teacher's, sized by one forward of both networks on ``probe``."""
+    def _learnt(self, model: torch.nn.Module, probe: Batch,
+                names: list[str]) -> dict[str, torch.nn.Module]:
+        """The modules of the learnt inputs ``names`` (:data:`kdmri.distill.learnt.BUILDERS`),
+        sized by one forward of both networks on ``probe`` at the layer pairs."""
         model.eval()
         with torch.no_grad(), FeatureHooks(model, self.hooks["student_features"]) as hooks:
             model(probe.image, probe.kspace, probe.mask)
             student = hooks.pop()
         teacher = self.teacher.features(probe)["teacher_features"]
-        for s, t in zip(student, teacher, strict=True):
-            if s.shape[2:] != t.shape[2:]:
-                raise KdmriError(f"pairs: a student feature of size {tuple(s.shape[2:])} is "
-                                 f"paired with a teacher feature of size {tuple(t.shape[2:])}; "
-                                 "FitNets' 1x1 adapters need the same size")
-        adapters = torch.nn.ModuleList(
-            torch.nn.Conv2d(s.shape[1], t.shape[1], kernel_size=1)
-            for s, t in zip(student, teacher, strict=True))
-        return place_model(adapters, self.device)
+        return {name: place_model(BUILDERS[name](student, teacher), self.device)
+                for name in names}
 
     # ------------------------------------------------------------------ per batch
     def losses(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -271,9 +275,9 @@ class Step:
             self._live = self.plan.teacher.features(self.batch)
         return self._live[name]
 
-    @property
-    def adapters(self) -> torch.nn.ModuleList | None:
-        return self.plan.adapters
+    def learnt(self, name: str) -> torch.nn.Module:
+        """The stage's modules learnt for input ``name``."""
+        return self.plan.learnt[name]
 
     def branch_outputs(self) -> list[torch.Tensor]:
         return self.plan.branch_outputs(self.hooked("branch_outputs"), self.batch)

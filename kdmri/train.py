@@ -5,10 +5,11 @@ A stage is a weighted sum of named loss terms (the table :data:`kdmri.distill.te
 weights it starts from, all read from a model spec (:func:`kdmri.specs.model_spec`).
 The distillation terms read the teacher's outputs and attention maps from the teacher
 cache, so the paper's stages never run the teacher; the terms taking the teacher's
-features (FitNets, FSP, SP, CC) get them from the frozen teacher run on every batch
-(``teacher``: its ``model.pt``; :mod:`kdmri.teacher` says why). A stage weighing
-``fitnets`` trains its adapters with the student, and the student-friendly teacher's stage
-(``sft``) trains the student's cascades on the teacher's intermediate images
+features (FitNets, FSP, SP, CC, VID, AB, ICKD) get them from the frozen teacher run on
+every batch (``teacher``: its ``model.pt``; :mod:`kdmri.teacher` says why). The modules
+some terms learn per layer pair (FitNets' adapters, CC's embeddings, ...:
+:mod:`kdmri.distill.learnt`) train with the student, and the student-friendly teacher's
+stage (``sft``) trains the student's cascades on the teacher's intermediate images
 (:class:`~kdmri.distill.sft.StudentBranches`) with the teacher: both are in the resume
 checkpoint, not in ``model.pt``.
 
@@ -167,7 +168,8 @@ class Trainer:
 
     @property
     def adapters(self) -> torch.nn.ModuleList | None:
-        """FitNets' adapters, trained with the network (None where the stage has none)."""
+        """FitNets' adapters, trained with the network (None where the stage has none); the
+        modules of every learnt input are in ``plan.learnt``."""
         return self.plan.adapters
 
     @property
@@ -176,8 +178,8 @@ class Trainer:
         return self.plan.branches
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimiser trains: the network's parameters, then the adapters' and the
-        SFT branches' if any."""
+        """What the optimiser trains: the network's parameters, then the learnt modules' and
+        the SFT branches' if any."""
         params = list(self.model.parameters())
         for module in self.plan.auxiliary().values():
             params += list(module.parameters())

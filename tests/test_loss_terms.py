@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdmri.distill import TERMS, FeatureHooks
+from kdmri.distill import TERMS, FeatureHooks, learnt
 from kdmri.distill import losses as L
 from kdmri.errors import KdmriError
 from kdmri.train import Trainer
 from tests.test_train import spec, teacher_cache  # noqa: F401 (a fixture)
 
 EXPECTED = ["reconstruction", "imitation", "attention", "attention_batchnorm", "fitnets", "fsp",
-            "sp", "cc", "sft_reconstruction", "sft_imitation"]
-FEATURE_TERMS = ["attention_batchnorm", "fitnets", "fsp", "sp", "cc"]
+            "sp", "cc", "cc_embedded", "vid", "ab", "ickd", "sft_reconstruction", "sft_imitation"]
+FEATURE_TERMS = ["attention_batchnorm", "fitnets", "fsp", "sp", "cc", "cc_embedded", "vid", "ab",
+                 "ickd"]
 
 
 def rand(*shape, seed=0):
@@ -110,28 +111,51 @@ def test_attention_per_sample_and_over_the_batch():
                                1.0, rtol=1e-6)
 
 
-def test_fitnets_with_a_given_adapter():
-    s, t = rand(2, 3, 4, 4, seed=7), rand(2, 5, 4, 4, seed=8)
-    adapter = torch.nn.Conv2d(3, 5, 1)
+# Each feature term below is given two layer pairs of different sizes and checked against
+# the sum over the pairs of its per-pair formula written out in NumPy: a mean over the pairs
+# (or the first pair alone) would differ.
+def conv1x1(weight, features, bias=None):
+    """A 1x1 convolution written out: out[n, o] = sum_c weight[o, c] features[n, c] (+ bias)."""
+    features = np_(features) if torch.is_tensor(features) else features
+    out = np.einsum("oc,nchw->nohw", np_(weight).reshape(weight.shape[0], -1), features)
+    return out if bias is None else out + np_(bias)[None, :, None, None]
+
+
+def batchnorm_training(x, module):
+    """Batch normalisation with the batch's statistics (biased variance over N, H, W)."""
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True)
+    scale, shift = np_(module.weight)[None, :, None, None], np_(module.bias)[None, :, None, None]
+    return (x - mean) / np.sqrt(var + module.eps) * scale + shift
+
+
+def randomise(module, seed):
+    """Every parameter of ``module`` drawn from a standard normal (seeded)."""
     with torch.no_grad():
-        adapter.weight.copy_(rand(5, 3, 1, 1, seed=9))
-        adapter.bias.copy_(rand(5, seed=10))
-    weight, bias = np_(adapter.weight)[:, :, 0, 0], np_(adapter.bias)
-    regressed = np.einsum("oc,nchw->nohw", weight, np_(s)) + bias[None, :, None, None]
-    expected = ((regressed - np_(t)) ** 2).mean()
-    close(TERMS["fitnets"].function([s], [t], [adapter]), expected)
+        for k, p in enumerate(module.parameters()):
+            p.copy_(rand(*p.shape, seed=seed + k))
 
 
-def test_fsp():
-    n, h, w = 3, 4, 5
-    student = [(rand(n, 2, h, w, seed=11), rand(n, 3, h, w, seed=12))]
-    teacher = [(rand(n, 4, h, w, seed=13), rand(n, 6, h, w, seed=14))]
-    with pytest.raises(ValueError):  # student and teacher matrices differ in shape
-        TERMS["fsp"].function(student, teacher)
-    teacher = [(rand(n, 2, h, w, seed=13), rand(n, 3, h, w, seed=14))]
+def test_fitnets_sums_over_pairs():
+    student = [rand(2, 3, 4, 4, seed=7), rand(2, 2, 3, 5, seed=70)]
+    teacher = [rand(2, 5, 4, 4, seed=8), rand(2, 4, 3, 5, seed=80)]
+    adapters = learnt.fitnets_adapters(student, teacher)
+    randomise(adapters, 9)
+    expected = sum(((conv1x1(a.weight, s, a.bias) - np_(t)) ** 2).mean()
+                   for s, t, a in zip(student, teacher, adapters, strict=True))
+    close(TERMS["fitnets"].function(student, teacher, adapters), expected)
+
+
+def test_fsp_sums_over_pairs():
+    n, shapes = 3, [(2, 3, 4, 5), (3, 2, 3, 3)]  # (C1, C2, H, W) per pair
+    student = [(rand(n, c1, h, w, seed=11 + 4 * k), rand(n, c2, h, w, seed=12 + 4 * k))
+               for k, (c1, c2, h, w) in enumerate(shapes)]
+    teacher = [(rand(n, c1, h, w, seed=13 + 4 * k), rand(n, c2, h, w, seed=14 + 4 * k))
+               for k, (c1, c2, h, w) in enumerate(shapes)]
 
     def gram(f1, f2):
         f1, f2 = np_(f1), np_(f2)
+        h, w = f1.shape[2:]
         g = np.zeros((n, f1.shape[1], f2.shape[1]))
         for k in range(n):
             for i in range(f1.shape[1]):
@@ -139,45 +163,134 @@ def test_fsp():
                     g[k, i, j] = (f1[k, i] * f2[k, j]).sum() / (h * w)
         return g
 
-    diff = gram(*student[0]) - gram(*teacher[0])
-    expected = np.mean([(diff[k] ** 2).sum() for k in range(n)])
+    expected = 0.0
+    for s_pair, t_pair in zip(student, teacher, strict=True):
+        diff = gram(*s_pair) - gram(*t_pair)
+        expected += np.mean([(diff[k] ** 2).sum() for k in range(n)])
     close(TERMS["fsp"].function(student, teacher), expected)
+    wrong = [(rand(n, 4, 4, 5, seed=13), rand(n, 6, 4, 5, seed=14)), teacher[1]]
+    with pytest.raises(ValueError):  # student and teacher matrices differ in shape
+        TERMS["fsp"].function(student, wrong)
 
 
-def test_sp():
-    student, teacher = [rand(5, 3, 4, 4, seed=15)], [rand(5, 7, 2, 3, seed=16)]
+def test_sp_sums_over_pairs():
+    student = [rand(5, 3, 4, 4, seed=15), rand(5, 2, 3, 3, seed=150)]
+    teacher = [rand(5, 7, 2, 3, seed=16), rand(5, 4, 3, 3, seed=160)]
 
     def similarity(f):
         q = np_(f).reshape(len(f), -1)
         g = np.einsum("ik,jk->ij", q, q)
         return g / np.sqrt((g ** 2).sum(axis=1, keepdims=True))
 
-    expected = ((similarity(student[0]) - similarity(teacher[0])) ** 2).sum() / 5 ** 2
+    expected = sum(((similarity(s) - similarity(t)) ** 2).sum() / 5 ** 2
+                   for s, t in zip(student, teacher, strict=True))
     close(TERMS["sp"].function(student, teacher), expected)
 
 
-def test_cc_order_2_taylor():
+def np_kernel(e, gamma=0.4):
+    """CC's order-2 Taylor Gaussian kernel of unit rows e, entry by entry."""
+    n = len(e)
+    c = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            d = float(e[i] @ e[j])
+            c[i, j] = math.exp(-2 * gamma) * (1 + 2 * gamma * d + (2 * gamma) ** 2 / 2 * d ** 2)
+    return c
+
+
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cc_sums_over_pairs_and_approximates_the_gaussian_kernel():
     gamma, n = 0.4, 6
-    student, teacher = [rand(n, 3, 4, 4, seed=17)], [rand(n, 8, 4, 4, seed=18)]
-
-    def correlation(f):
-        e = np_(f).mean(axis=(2, 3))
-        e = e / np.linalg.norm(e, axis=1, keepdims=True)
-        c = np.zeros((n, n))
-        for i in range(n):
-            for j in range(n):
-                d = float(e[i] @ e[j])
-                c[i, j] = math.exp(-2 * gamma) * (1 + 2 * gamma * d + (2 * gamma) ** 2 / 2 * d ** 2)
-        return c
-
-    expected = ((correlation(student[0]) - correlation(teacher[0])) ** 2).sum() / n ** 2
+    student = [rand(n, 3, 4, 4, seed=17), rand(n, 2, 5, 3, seed=170)]
+    teacher = [rand(n, 8, 4, 4, seed=18), rand(n, 5, 2, 2, seed=180)]
+    expected = sum(
+        ((np_kernel(unit_rows(np_(s).mean(axis=(2, 3))))
+          - np_kernel(unit_rows(np_(t).mean(axis=(2, 3))))) ** 2).sum() / n ** 2
+        for s, t in zip(student, teacher, strict=True))
     close(TERMS["cc"].function(student, teacher), expected)
     # the order-2 expansion is near the exact kernel exp(-gamma |x - y|^2) on unit vectors
     # (its largest error, at x = y, is 1 - exp(-0.8) * 2.12 = 0.047)
-    e = np_(student[0]).mean(axis=(2, 3))
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    e = unit_rows(np_(student[0]).mean(axis=(2, 3)))
     exact = np.exp(-gamma * ((e[:, None] - e[None]) ** 2).sum(axis=2))
     np.testing.assert_allclose(np_(L.correlation_matrix(student[0])), exact, atol=0.05)
+
+
+def test_cc_embedded_on_learnt_linear_embeddings():
+    n = 5
+    student = [rand(n, 3, 4, 4, seed=19), rand(n, 2, 3, 5, seed=190)]
+    teacher = [rand(n, 6, 4, 4, seed=20), rand(n, 4, 2, 2, seed=200)]
+    embeddings = learnt.cc_embeddings(student, teacher)
+    assert [(e.student.in_features, e.teacher.in_features, e.student.out_features)
+            for e in embeddings] == [(3, 6, 128), (2, 4, 128)]
+    randomise(embeddings, 21)
+
+    def embedded(f, linear):
+        pooled = np_(f).mean(axis=(2, 3))
+        return unit_rows(pooled @ np_(linear.weight).T + np_(linear.bias))
+
+    expected = sum(((np_kernel(embedded(s, e.student)) - np_kernel(embedded(t, e.teacher))) ** 2)
+                   .sum() / n ** 2 for s, t, e in zip(student, teacher, embeddings, strict=True))
+    value = TERMS["cc_embedded"].function(student, teacher, embeddings)
+    close(value, expected)
+    value.backward()  # both embeddings learn
+    assert all(e.student.weight.grad.abs().sum() > 0 and e.teacher.weight.grad.abs().sum() > 0
+               for e in embeddings)
+
+
+def test_vid_is_the_gaussian_negative_log_likelihood():
+    student = [rand(2, 3, 4, 4, seed=22), rand(2, 2, 3, 5, seed=220)]
+    teacher = [rand(2, 5, 4, 4, seed=23), rand(2, 4, 3, 5, seed=230)]
+    regressors = learnt.vid_regressors(student, teacher)
+    np.testing.assert_allclose(np_(regressors[0].variance()).ravel(), 5.0, rtol=1e-6)
+    randomise(regressors, 24)
+    expected = 0.0
+    for s, t, r in zip(student, teacher, regressors, strict=True):
+        first, second, third = (m.weight for m in r.mean if isinstance(m, torch.nn.Conv2d))
+        hidden = np.maximum(conv1x1(first, s), 0)
+        mean = conv1x1(third, np.maximum(conv1x1(second, hidden), 0))
+        variance = np.log1p(np.exp(np_(r.alpha))) + 1e-5  # softplus, then the floor
+        variance = variance[None, :, None, None]
+        expected += (0.5 * (np.log(variance) + (np_(t) - mean) ** 2 / variance)).mean()
+    close(TERMS["vid"].function(student, teacher, regressors), expected)
+
+
+def test_ab_penalises_the_wrong_side_of_each_activation_boundary():
+    margin, n = 1.0, 3
+    student = [rand(n, 3, 4, 4, seed=25), rand(n, 2, 3, 5, seed=250)]
+    # teacher features after a ReLU: 0 where the neuron is off
+    teacher = [rand(n, 5, 4, 4, seed=26).clamp(min=0), rand(n, 4, 3, 5, seed=260).clamp(min=0)]
+    connectors = learnt.ab_connectors(student, teacher)
+    randomise(connectors, 27)
+    expected = 0.0
+    for s, t, (conv, bn) in zip(student, teacher, connectors, strict=True):
+        r, t = batchnorm_training(conv1x1(conv.weight, s), bn), np_(t)
+        per_element = np.where((r > -margin) & (t <= 0), (r + margin) ** 2, 0.0) \
+            + np.where((r <= margin) & (t > 0), (r - margin) ** 2, 0.0)
+        expected += per_element.sum() / n
+    close(TERMS["ab"].function(student, teacher, connectors), expected)
+
+
+def test_ickd_compares_row_normalised_inter_channel_correlations():
+    n = 3
+    student = [rand(n, 3, 4, 4, seed=28), rand(n, 2, 3, 5, seed=280)]
+    teacher = [rand(n, 5, 4, 4, seed=29), rand(n, 4, 2, 2, seed=290)]
+    embeddings = learnt.ickd_embeddings(student, teacher)
+    randomise(embeddings, 30)
+
+    def correlation(f):
+        f = f.reshape(f.shape[0], f.shape[1], -1)
+        g = np.einsum("nip,njp->nij", f, f)
+        return g / np.linalg.norm(g, axis=2, keepdims=True)
+
+    expected = 0.0
+    for s, t, (conv, bn) in zip(student, teacher, embeddings, strict=True):
+        e = batchnorm_training(conv1x1(conv.weight, s), bn)
+        channels = t.shape[1]
+        expected += ((correlation(e) - correlation(np_(t))) ** 2).sum() / (channels * n)
+    close(TERMS["ickd"].function(student, teacher, embeddings), expected)
 
 
 # ---------------------------------------------------------------------- the trainer

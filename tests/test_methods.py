@@ -43,21 +43,23 @@ def test_shipped_methods_give_the_specs_of_the_papers_stages():
         "task", "model", "stage", "init", "net", "loss_weights", "train", "seed"}
 
 
-@pytest.mark.parametrize("term, key", [("fitnets", "pairs"), ("sp", "pairs"),
-                                       ("cc", "pairs"), ("fsp", "fsp_pairs")])
-def test_each_feature_method_is_a_hint_stage_then_imitation(term, key):
+@pytest.mark.parametrize("name, term, key", [
+    ("fitnets", "fitnets", "pairs"), ("sp", "sp", "pairs"), ("fsp", "fsp", "fsp_pairs"),
+    ("cc", "cc_embedded", "pairs"),  # CC as its paper computes it, on learnt embeddings
+    ("vid", "vid", "pairs"), ("ab", "ab", "pairs"), ("ickd", "ickd", "pairs")])
+def test_each_feature_method_is_a_hint_stage_then_imitation(name, term, key):
     config = validate({})
-    hint = model_spec(config, "recon", f"hint_{term}", 0)
+    hint = model_spec(config, "recon", f"hint_{name}", 0)
     assert hint["stage"] == "hint" and hint["loss_weights"] == {term: 1.0}
     assert hint[key] == config["tasks"]["recon"][key] and hint["teacher_net"]["convs"] == 5
-    assert teacher_sources(config, f"hint_{term}") == {"weights"}  # the live teacher
-    kd = model_spec(config, "recon", f"kd_{term}", 0)
+    assert teacher_sources(config, f"hint_{name}") == {"weights"}  # the live teacher
+    kd = model_spec(config, "recon", f"kd_{name}", 0)
     reference = model_spec(config, "recon", "kd", 0)
-    assert kd["init"] == f"hint_{term}"
+    assert kd["init"] == f"hint_{name}"
     assert {k: v for k, v in kd.items() if k not in ("model", "init")} == {
         k: v for k, v in reference.items() if k not in ("model", "init")}
-    assert teacher_sources(config, f"kd_{term}") == {"cache"}
-    assert models_needed(f"kd_{term}") == [f"hint_{term}", f"kd_{term}"]
+    assert teacher_sources(config, f"kd_{name}") == {"cache"}
+    assert models_needed(f"kd_{name}") == [f"hint_{name}", f"kd_{name}"]
 
 
 def test_a_study_adds_its_own_method():

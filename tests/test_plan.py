@@ -27,8 +27,11 @@ def test_every_input_a_term_takes_is_in_the_one_table():
                                      "teacher_feature_pairs": "weights"}
     assert terms.SPEC_KEYS == {
         "student_features": "pairs", "teacher_maps": "pairs", "teacher_features": "pairs",
-        "adapters": "pairs", "student_feature_pairs": "fsp_pairs",
+        "adapters": "pairs", "cc_embeddings": "pairs", "vid_regressors": "pairs",
+        "ab_connectors": "pairs", "ickd_embeddings": "pairs", "student_feature_pairs": "fsp_pairs",
         "teacher_feature_pairs": "fsp_pairs", "branch_outputs": "student_net"}
+    assert terms.LEARNT_INPUTS == ("adapters", "cc_embeddings", "vid_regressors",
+                                   "ab_connectors", "ickd_embeddings")
 
 
 def test_a_term_taking_an_input_outside_the_table_is_refused(monkeypatch):

@@ -3,6 +3,7 @@ feature layers for attention transfer, complex images and the schema's defaults.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -189,8 +190,21 @@ def test_attention_pairs_between_a_unet_teacher_and_student():
             FeatureHooks(student, [p for _, s in pairs for p in student.feature_paths(s)]) as sh:
         teacher(image, kspace, mask)
         student(image, kspace, mask)
-        loss = attention_transfer_loss(sh.pop(), th.pop())
-    assert torch.isfinite(loss) and loss > 0
+        student_features, teacher_features = sh.pop(), th.pop()
+        loss = attention_transfer_loss(student_features, teacher_features)
+    # paper eq. 1 written out: per pair, Q = sum over channels of A^2, flattened and
+    # normalised per sample; the batch mean of ||Q_S - Q_T||_2; summed over the three pairs
+    # (the teacher has twice the student's channels at every level)
+    expected = 0.0
+    for s, t in zip(student_features, teacher_features, strict=True):
+        assert s.shape[2:] == t.shape[2:] and t.shape[1] == 2 * s.shape[1]
+        maps = []
+        for f in (s, t):
+            q = (f.detach().double().numpy() ** 2).sum(axis=1).reshape(len(f), -1)
+            maps.append(q / np.linalg.norm(q, axis=1, keepdims=True))
+        expected += np.linalg.norm(maps[0] - maps[1], axis=1).mean()
+    assert expected > 0
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-5)
     loss.backward()
     assert student.down[0][0].weight.grad.abs().sum() > 0
 

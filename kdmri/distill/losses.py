@@ -1,5 +1,6 @@
 """Loss functions: the KD-MRI terms (attention transfer, paper eq. 1; the imitation
-objective, eq. 2) and other feature-distillation losses (FitNets, FSP, SP, CC).
+objective, eq. 2) and other feature-distillation losses (FitNets, FSP, SP, CC, VID, AB,
+ICKD).
 
 All L1 terms are means over pixels (``F.l1_loss``), for both the reconstruction and the
 imitation term, so ``alpha`` weighs like against like. The named terms a stage combines
@@ -17,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdmri.distill.options import CC_GAMMA, RECONSTRUCTION_NORMS
+from kdmri.distill.options import AB_MARGIN, CC_GAMMA, RECONSTRUCTION_NORMS
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
@@ -227,29 +228,127 @@ def sp_loss(student_features: list[torch.Tensor],
     return total
 
 
-def correlation_matrix(features: torch.Tensor, gamma: float = CC_GAMMA, order: int = 2) -> torch.Tensor:
-    """Correlation congruence (Peng et al., ICCV 2019) matrix of ``features (N, C, H, W)``:
-    embeddings ``f (N, C)`` by global average pooling, L2-normalised, then the Gaussian RBF
-    kernel ``k(x, y) = exp(-gamma ||x - y||^2)``, which for unit vectors equals
+def gaussian_kernel(embeddings: torch.Tensor, gamma: float = CC_GAMMA, order: int = 2) -> torch.Tensor:
+    """CC's kernel matrix of unit vectors ``embeddings (N, D)``: the Gaussian RBF
+    ``k(x, y) = exp(-gamma ||x - y||^2)``, which for unit vectors equals
     ``exp(-2 gamma) exp(2 gamma x.y)``, approximated by its Taylor expansion of order ``P``:
     ``k(x, y) ~ exp(-2 gamma) * sum_{p=0}^{P} (2 gamma)^p / p! * (x . y)^p``; shape ``(N, N)``."""
-    f = F.normalize(features.float().mean(dim=(2, 3)), p=2, dim=1, eps=1e-12)
-    dot = f @ f.t()
+    dot = embeddings @ embeddings.t()
     kernel = torch.zeros_like(dot)
     for p in range(order + 1):
         kernel = kernel + (2 * gamma) ** p / math.factorial(p) * dot.pow(p)
     return math.exp(-2 * gamma) * kernel
 
 
+def correlation_matrix(features: torch.Tensor, gamma: float = CC_GAMMA, order: int = 2) -> torch.Tensor:
+    """Correlation congruence (Peng et al., ICCV 2019) matrix of ``features (N, C, H, W)``
+    without a learnt embedding: embeddings ``f (N, C)`` by global average pooling,
+    L2-normalised, then :func:`gaussian_kernel`; shape ``(N, N)``."""
+    f = F.normalize(features.float().mean(dim=(2, 3)), p=2, dim=1, eps=1e-12)
+    return gaussian_kernel(f, gamma, order)
+
+
 def cc_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
             gamma: float = CC_GAMMA) -> torch.Tensor:
-    """The ``cc`` term, correlation congruence (formula: ``TERMS["cc"].formula``, the
-    paper's ``L_CC``), ``C`` from :func:`correlation_matrix` with ``gamma`` and the order-2
-    Taylor expansion."""
+    """The ``cc`` term, correlation congruence of pooled features (formula:
+    ``TERMS["cc"].formula``, the paper's ``L_CC`` without its embedding), ``C`` from
+    :func:`correlation_matrix` with ``gamma`` and the order-2 Taylor expansion."""
     _check_layers(student_features, teacher_features)
     total = student_features[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_features, teacher_features, strict=True):
         n = s.shape[0]
         diff = correlation_matrix(s, gamma) - correlation_matrix(t, gamma)
         total = total + diff.pow(2).sum() / (n * n)
+    return total
+
+
+def _check_modules(modules, features: list, what: str) -> None:
+    if len(modules) != len(features):
+        raise ValueError(f"{len(modules)} {what} for {len(features)} layer pairs")
+
+
+def cc_embedded_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+                     embeddings, gamma: float = CC_GAMMA) -> torch.Tensor:
+    """The ``cc_embedded`` term, correlation congruence as its paper (Peng et al., ICCV 2019,
+    ``L_CC``) and torchdistill compute it, on learnt embeddings (formula:
+    ``TERMS["cc_embedded"].formula``): ``embeddings`` holds per pair a module with linear
+    maps ``student`` (C_S -> d) and ``teacher`` (C_T -> d)
+    (:class:`kdmri.distill.learnt.PairEmbedding`), applied to the globally average-pooled
+    features; each embedding is L2-normalised (the kernel's Taylor form holds for unit
+    vectors) and ``C`` is :func:`gaussian_kernel` of them. The teacher's map learns too: its
+    gradient comes through this term alone."""
+    _check_layers(student_features, teacher_features)
+    _check_modules(embeddings, student_features, "embeddings")
+    total = student_features[0].new_zeros((), dtype=torch.float32)
+    for s, t, embed in zip(student_features, teacher_features, embeddings, strict=True):
+        n = s.shape[0]
+        f_s = F.normalize(embed.student(s.float().mean(dim=(2, 3))), p=2, dim=1, eps=1e-12)
+        f_t = F.normalize(embed.teacher(t.float().mean(dim=(2, 3))), p=2, dim=1, eps=1e-12)
+        diff = gaussian_kernel(f_s, gamma) - gaussian_kernel(f_t, gamma)
+        total = total + diff.pow(2).sum() / (n * n)
+    return total
+
+
+def vid_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+             regressors) -> torch.Tensor:
+    """The ``vid`` term, variational information distillation (Ahn et al., CVPR 2019;
+    formula: ``TERMS["vid"].formula``): the negative log-likelihood of the teacher's
+    feature under each pair's learnt Gaussian ``regressor(F_S) -> (mu, s)``
+    (:class:`kdmri.distill.learnt.GaussianRegressor`: ``mu`` shaped as ``F_T``, ``s`` a
+    variance per channel), less its constant ``log(2 pi) / 2``, averaged over the
+    elements; it can be negative (where ``s < 1``)."""
+    _check_layers(student_features, teacher_features)
+    _check_modules(regressors, student_features, "regressors")
+    total = student_features[0].new_zeros((), dtype=torch.float32)
+    for s, t, regressor in zip(student_features, teacher_features, regressors, strict=True):
+        mean, variance = regressor(s.float())
+        nll = 0.5 * (torch.log(variance) + (t.float() - mean).pow(2) / variance)
+        total = total + nll.mean()
+    return total
+
+
+def ab_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+            connectors, margin: float = AB_MARGIN) -> torch.Tensor:
+    """The ``ab`` term, distillation of activation boundaries (Heo et al., AAAI 2019;
+    formula: ``TERMS["ab"].formula``): ``connectors`` holds per pair the learnt map ``r``
+    of the student's feature to the teacher's channels; only the sign of the teacher's
+    feature enters (a teacher feature after its ReLU is 0 exactly where the response before
+    it is <= 0, so post-activation features give the same target). A squared hinge per
+    element, summed over the elements of a sample and averaged over the batch."""
+    _check_layers(student_features, teacher_features)
+    _check_modules(connectors, student_features, "connectors")
+    total = student_features[0].new_zeros((), dtype=torch.float32)
+    for s, t, connector in zip(student_features, teacher_features, connectors, strict=True):
+        r, t = connector(s.float()), t.float()
+        off = ((r > -margin) & (t <= 0)).float()
+        on = ((r <= margin) & (t > 0)).float()
+        per_element = (r + margin).pow(2) * off + (r - margin).pow(2) * on
+        total = total + per_element.sum() / r.shape[0]
+    return total
+
+
+def inter_channel_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Inter-channel correlation (ICKD, Liu et al., ICCV 2021) matrix of ``features (N, C,
+    H, W)``: ``G = F F^T`` per sample with ``F`` the ``(C, H*W)`` flattened feature, each
+    row of ``G`` then L2-normalised; shape ``(N, C, C)``."""
+    f = features.float().flatten(2)
+    return F.normalize(torch.bmm(f, f.transpose(1, 2)), p=2, dim=2, eps=1e-12)
+
+
+def ickd_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+              embeddings) -> torch.Tensor:
+    """The ``ickd`` term, inter-channel correlation (formula: ``TERMS["ickd"].formula``, the
+    normalisation of the authors' released code): ``embeddings`` holds per pair the learnt
+    map of the student's feature to the teacher's channels; ``G`` from
+    :func:`inter_channel_matrix` (the spatial sizes may differ)."""
+    _check_layers(student_features, teacher_features)
+    _check_modules(embeddings, student_features, "embeddings")
+    total = student_features[0].new_zeros((), dtype=torch.float32)
+    for s, t, embed in zip(student_features, teacher_features, embeddings, strict=True):
+        e = embed(s.float())
+        if e.shape[1] != t.shape[1]:
+            raise ValueError(f"ICKD: the student's embedding has {e.shape[1]} channels, the "
+                             f"teacher's feature {t.shape[1]}")
+        n, c = e.shape[:2]
+        total = total + (inter_channel_matrix(e) - inter_channel_matrix(t)).pow(2).sum() / (c * n)
     return total

@@ -8,3 +8,15 @@ RECONSTRUCTION_NORMS = ("l1", "l2", "ssim")
 
 #: The correlation-congruence term's kernel width gamma (``cc``: its formula and function).
 CC_GAMMA = 0.4
+
+#: The dimension of the embeddings the ``cc_embedded`` term learns (torchdistill's and
+#: RepDistiller's 128).
+CC_EMBEDDING_DIM = 128
+
+#: VID's predicted variance at initialisation and its floor (``vid``: Ahn et al., 2019, as
+#: their released code sets them).
+VID_INIT_VARIANCE = 5.0
+VID_MIN_VARIANCE = 1e-5
+
+#: The margin of the activation-boundary term (``ab``: Heo et al., 2019).
+AB_MARGIN = 1.0

@@ -8,9 +8,11 @@ weighted. Each term says which inputs its function takes, in order, from :data:`
 and each input how it is gathered, so the trainer gathers them without knowing the term:
 the teacher's output and attention maps from the teacher cache, the teacher's features
 from the frozen teacher run on each batch (``kdmri train --teacher``; :mod:`kdmri.teacher`
-says why), the learnt adapters and the student-friendly teacher's branch outputs
-(:mod:`kdmri.distill.sft`) from the stage plan (:mod:`kdmri.plan`), which builds the
-adapters and the branches for the stage; they train with it and stay out of ``model.pt``.
+says why), the modules learnt per layer pair (FitNets' adapters, CC's embeddings, VID's
+regressors, AB's connectors, ICKD's embeddings: :mod:`kdmri.distill.learnt`) and the
+student-friendly teacher's branch outputs (:mod:`kdmri.distill.sft`) from the stage plan
+(:mod:`kdmri.plan`), which builds those modules and the branches for the stage; they train
+with it and stay out of ``model.pt``.
 
 Each term's ``formula`` is the one statement of its maths: the docstring of its function
 (:mod:`kdmri.distill.losses`) states the contract and points here. This module and the
@@ -23,7 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kdmri.distill.options import CC_GAMMA, RECONSTRUCTION_NORMS
+from kdmri.distill.options import (
+    AB_MARGIN,
+    CC_EMBEDDING_DIM,
+    CC_GAMMA,
+    RECONSTRUCTION_NORMS,
+    VID_INIT_VARIANCE,
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +42,8 @@ class Input:
     ``gather(step)`` returns the input for one batch from a :class:`kdmri.plan.Step`, which
     holds the network's ``prediction``, the ``batch``, the teacher cache's slices
     (``cached``), the features hooked on the network (``hooked(input)``), the live
-    teacher's (``live(input)``), the stage's ``adapters`` and its SFT branches' outputs
-    (``branch_outputs()``); the step calls it at most once per batch.
+    teacher's (``live(input)``), the stage's learnt modules (``learnt(input)``) and its SFT
+    branches' outputs (``branch_outputs()``); the step calls it at most once per batch.
     """
 
     description: str
@@ -47,6 +55,10 @@ class Input:
     #: The spec key naming the layers of an input taken at layers
     #: (:mod:`kdmri.distill.pairs`), or the branches' network (``student_net``).
     spec_key: str | None = None
+    #: Modules learnt with the network, one per layer pair, built from one forward of both
+    #: networks by :data:`kdmri.distill.learnt.BUILDERS` under this input's name; they are
+    #: in the resume checkpoint under that name, not in ``model.pt``.
+    learnt: bool = False
 
 
 def _pairs(features: list) -> list[tuple]:
@@ -84,7 +96,23 @@ INPUTS: dict[str, Input] = {
                                    teacher="weights", spec_key="fsp_pairs"),
     "adapters": Input("one learnt 1x1 convolution per layer pair mapping student to teacher "
                       "channels (trained with the student, not saved with it)",
-                      lambda step: step.adapters, spec_key="pairs"),
+                      lambda step: step.learnt("adapters"), spec_key="pairs", learnt=True),
+    "cc_embeddings": Input("per layer pair, learnt linear maps of the student's and of the "
+                           f"teacher's pooled features into {CC_EMBEDDING_DIM} dimensions",
+                           lambda step: step.learnt("cc_embeddings"), spec_key="pairs",
+                           learnt=True),
+    "vid_regressors": Input("per layer pair, a learnt Gaussian of the teacher's feature given "
+                            "the student's: a mean by 1x1 convolutions, a variance per channel",
+                            lambda step: step.learnt("vid_regressors"), spec_key="pairs",
+                            learnt=True),
+    "ab_connectors": Input("per layer pair, a learnt 1x1 convolution with batch normalisation "
+                           "mapping student to teacher channels",
+                           lambda step: step.learnt("ab_connectors"), spec_key="pairs",
+                           learnt=True),
+    "ickd_embeddings": Input("per layer pair, a learnt 1x1 convolution with batch "
+                             "normalisation mapping student to teacher channels",
+                             lambda step: step.learnt("ickd_embeddings"), spec_key="pairs",
+                             learnt=True),
     "branch_outputs": Input("student-friendly teacher: the output of each branch k = 1..K-1 "
                             "(the teacher's image after its cascade k through the student's "
                             "cascades k+1..K), a list of tensors shaped as the prediction",
@@ -97,6 +125,10 @@ TEACHER_SOURCES = {name: i.teacher for name, i in INPUTS.items() if i.teacher}
 
 #: The spec key of each input taken at layers (:attr:`Input.spec_key`).
 SPEC_KEYS = {name: i.spec_key for name, i in INPUTS.items() if i.spec_key}
+
+#: The inputs learnt with the network (:attr:`Input.learnt`), in the table's order: the order in
+#: which :class:`kdmri.plan.StagePlan` builds them.
+LEARNT_INPUTS = tuple(name for name, i in INPUTS.items() if i.learnt)
 
 
 class _Loss:
@@ -153,6 +185,21 @@ TERMS: dict[str, Term] = {
     "cc": Term(_Loss("cc_loss"), ("student_features", "teacher_features"),
                "sum over pairs of ||C_S - C_T||_F^2 / N^2, C the order-2 Taylor "
                f"Gaussian kernel (gamma {CC_GAMMA}) of pooled, normalised embeddings"),
+    "cc_embedded": Term(_Loss("cc_embedded_loss"),
+                        ("student_features", "teacher_features", "cc_embeddings"),
+                        "as cc, the embeddings e(pool(F)) normalised, e a learnt linear map "
+                        f"per side and pair into {CC_EMBEDDING_DIM} dimensions"),
+    "vid": Term(_Loss("vid_loss"), ("student_features", "teacher_features", "vid_regressors"),
+                "sum over pairs of mean over elements of (log s_c + (F_T - mu(F_S))^2 / s_c) / 2, "
+                "mu learnt 1x1 convolutions, s_c a learnt variance per channel (starts at "
+                f"{VID_INIT_VARIANCE:g})"),
+    "ab": Term(_Loss("ab_loss"), ("student_features", "teacher_features", "ab_connectors"),
+               "sum over pairs of batch mean of the sum over elements of (r + m)^2 "
+               "[r > -m, F_T <= 0] + (r - m)^2 [r <= m, F_T > 0], r = BN(conv1x1(F_S)) "
+               f"learnt, margin m {AB_MARGIN:g}"),
+    "ickd": Term(_Loss("ickd_loss"), ("student_features", "teacher_features", "ickd_embeddings"),
+                 "sum over pairs of batch mean ||G_S - G_T||_F^2 / C, G = F F^T (C x C, over "
+                 "pixels) row-normalised, F_S through BN(conv1x1) learnt to the teacher's C"),
     # the student-friendly teacher's stage: the prediction is the teacher's output
     "sft_reconstruction": Term(_Loss("branch_reconstruction_loss"), ("branch_outputs", "target"),
                                "mean over branches k of mean |x - x_k| (L1)"),
