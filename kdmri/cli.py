@@ -150,6 +150,20 @@ def cmd_undersample(args) -> int:
     return 0
 
 
+def _tracker(args):
+    """The training's TensorBoard run (kdmri.tracking), or None without logging: the folder
+    from ``--tensorboard`` or the environment the workflow sets."""
+    from kdmri import tracking
+
+    folder, image_every = tracking.log_settings(args.tensorboard, args.tensorboard_image_every)
+    if folder is None:
+        return None
+    tracking.check_available(f"--tensorboard {folder}")
+    run = tracking.run_folder(folder, args.out_dir)
+    _log(f"TensorBoard run {run} (tensorboard --logdir {folder})")
+    return tracking.TensorBoardLog(run, image_every, _log)
+
+
 def cmd_train(args) -> int:
     from kdmri.device import select_device
     from kdmri.io import ensure_dir
@@ -158,11 +172,12 @@ def cmd_train(args) -> int:
     _setup_torch(args)
     spec = _check_train_spec(_spec(args.spec))
     stores = {split: _split_store(args.inputs_dir, split) for split in ("train", "val")}
+    tracker = _tracker(args)
     device, slot = select_device(args.device, log=_log)
     try:
         trainer = Trainer(spec, stores["train"], stores["val"], args.out_dir,
                           cache_dir=args.cache_dir, init=args.init, device=device, log=_log,
-                          teacher=args.teacher, trust_code=args.trust_code)
+                          teacher=args.teacher, trust_code=args.trust_code, tracker=tracker)
         ensure_dir(args.out_dir)  # fail now, not after the first epoch
         result = trainer.run()
     finally:
@@ -367,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "features: fitnets, fsp, sp, cc, attention_batchnorm)")
     p.add_argument("--init", default=None, help="model.pt to start from")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log the training's curves and validation images to TensorBoard in "
+                        "DIR, run named by --out-dir (default: the environment variable "
+                        "KDMRI_TENSORBOARD, which the workflow sets from logging.tensorboard; "
+                        "empty: no logging); changes no result")
+    p.add_argument("--tensorboard-image-every", type=_positive_int, default=None, metavar="N",
+                   help="validation image panel every N epochs (default: the environment "
+                        "variable KDMRI_TENSORBOARD_IMAGE_EVERY, else logging.image_every's "
+                        "default)")
     trust_arg(p)
     device_args(p)
 

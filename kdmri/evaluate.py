@@ -1,4 +1,5 @@
-"""Per-slice metrics of one model's test predictions against the targets."""
+"""Per-slice metrics of one model's test predictions against the targets, with the
+volume-wise (fastMRI's leaderboard) metrics of each slice's volume beside them."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import pandas as pd
 from kdmri.data.store import read_store
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path
-from kdmri.metrics import slice_metrics
+from kdmri.metrics import evaluation_metrics
+from kdmri.stats import VOLUME_COLUMNS
 
 
 def evaluate(inputs: str | Path, predictions: str | Path) -> pd.DataFrame:
-    """One row per test slice: ``volume, slice, psnr, ssim, nmse, hfen``.
+    """One row per test slice: ``volume, slice, psnr, ssim, nmse, hfen, volume_psnr,
+    volume_ssim, volume_nmse``.
 
     Metrics are computed per volume with the data range of that volume's target maximum
-    (fastMRI's convention), then listed per slice. The predictions must be of the same
-    slices in the same order (volume and slice indices, and volume names when they have
+    (fastMRI's convention), then listed per slice; ``volume_*`` are the metrics of the
+    slice's whole volume (:func:`kdmri.metrics.evaluation_metrics`: fastMRI's volume-wise
+    PSNR, SSIM and NMSE), the same on every row of a volume. The predictions must be of
+    the same slices in the same order (volume and slice indices, and volume names when they have
     them); otherwise a :class:`KdmriError` says where they differ.
     """
     truth = read_store(inputs, ["target", "volume", "slice"])
@@ -45,8 +50,10 @@ def evaluate(inputs: str | Path, predictions: str | Path) -> pd.DataFrame:
     frames = []
     for v in np.unique(truth["volume"]):
         rows = truth["volume"] == v
-        values = slice_metrics(truth["target"][rows], pred["output"][rows])
-        frame = pd.DataFrame(values)
+        per_slice, per_volume = evaluation_metrics(truth["target"][rows], pred["output"][rows])
+        frame = pd.DataFrame(per_slice)
+        for column in VOLUME_COLUMNS:
+            frame[column] = per_volume[column.removeprefix("volume_")]
         frame.insert(0, "slice", truth["slice"][rows])
         frame.insert(0, "volume", names[v] if len(names) > v else str(v))
         frames.append(frame)

@@ -13,6 +13,14 @@ complex and magnitude studies measure the same thing.
 The ``*_slices`` variants return one value per slice (data range still the volume's
 maximum unless given) for per-slice tables and paired tests. Identical inputs give
 PSNR = inf without a warning.
+
+Two ways to average over a test set follow from them (``kdmri.stats``): *slice-pooled*,
+the mean of the per-slice values over every test slice, and *volume-wise*, fastMRI's
+leaderboard convention (its ``evaluate.py``): per volume ``psnr``, ``ssim`` and ``nmse``
+of the whole volume, i.e. PSNR = 10 log10(max^2 / MSE of the volume), SSIM = the mean of
+its slices' SSIM, NMSE = ||gt - pred||^2 / ||gt||^2 over the volume, each with the
+volume's own maximum as data range, then the mean over volumes. :func:`evaluation_metrics`
+gives both for one volume.
 """
 
 from __future__ import annotations
@@ -121,3 +129,19 @@ def slice_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
         "nmse": nmse_slices(gt, pred),
         "hfen": hfen_slices(gt, pred),
     }
+
+
+def evaluation_metrics(gt: np.ndarray, pred: np.ndarray) -> tuple[dict[str, np.ndarray],
+                                                                 dict[str, float]]:
+    """The metrics of one test volume ``(slices, H, W)``: per slice (:func:`slice_metrics`)
+    and per volume, fastMRI's leaderboard metrics ``psnr``, ``ssim`` and ``nmse``
+    (:func:`psnr`, :func:`ssim`, :func:`nmse` of the whole volume, data range = the
+    volume's target maximum).
+
+    The volume's SSIM is the mean of the per-slice SSIM already computed (what
+    :func:`ssim` returns), so SSIM is computed once per slice.
+    """
+    per_slice = slice_metrics(gt, pred)
+    per_volume = {"psnr": psnr(gt, pred), "ssim": float(per_slice["ssim"].mean()),
+                  "nmse": nmse(gt, pred)}
+    return per_slice, per_volume

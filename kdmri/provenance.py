@@ -38,6 +38,18 @@ from pathlib import Path
 from kdmri.errors import KdmriError
 from kdmri.io import parse_named, write_json
 
+#: Config keys the record leaves out (:func:`recorded_config`).
+UNRECORDED_KEYS = ("logging",)
+
+
+def recorded_config(config: dict) -> dict:
+    """The config as the workflow gives it to this record: without ``logging``, which only
+    says whether the trainings also write TensorBoard runs. No job's command reads it
+    (the environment carries it, :mod:`kdmri.tracking`), so switching it re-runs nothing,
+    this record included, and a study's digest stays the one it had before the key
+    existed."""
+    return {key: value for key, value in config.items() if key not in UNRECORDED_KEYS}
+
 
 def read_config(text: str) -> dict:
     """The config from a JSON file path, ``@file``, or inline JSON text."""

@@ -5,7 +5,10 @@ slice) with the columns :data:`METRICS_COLUMNS` (``flops`` where present). On it
 
 * :func:`summarise`: per (task, dataset, acceleration, model) the mean and the population
   standard deviation (``ddof=0``) of every metric over all test slices of all seeds
-  pooled, the slice, seed, parameter and FLOP counts and the mean latency over seeds;
+  pooled (*slice-pooled*), the slice, seed, parameter and FLOP counts and the mean
+  latency over seeds; beside them the *volume-wise* means and standard deviations of
+  :data:`VOLUME_COLUMNS` (fastMRI's leaderboard convention: one value per test volume
+  and seed, the mean over them);
 * :func:`gap_closed`: the share of the teacher-student gap a distilled student closes,
   ``(KD - S) / (T - S)``;
 * :func:`paired` and :func:`wilcoxon_p`: two models' slices joined on (seed, volume,
@@ -35,6 +38,10 @@ METRICS_COLUMNS = [
     "volume", "slice", "psnr", "ssim", "nmse", "hfen",
 ]
 METRIC_NAMES = ["psnr", "ssim", "nmse", "hfen"]
+#: Optional columns of a metrics.csv: fastMRI's volume-wise metrics of the row's volume
+#: (:func:`kdmri.metrics.evaluation_metrics`), the same on every row of a volume. Files
+#: written before they existed have none; their summary columns are then empty.
+VOLUME_COLUMNS = ["volume_psnr", "volume_ssim", "volume_nmse"]
 #: Row order of models in every table; other model names follow alphabetically.
 MODEL_ORDER = ["zf", "teacher", "student", "kd", "kd_imitation", "kd_attention"]
 #: The cell a table row describes.
@@ -44,6 +51,8 @@ SUMMARY_COLUMNS = [
     "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
     "nmse_mean", "nmse_std", "hfen_mean", "hfen_std",
     "n_slices", "params", "flops", "latency_ms", "n_seeds",
+    "volume_psnr_mean", "volume_psnr_std", "volume_ssim_mean", "volume_ssim_std",
+    "volume_nmse_mean", "volume_nmse_std", "n_volumes",
 ]
 
 
@@ -94,6 +103,13 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     standard deviation is the population one (numpy's default, ``ddof=0``).
     ``n_slices`` counts distinct (volume, slice) test slices, ``n_seeds`` distinct seeds;
     ``latency_ms`` is the mean over seeds of each seed's latency.
+
+    The volume-wise columns ``volume_<metric>_mean`` / ``_std`` (fastMRI's leaderboard
+    figures) take one value per (seed, volume), the row's :data:`VOLUME_COLUMNS`, and
+    average them: the mean over the test volumes (of every seed; with the same volumes
+    in every seed, the mean over seeds of each seed's mean over volumes) and its
+    population standard deviation. ``n_volumes`` counts distinct test volumes. They are
+    NaN where a metrics file has no volume columns.
     """
     check_metrics(frame)
     rows = []
@@ -110,11 +126,28 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         per_seed = group.groupby("seed")["latency_ms"].mean()
         row["latency_ms"] = float(per_seed.mean()) if per_seed.notna().any() else np.nan
         row["n_seeds"] = int(group["seed"].nunique())
+        row.update(_volume_wise(group, f"model {key[3]!r} at {key[:3]}"))
         rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     summary["params"] = summary["params"].astype("Int64")
     summary["flops"] = summary["flops"].astype("Int64")
     return sort_rows(summary, [*GROUP, "model"])
+
+
+def _volume_wise(group: pd.DataFrame, where: str) -> dict:
+    """The volume-wise summary columns of one model's rows (see :func:`summarise`)."""
+    row = {"n_volumes": int(group["volume"].nunique())}
+    present = all(c in group.columns for c in VOLUME_COLUMNS)
+    volumes = group[["seed", "volume", *VOLUME_COLUMNS]].drop_duplicates() if present else None
+    if present and volumes.duplicated(["seed", "volume"]).any():
+        first = volumes.loc[volumes.duplicated(["seed", "volume"]), ["seed", "volume"]].iloc[0]
+        raise KdmriError(f"metrics: {where} has different volume-wise metrics on the slices "
+                         f"of one volume (seed {first['seed']}, volume {first['volume']!r})")
+    for column in VOLUME_COLUMNS:
+        values = volumes[column].to_numpy(dtype=float) if present else np.array([np.nan])
+        row[f"{column}_mean"] = float(np.mean(values))
+        row[f"{column}_std"] = float(np.std(values))
+    return row
 
 
 # ---------------------------------------------------------------------- gap and spread

@@ -4,14 +4,18 @@
 
 ``summary.csv``
     One row per (task, dataset, acceleration, model): mean and standard deviation of
-    PSNR, SSIM, NMSE and HFEN over all test slices pooled over seeds, the number of
-    distinct test slices, the parameter count, the FLOPs of one forward pass on one test
-    slice (``kdmri.models.flops_per_slice``; empty where the metrics files predate it),
-    the latency (mean over seeds) and the number of seeds.
+    PSNR, SSIM, NMSE and HFEN over all test slices pooled over seeds (slice-pooled), the
+    number of distinct test slices, the parameter count, the FLOPs of one forward pass on
+    one test slice (``kdmri.models.flops_per_slice``; empty where the metrics files
+    predate it), the latency (mean over seeds) and the number of seeds; then fastMRI's
+    volume-wise PSNR, SSIM and NMSE (``volume_*_mean`` / ``_std``: per test volume with
+    its own maximum as data range, then the mean over volumes; the convention of
+    published tables) and the number of test volumes (:func:`kdmri.stats.summarise`).
 ``summary.md``, ``summary.tex``
     The paper's table: one block per task and dataset, models as rows, accelerations as
-    column groups, cells ``PSNR mean ± std / SSIM mean ± std``; per column the best value
-    is bold and the second best underlined.
+    column groups, cells ``PSNR mean ± std / SSIM mean ± std`` of the slice-pooled
+    figures, as its note says; per column the best value is bold and the second best
+    underlined.
 ``kd_gain.csv``
     Per (task, dataset, acceleration) with a teacher, a student and a kd model: the KD
     gain over the student, the share of the teacher-student gap it closes, and a paired
@@ -62,6 +66,12 @@ KD_GAIN_COLUMNS = [
 ]
 TRIO = ("teacher", "student", "kd")
 ABLATION_MODELS = ["student", "kd_imitation", "kd_attention", "kd"]
+#: What summary.md, .tex and .html show, and where the volume-wise figures are.
+POOLING_NOTE = (
+    "Slice-pooled: mean ± std over all test slices pooled over seeds{seeds}, not the "
+    "volume-wise means of fastMRI's evaluation that published tables report (summary.csv: "
+    "volume_psnr_mean, volume_ssim_mean, volume_nmse_mean)."
+)
 FAIRNESS_RULE = (
     "Fairness rule: kd: attention stage, then the imitation stage with as many steps as "
     "the baseline student."
@@ -198,7 +208,9 @@ def _cells(summary: pd.DataFrame) -> list[tuple]:
     A cell is ``((psnr_mean, psnr_std, rank), (ssim_mean, ssim_std, rank))`` as text plus
     the rank of the shown mean among the block's models at that acceleration.
     """
-    optional = ("flops", "n_seeds")  # the tables show neither
+    # the tables show none of these
+    optional = ("flops", "n_seeds", *(c for c in SUMMARY_COLUMNS if c.startswith("volume_")),
+                "n_volumes")
     missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns and c not in optional]
     if missing:
         raise KdmriError(f"summary: missing columns {missing}")
@@ -262,10 +274,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
             lines.append(f"| {model} | {params[model]} | " + " | ".join(parts) + " |")
         lines.append("")
     seeds = "/".join(str(n) for n in n_seeds) or "?"
-    lines.append(
-        f"Mean ± std over all test slices pooled over seeds (n_seeds = {seeds}); per column "
-        "the best value is **bold**, the second best <u>underlined</u>."
-    )
+    lines.append(POOLING_NOTE.format(seeds=f" (n_seeds = {seeds})")
+                 + " Per column the best value is **bold**, the second best <u>underlined</u>.")
     lines.append("")
     lines.append(FAIRNESS_RULE)
     return "\n".join(lines) + "\n"
@@ -280,7 +290,8 @@ def to_html(summary: pd.DataFrame, gain: pd.DataFrame) -> str:
              "<style>body{font-family:sans-serif} table{border-collapse:collapse;margin:1em 0}"
              " td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
              " td:first-child{text-align:left}</style></head><body>",
-             "<h2>Summary: PSNR (dB) / SSIM, mean &plusmn; std over the test slices</h2>"]
+             "<h2>Summary: PSNR (dB) / SSIM, mean &plusmn; std over the test slices "
+             "(slice-pooled)</h2>", f"<p>{html.escape(POOLING_NOTE.format(seeds=''))}</p>"]
     for (task, dataset), accs, models, cells, params in _cells(summary):
         parts.append(f"<h3>{html.escape(str(task))} / {html.escape(str(dataset))}</h3>")
         parts.append("<table class='summary'><tr><th>Model</th><th>Params</th>"
@@ -328,7 +339,8 @@ def to_latex(summary: pd.DataFrame) -> str:
                          + " & ".join(parts) + r" \\")
         lines += [r"\hline", r"\end{tabular}"]
         out.append("\n".join(lines))
-    return "% kdmri tables: mean $\\pm$ std over test slices pooled over seeds\n" + (
+    return ("% kdmri tables: slice-pooled, mean $\\pm$ std over test slices pooled over seeds "
+            "(the volume-wise means: summary.csv)\n") + (
         "\n\\medskip\n\n".join(out) + "\n"
     )
 

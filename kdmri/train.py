@@ -27,6 +27,12 @@ resumes from it; a checkpoint written under another spec is refused, naming what
 At the end ``model.pt`` holds the best weights (by validation loss) and ``last.pt`` is
 marked complete (it holds the last weights).
 
+Given a :class:`kdmri.tracking.TensorBoardLog` (``tracker``), the trainer also sends it
+every step's losses and learning rate (the values :meth:`Trainer._settle` has already
+moved to the host), every history row and, every few validated epochs, a validation
+image panel. The logger reads and never writes the training's state, and its errors end
+the logging, not the training, so the weights are the same with and without it.
+
 A NaN or infinite loss or gradient stops training with the epoch and batch named, before
 the epoch's checkpoint is written (checked every step on the CPU; on a GPU every
 ``CHECK_EVERY_GPU`` steps, so that the GPU never waits for the host in between, and the
@@ -101,12 +107,13 @@ class Trainer:
                  out_dir: str | Path, cache_dir: str | Path | None = None,
                  init: str | Path | None = None, device: torch.device | str = "cpu",
                  log=None, progress: bool | None = None, teacher: str | Path | None = None,
-                 trust_code: bool | None = None):
+                 trust_code: bool | None = None, tracker=None):
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.tracker = tracker  # a kdmri.tracking.TensorBoardLog, or None
         self.settings = spec["train"]
         self.ckpt_path = self.out_dir / "checkpoint" / "last.pt"
         self.amp = self.settings["amp"] and self.device.type == "cuda"
@@ -266,7 +273,7 @@ class Trainer:
         self.model.train()
         order = self._epoch_order(epoch)
         sums: dict[str, float] = defaultdict(float)
-        pending: list[tuple[int, int, torch.Tensor, torch.Tensor | None, dict]] = []
+        pending: list[tuple[int, int, float, torch.Tensor, torch.Tensor | None, dict]] = []
         n_seen = 0
         start = time.perf_counter()
         batches = order.to(self.train_data["target"].device).split(self.batch_size)
@@ -289,10 +296,11 @@ class Trainer:
                 elif not self.amp:
                     norm = torch.nn.utils.get_total_norm(
                         [p.grad for p in self._trained_parameters() if p.grad is not None])
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                pending.append((b, len(idx), total.detach(), norm,
+                pending.append((b, len(idx), lr, total.detach(), norm,
                                 {name: value.detach() for name, value in terms.items()}))
                 n_seen += len(idx)
                 if len(pending) >= self.check_every or b == len(batches) - 1:
@@ -308,13 +316,14 @@ class Trainer:
     def _settle(self, pending: list, sums: dict[str, float], epoch: int) -> None:
         """Check and add up the losses of the steps since the last call, with one transfer
         from the device: the first step whose loss or gradient was NaN or infinite stops
-        training, named by epoch and batch, before any checkpoint holds its weights."""
+        training, named by epoch and batch, before any checkpoint holds its weights. Each
+        checked step goes to the tracker, if any."""
         values = torch.stack([
             torch.stack([total.float(), (total if norm is None else norm).float(),
                          *(value.float() for value in terms.values())])
-            for _, _, total, norm, terms in pending
+            for _, _, _, total, norm, terms in pending
         ]).tolist()
-        for (b, n, _, norm, terms), (total, grad_norm, *term_values) in zip(
+        for (b, n, lr, _, norm, terms), (total, grad_norm, *term_values) in zip(
                 pending, values, strict=True):
             if not math.isfinite(total):
                 raise KdmriError(
@@ -327,6 +336,9 @@ class Trainer:
             sums["loss"] += total * n
             for name, value in zip(terms, term_values, strict=True):
                 sums[name] += value * n
+            if self.tracker is not None:
+                self.tracker.step(epoch * self.steps_per_epoch + b + 1, total,
+                                  dict(zip(terms, term_values, strict=True)), lr)
 
     def _stopped(self, epoch: int) -> str:
         return f"stopped (last good checkpoint: {self.ckpt_path}, epoch {epoch})"
@@ -337,8 +349,15 @@ class Trainer:
             raise KdmriError(f"weights became NaN or infinite during epoch {epoch + 1}; "
                              f"{self._stopped(epoch)}")
 
-    @torch.no_grad()
     def validate(self) -> dict:
+        """The validation row of history.csv: ``val_loss``, ``val_<term>`` (means over
+        the validation slices) and ``val_psnr`` (the mean over validation volumes of each
+        volume's PSNR)."""
+        return self._validation()[0]
+
+    @torch.no_grad()
+    def _validation(self) -> tuple[dict, np.ndarray]:
+        """The validation row and the predictions of every validation slice (as stored)."""
         self.model.eval()
         data = self.val_data
         n = len(data["target"])
@@ -360,7 +379,26 @@ class Trainer:
         ]))
         row = {f"val_{k}": v / n for k, v in sums.items()}
         row["val_psnr"] = val_psnr
-        return row
+        return row, prediction
+
+    def _panel_slice(self) -> int:
+        """The validation slice of the tracker's image panel: the middle slice of the first
+        validation volume."""
+        volumes = self.val_data["volume"].cpu().numpy()
+        rows = np.flatnonzero(volumes == volumes.min())
+        return int(rows[len(rows) // 2])
+
+    def _track_epoch(self, row: dict, prediction: np.ndarray | None, epoch: int) -> None:
+        """Send the epoch's history row and, when due, the image panel to the tracker."""
+        step = (epoch + 1) * self.steps_per_epoch
+        self.tracker.epoch(row, step)
+        if prediction is not None and self.tracker.wants_panel(epoch + 1,
+                                                               epoch + 1 == self.epochs):
+            from kdmri.tracking import panel_image
+
+            i = self._panel_slice()
+            self.tracker.panel(panel_image(self.val_data["zf"][i].cpu().numpy(), prediction[i],
+                                           self.val_data["target"][i].cpu().numpy()), step)
 
     def run(self) -> dict:
         """Train (or resume) to the last epoch; write ``model.pt`` and ``history.csv``."""
@@ -372,12 +410,30 @@ class Trainer:
             f"{total_epochs} epochs x {self.steps_per_epoch} steps, losses {self.plan.weights}"
         )
         val_every = int(self.settings["val_every"])
+        if self.tracker is not None:
+            self.tracker.start(self.start_epoch * self.steps_per_epoch + 1)
+        try:
+            self._epochs(val_every)
+        finally:  # what was logged reaches the disk, also when training stops on an error
+            if self.tracker is not None:
+                self.tracker.close()
+        self._write_outputs()
+        save_torch(self._state(total_epochs, completed=True), self.ckpt_path)
+        return {"best": {k: v for k, v in self.best.items() if k != "state_dict"},
+                "params": self.params}
+
+    def _epochs(self, val_every: int) -> None:
+        """The epochs from ``start_epoch`` to the last, each ending with its history row and
+        its checkpoint."""
+        total_epochs = self.epochs
         for epoch in range(self.start_epoch, total_epochs):
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))
             self._check_weights(epoch)
+            prediction = None
             if (epoch + 1) % val_every == 0 or epoch + 1 == total_epochs:
-                row.update(self.validate())
+                validation, prediction = self._validation()
+                row.update(validation)
                 if self.best is None or row["val_loss"] < self.best["val_loss"]:
                     self.best = {
                         "epoch": epoch + 1,
@@ -394,10 +450,8 @@ class Trainer:
                    if "val_loss" in row else "")
                 + f"{row['samples_per_s']:.0f} slices/s"
             )
-        self._write_outputs()
-        save_torch(self._state(total_epochs, completed=True), self.ckpt_path)
-        return {"best": {k: v for k, v in self.best.items() if k != "state_dict"},
-                "params": self.params}
+            if self.tracker is not None:
+                self._track_epoch(row, prediction, epoch)
 
     def _write_outputs(self) -> None:
         source = source_record(self.model)  # a family: python network's target and file hash

@@ -1,6 +1,8 @@
 """The evaluate stage (kdmri.evaluate, ``kdmri evaluate``): one CSV row per test slice whose
 PSNR, SSIM, NMSE and HFEN equal the formulas written out here (SSIM: scikit-image), with
-each volume's target maximum as the data range; predictions of other slices are refused."""
+each volume's target maximum as the data range, and whose volume-wise columns equal
+fastMRI's evaluation of the whole volume computed here with scikit-image and NumPy (also
+through ``kdmri tables`` to summary.csv); predictions of other slices are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from skimage.metrics import structural_similarity
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from kdmri.cli import main
 from kdmri.data.store import write_store
@@ -20,7 +22,8 @@ from tests.conftest import smooth_volume
 from tests.oracles import np_hfen, np_psnr
 from tests.reliability.helpers import assert_user_error, copy_store
 
-METRIC_COLUMNS = ["volume", "slice", "psnr", "ssim", "nmse", "hfen"]
+METRIC_COLUMNS = ["volume", "slice", "psnr", "ssim", "nmse", "hfen", "volume_psnr",
+                  "volume_ssim", "volume_nmse"]
 #: Two volumes of different brightness, so that the data range of each matters.
 NAMES, SLICES, SCALES = ["sub-a", "sub-b"], [3, 2], [1.0, 0.4]
 
@@ -78,6 +81,65 @@ def test_one_row_per_slice_with_the_metrics_of_their_formulas(case):
     dim = case.volume == 1
     against_all = np_psnr(case.target[dim], case.output[dim], case.target.max())
     assert (frame["psnr"][dim] + 7 < against_all).all()
+
+
+def leaderboard_metrics(target: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """fastMRI's evaluation of one volume, written out here: scikit-image's PSNR of the
+    whole volume and the mean of its slices' SSIM, both with the volume's maximum as data
+    range, and NMSE = ||gt - pred||^2 / ||gt||^2 in NumPy."""
+    gt, pred = target.astype(np.float64), output.astype(np.float64)
+    peak = gt.max()
+    return {
+        "psnr": peak_signal_noise_ratio(gt, pred, data_range=peak),
+        "ssim": np.mean([structural_similarity(g, p, data_range=peak)
+                         for g, p in zip(gt, pred, strict=True)]),
+        "nmse": np.linalg.norm(gt - pred) ** 2 / np.linalg.norm(gt) ** 2,
+    }
+
+
+def test_volume_wise_columns_are_fastmris_metrics_of_the_whole_volume(case):
+    frame = evaluate(case.inputs, case.predictions)
+    for v, name in enumerate(NAMES):
+        rows = frame[frame["volume"] == name]
+        expected = leaderboard_metrics(case.target[case.volume == v], case.output[case.volume == v])
+        for metric, value in expected.items():
+            assert rows[f"volume_{metric}"].tolist() == pytest.approx([value] * len(rows),
+                                                                      rel=1e-9), (name, metric)
+        # the volume's PSNR is not the mean of its slices' PSNR (the error differs by slice)
+        assert abs(rows["volume_psnr"].iloc[0] - rows["psnr"].mean()) > 0.1
+
+
+def test_the_summary_averages_the_volume_wise_metrics_over_volumes_and_seeds(case, tmp_path):
+    """Through the CLI as the workflow runs it: two seeds of one model, evaluated, then
+    tabulated; summary.csv's volume-wise columns are the mean and population std over
+    the 2 seeds x 2 volumes of fastMRI's figures, computed here from the arrays."""
+    rng = np.random.default_rng(11)
+    outputs = {0: case.output, 1: (case.target + 0.02 * rng.standard_normal(case.target.shape)
+                                   ).astype(np.float32)}
+    files = []
+    for seed, output in outputs.items():
+        predictions = copy_store(case.inputs, tmp_path / f"pred{seed}.h5", target=None,
+                                 output=output)
+        meta = {"task": "recon", "dataset": "tiny", "acceleration": 4, "model": "kd",
+                "seed": seed, "params": 10, "latency_ms": 1.0}
+        files.append(tmp_path / f"metrics{seed}.csv")
+        assert main(["evaluate", "--inputs", str(case.inputs), "--predictions", str(predictions),
+                     "--meta", json.dumps(meta), "--out", str(files[-1])]) == 0
+    assert main(["tables", "--metrics", *map(str, files), "--out-dir", str(tmp_path / "t")]) == 0
+    summary = pd.read_csv(tmp_path / "t" / "summary.csv")
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    per_volume = [leaderboard_metrics(case.target[case.volume == v], output[case.volume == v])
+                  for output in outputs.values() for v in range(len(NAMES))]
+    for metric in ("psnr", "ssim", "nmse"):
+        values = np.array([entry[metric] for entry in per_volume])
+        assert row[f"volume_{metric}_mean"] == pytest.approx(values.mean(), rel=1e-9), metric
+        assert row[f"volume_{metric}_std"] == pytest.approx(values.std(), rel=1e-9), metric
+    assert row["n_volumes"] == len(NAMES) and row["n_slices"] == sum(SLICES)
+    # the slice-pooled columns stay what they were: the mean over every slice of both seeds
+    pooled = pd.concat([pd.read_csv(f) for f in files])
+    assert row["psnr_mean"] == pytest.approx(pooled["psnr"].mean(), rel=1e-12)
+    assert abs(row["volume_psnr_mean"] - row["psnr_mean"]) > 0.1
 
 
 def test_cli_writes_the_rows_with_the_meta_and_predict_info_columns(case, tmp_path):

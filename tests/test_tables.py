@@ -58,7 +58,9 @@ def test_summary_columns_order_and_values() -> None:
     assert list(summary.columns) == [
         "task", "dataset", "acceleration", "model", "psnr_mean", "psnr_std", "ssim_mean",
         "ssim_std", "nmse_mean", "nmse_std", "hfen_mean", "hfen_std", "n_slices", "params",
-        "flops", "latency_ms", "n_seeds",
+        "flops", "latency_ms", "n_seeds", "volume_psnr_mean", "volume_psnr_std",
+        "volume_ssim_mean", "volume_ssim_std", "volume_nmse_mean", "volume_nmse_std",
+        "n_volumes",
     ]
     assert summary["model"].tolist() == ["zf", "teacher", "student", "kd"] * 2
     assert summary["acceleration"].tolist() == [4] * 4 + [8] * 4
@@ -80,6 +82,65 @@ def test_flops_are_optional_and_must_agree() -> None:
     frame.loc[(frame["model"] == "kd") & (frame["seed"] == 1), "flops"] = 1
     with pytest.raises(KdmriError, match="different FLOP counts"):
         stats.summarise(frame)
+
+
+def with_volume_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with volume-wise columns: per (model, seed, acceleration, volume) values
+    drawn at random, repeated on the volume's rows as kdmri evaluate writes them (PSNRs
+    of 40 to 50 dB, apart from the slice-pooled ones near 30 dB)."""
+    rng = np.random.default_rng(4)
+    keys = ["acceleration", "model", "seed", "volume"]
+    volumes = frame[keys].drop_duplicates().reset_index(drop=True)
+    volumes["volume_psnr"] = rng.uniform(40.0, 50.0, len(volumes))
+    volumes["volume_ssim"] = rng.uniform(0.7, 0.95, len(volumes))
+    volumes["volume_nmse"] = rng.uniform(0.001, 0.05, len(volumes))
+    return frame.merge(volumes, on=keys, how="left")
+
+
+def test_volume_wise_columns_average_one_value_per_volume_and_seed() -> None:
+    frame = with_volume_metrics(metrics_frame())
+    summary = stats.summarise(frame.sample(frac=1.0, random_state=1))
+    for _, row in summary.iterrows():
+        part = frame[(frame["model"] == row["model"])
+                     & (frame["acceleration"] == row["acceleration"])]
+        for metric in ("psnr", "ssim", "nmse"):
+            # one value per (seed, volume): 2 seeds x 6 volumes, each once however many slices
+            per_volume = part.groupby(["seed", "volume"])[f"volume_{metric}"].first().to_numpy()
+            assert len(per_volume) == 12
+            assert row[f"volume_{metric}_mean"] == pytest.approx(per_volume.mean(), rel=1e-12)
+            assert row[f"volume_{metric}_std"] == pytest.approx(per_volume.std(), rel=1e-12)
+        assert row["n_volumes"] == 6
+        # the slice-pooled columns are those of the frame without the volume columns
+        assert row["psnr_mean"] == pytest.approx(part["psnr"].mean(), rel=1e-12)
+    plain = stats.summarise(metrics_frame())
+    columns = [c for c in plain.columns if not c.startswith("volume_")]
+    pd.testing.assert_frame_equal(summary[columns], plain[columns])
+
+
+def test_volume_wise_columns_are_empty_for_older_files_and_must_agree_per_volume() -> None:
+    summary = stats.summarise(metrics_frame())  # files written before the volume columns
+    assert summary[[c for c in summary.columns if c.startswith("volume_")]].isna().all().all()
+    assert (summary["n_volumes"] == 6).all()
+    frame = with_volume_metrics(metrics_frame())
+    frame.loc[(frame["model"] == "kd") & (frame["volume"] == "vol2")
+              & (frame["slice"] == 3) & (frame["seed"] == 1), "volume_psnr"] += 1.0
+    with pytest.raises(KdmriError, match=r"model 'kd' at .* different volume-wise metrics .*"
+                                         r"seed 1, volume 'vol2'"):
+        stats.summarise(frame)
+
+
+def test_the_paper_tables_say_they_show_slice_pooled_figures() -> None:
+    summary = stats.summarise(with_volume_metrics(metrics_frame()))
+    note = "Slice-pooled: mean ± std over all test slices pooled over seeds (n_seeds = 2)"
+    markdown = tables.to_markdown(summary)
+    assert note in markdown and "volume_psnr_mean" in markdown
+    assert "slice-pooled" in tables.to_latex(summary).splitlines()[0]
+    assert "(slice-pooled)" in tables.to_html(summary, tables.kd_gain(metrics_frame()))
+    # the cells are the slice-pooled means
+    kd = summary[(summary["model"] == "kd") & (summary["acceleration"] == 4)].iloc[0]
+    row = next(line for line in markdown.splitlines() if line.startswith("| kd |"))
+    assert f"{kd['psnr_mean']:.2f} ± {kd['psnr_std']:.2f}" in row
+    assert f"{kd['volume_psnr_mean']:.2f}" not in row
 
 
 def test_kd_gain_known_answer_and_wilcoxon() -> None:

@@ -51,6 +51,9 @@ def test_summary_table_rows_and_columns(study):
     sr_params = summary[summary.task == "sr"].set_index("model")["params"]
     assert sr_params["teacher"] == 333_569 and sr_params["kd"] == 185_857
     assert (summary.n_slices > 0).all() and summary.psnr_mean.notna().all()
+    # fastMRI's volume-wise figures beside them, of the study's one test subject
+    assert (summary.n_volumes == 1).all() and summary.volume_psnr_mean.notna().all()
+    assert (summary.volume_psnr_mean <= summary.psnr_mean + 1e-9).all()  # Jensen, one volume
     for ext in ("md", "tex"):
         assert (results(workdir) / "tables" / f"summary.{ext}").stat().st_size > 0
 

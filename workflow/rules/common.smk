@@ -20,6 +20,7 @@ from kdmri.methods import (
     study_models,
 )
 from kdmri.priorities import StudyPriorities
+from kdmri.provenance import recorded_config
 from kdmri.specs import (
     methods_description,
     model_spec,
@@ -27,6 +28,7 @@ from kdmri.specs import (
     teacher_sources,
 )
 from kdmri.tables import has_ablation
+from kdmri.tracking import environment as tensorboard_environment
 
 # Validate before any key is read: an unknown key or a wrong type stops the run here.
 # --config values arrive as strings where nested; apply_overrides types them by the schema.
@@ -41,6 +43,9 @@ GPU = config["resources"]["gpu"]
 # k GPU jobs share each GPU (kdmri.device reads this when a job claims its slot). An
 # environment variable, not a command option: changing how jobs share GPUs re-runs nothing.
 os.environ.update(KDMRI_JOBS_PER_GPU=str(config["resources"]["jobs_per_gpu"]))
+# Live training curves (logging.tensorboard): the log folder reaches `kdmri train` by the
+# environment too, so switching logging re-runs nothing (kdmri.tracking).
+os.environ.update(tensorboard_environment(config))
 
 
 def cluster_resources(gpu_job):

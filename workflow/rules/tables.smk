@@ -97,7 +97,7 @@ rule provenance:
         "../envs/kdmri.yaml"
     threads: 1
     params:
-        cfg=spec_json(config),
+        cfg=spec_json(recorded_config(config)),
         # name=path of every trained model, the paths being this job's inputs
         models=lambda w, input: " ".join(
             f"{name}={path}" for name, path in zip(trained_models(), input.models)
