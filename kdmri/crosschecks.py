@@ -199,10 +199,10 @@ def _check_complex(config: dict, source: str) -> None:
                 f"{source}: key 'datasets.{name}.source': kspace is an option of format "
                 f"fastmri, found format {dataset['format']!r}"
             )
-        maps = (maps_settings(dataset) or {}).get("kind")
-        if maps and not is_complex(dataset):
+        maps = maps_settings(dataset)
+        if maps is not None and not is_complex(dataset):
             raise KdmriError(
-                f"{source}: key 'datasets.{name}.sensitivity_maps': {maps} maps are computed "
+                f"{source}: key 'datasets.{name}.sensitivity_maps': {maps['kind']} maps are computed "
                 "from multi-coil k-space, an option of format fastmri with source kspace; found "
                 f"format {dataset['format']!r} with source {dataset['source']!r}"
             )

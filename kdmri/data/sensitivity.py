@@ -32,8 +32,10 @@ def maps_settings(dataset: dict) -> dict | None:
     """A dataset's sensitivity-map settings (its ``sensitivity_maps``, defaults filled), or
     None where it asks for no maps: the key not set (it has no default, so the configs of
     studies without maps are unchanged) or ``kind: none``."""
-    settings = dataset.get("sensitivity_maps")
-    return settings if settings is not None and settings["kind"] != "none" else None
+    if "sensitivity_maps" not in dataset:  # not set: no maps (see the schema)
+        return None
+    settings = dataset["sensitivity_maps"]
+    return settings if settings["kind"] != "none" else None
 
 
 def check_settings(settings: dict, shape: tuple[int, int], where: str) -> None:

@@ -219,16 +219,22 @@ def write_store(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | N
 
 def derive_per_slice_key(path: str | Path, key: str, source_key: str,
                          transform: Callable[[np.ndarray], np.ndarray], dtype: str) -> None:
-    """Add the per-slice ``key`` to an existing store, ``transform`` of each slice of
+    """Add the per-slice ``key`` to an existing store: ``transform`` of each slice of
     ``source_key`` (same shape), one slice at a time so neither key is ever held whole in
-    memory; chunked and checksummed as every key. For a store that is not yet in place
-    (prepare's staging folder): the file is written in place, not atomically."""
+    memory; chunked and checksummed as every key. The store is rewritten: its keys and
+    attributes copied as they are (HDF5's object copy keeps chunks and checksums) into a new
+    file, renamed over the store when complete (:func:`kdmri.io.atomic_path`)."""
     path = Path(path)
-    with h5py.File(path, "a", libver=LIBVER) as handle:
-        source = _check_key(path, handle, source_key)
-        ensure_space(path, int(np.prod(source.shape)) * np.dtype(dtype).itemsize)
-        dataset = handle.create_dataset(key, shape=source.shape, dtype=dtype,
-                                        chunks=(1, *source.shape[1:]), fletcher32=True)
+    ensure_space(path, 2 * path.stat().st_size)  # the copy, and the new key (as large)
+    with (atomic_path(path, suffix=".h5") as tmp, h5py.File(path, "r") as src,
+          h5py.File(tmp, "w", libver=LIBVER) as dst):
+        source = _check_key(path, src, source_key)
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        dataset = dst.create_dataset(key, shape=source.shape, dtype=dtype,
+                                     chunks=(1, *source.shape[1:]), fletcher32=True)
         for index in range(source.shape[0]):
             value = transform(source[index])
             if np.shape(value) != source.shape[1:]:
