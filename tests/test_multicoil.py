@@ -17,7 +17,14 @@ from kdmri.config import validate
 from kdmri.data.prepare import prepare_dataset, undersample_store
 from kdmri.data.readers import dataset_spec, fastmri_volumes
 from kdmri.data.sensitivity import espirit_maps
-from kdmri.data.store import SliceDataset, StoreWriter, coil_count, read_store, store_info
+from kdmri.data.store import (
+    SliceDataset,
+    StoreWriter,
+    coil_count,
+    derive_per_slice_key,
+    read_store,
+    store_info,
+)
 from kdmri.errors import KdmriError
 from kdmri.keys import SPLITS
 from tests.oracles import np_fft2c, np_ifft2c
@@ -431,3 +438,33 @@ def test_espirit_settings_and_where_maps_apply_are_checked(tmp_path):
             handle["kspace"] = np_fft2c(phantom(FULL, seed=i)[None]).astype(np.complex64)
     with pytest.raises(KdmriError, match=r"s\d.h5: key 'kspace' is single-coil .* needs multi-coil"):
         list(fastmri_volumes(multicoil_dataset(single, sensitivity_maps={"kind": "espirit"})))
+
+
+def test_a_derived_key_is_added_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, (8, 8), coils=3) as writer:
+        writer.add_volume("v", np.ones((2, 8, 8), np.float32),
+                          coils=np.full((2, 3, 8, 8), 2 + 1j, np.complex64))
+    before, calls = path.read_bytes(), []
+
+    def wrong_second_slice(coil_images):
+        calls.append(1)
+        return coil_images if len(calls) == 1 else coil_images[0]
+
+    with pytest.raises(KdmriError, match=r"key 'maps': slice 1 of shape \(8, 8\), expected"):
+        derive_per_slice_key(path, "maps", "coils", wrong_second_slice, "complex64")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    derive_per_slice_key(path, "maps", "coils", lambda c: c / 2, "complex64")
+    store = read_store(path, ["target", "coils", "maps"])
+    np.testing.assert_array_equal(store["maps"], store["coils"] / 2)
+    assert list(store["volume_names"]) == ["v"] and store_info(path)["attrs"]["volume_names"] == ["v"]
+
+
+def test_single_coil_stores_hold_no_coil_data(tmp_path):
+    from tests.test_complex import kspace_dataset, kspace_files
+
+    kspace_files(tmp_path / "src")
+    info = prepare_dataset("k", kspace_dataset(tmp_path / "src"), tmp_path / "out", progress=False)
+    assert "coils" not in info and "sensitivity_maps" not in info
+    assert coil_count(tmp_path / "out" / "train.h5") == 0
+    assert set(store_info(tmp_path / "out" / "train.h5")["keys"]) == {"target", "volume", "slice"}
