@@ -11,6 +11,7 @@ was found. What a network family can do is read from its registry entry
 
 from __future__ import annotations
 
+from kdmri.data.sensitivity import maps_settings
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
@@ -197,6 +198,13 @@ def _check_complex(config: dict, source: str) -> None:
             raise KdmriError(
                 f"{source}: key 'datasets.{name}.source': kspace is an option of format "
                 f"fastmri, found format {dataset['format']!r}"
+            )
+        maps = maps_settings(dataset)
+        if maps is not None and not is_complex(dataset):
+            raise KdmriError(
+                f"{source}: key 'datasets.{name}.sensitivity_maps': {maps['kind']} maps are computed "
+                "from multi-coil k-space, an option of format fastmri with source kspace; found "
+                f"format {dataset['format']!r} with source {dataset['source']!r}"
             )
     for task, settings in config["tasks"].items():
         for name in settings["datasets"]:

@@ -19,6 +19,15 @@ batch) and :func:`apply_dc` (each call), which :class:`DataConsistency` runs for
 networks and :mod:`kdmri.export` for the exported ones; both compile with TorchScript and
 export to ONNX. The centred inverse FFT on NumPy arrays, for code that does not import
 torch: :func:`kdmri.numpy_fft.ifft2c`.
+
+Multi-coil data (fastMRI's multi-coil files) put the coils in dim -3: coil images and coil
+k-space ``(..., C, H, W)`` and sensitivity maps ``S`` of the same shape. The SENSE model
+and what acts on it are written here once: :func:`sense_expand` and :func:`sense_reduce`
+(``F(S_c x)`` and ``sum_c conj(S_c) F^H k_c``), the masked forward operator
+:func:`sense_forward` and its adjoint :func:`sense_adjoint`, coil combination
+(:func:`coil_combine`) and root-sum-of-squares (:func:`rss`), hard multi-coil data
+consistency (:class:`MulticoilDataConsistency`, on the single-coil core) and E2E-VarNet's
+soft step (:func:`soft_data_consistency`, :class:`SoftDataConsistency`).
 """
 
 from __future__ import annotations
@@ -206,3 +215,129 @@ def data_consistency(
 ) -> torch.Tensor:
     """Hard data consistency of ``image`` with ``measured`` k-space: see :class:`DataConsistency`."""
     return DataConsistency(measured, mask, complex=complex)(image)
+
+
+# ------------------------------------------------------------------ multi-coil (SENSE)
+# Multi-coil data put the coils in dim -3: coil images and coil k-space ``(..., C, H, W)``
+# (complex64), sensitivity maps ``S`` of the same shape, and an image ``x`` ``(..., 1, H, W)``
+# that broadcasts over the coils (a network's one complex channel).
+def _check_coils(data: torch.Tensor, maps: torch.Tensor, name: str) -> None:
+    if maps.ndim < 3:
+        raise ValueError(f"maps must have at least 3 dims (..., C, H, W), got shape {tuple(maps.shape)}")
+    if data.ndim < 3 or data.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"{name} of shape {tuple(data.shape)} does not match maps of shape {tuple(maps.shape)} "
+            "(expected (..., C or 1, H, W) with the maps' H and W)"
+        )
+
+
+def rss(coil_images: torch.Tensor, dim: int = -3, keepdim: bool = False) -> torch.Tensor:
+    """Root-sum-of-squares coil combination ``sqrt(sum_c |x_c|^2)`` over the coil dim ``dim``
+    (fastMRI's multi-coil target), float32: ``(..., C, H, W) -> (..., H, W)`` (``(..., 1, H,
+    W)`` with ``keepdim``)."""
+    _check_spatial(coil_images, "coil images")
+    magnitude = coil_images.abs().to(torch.float32)
+    return torch.sqrt((magnitude * magnitude).sum(dim=dim, keepdim=keepdim))
+
+
+def coil_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """SENSE coil combination ``sum_c conj(S_c) x_c``: coil images ``(..., C, H, W)`` and
+    maps ``S`` of the same shape -> one complex image ``(..., 1, H, W)`` (complex64). With
+    maps normalised (``sum_c |S_c|^2 = 1``) it inverts :func:`sense_expand`'s coil
+    weighting: ``coil_combine(S x, S) = x``."""
+    _check_coils(coil_images, maps, "coil images")
+    return (maps.conj() * coil_images).sum(dim=-3, keepdim=True).to(torch.complex64)
+
+
+def sense_expand(image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Sensitivity expansion ``E x = F(S_c x)`` for every coil c: an image ``(..., 1, H,
+    W)`` and maps ``(..., C, H, W)`` -> coil k-space ``(..., C, H, W)`` (complex64, centred
+    orthonormal FFT :func:`fft2c`). E-VarNet's ``E``; :func:`sense_forward` masks it."""
+    _check_coils(image, maps, "image")
+    return fft2c(maps * image)
+
+
+def sense_reduce(kspace: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Sensitivity reduction ``R k = sum_c conj(S_c) F^H k_c``: coil k-space ``(..., C, H,
+    W)`` -> an image ``(..., 1, H, W)`` (complex64); the adjoint of :func:`sense_expand`
+    (E-VarNet's ``R``)."""
+    return coil_combine(ifft2c(kspace), maps)
+
+
+def sense_forward(image: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The SENSE forward operator ``A x = M F (S_c x)``: the measured coil k-space
+    ``(..., C, H, W)`` of an image ``(..., 1, H, W)``, with the 0/1 ``mask`` broadcast over
+    the coils (``(H, W)``, ``(1, W)``, ``(W,)`` or per sample ``(..., 1, H, W)``)."""
+    return sense_expand(image, maps) * mask.to(torch.float32)
+
+
+def sense_adjoint(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`sense_forward`, ``A^H y = sum_c conj(S_c) F^H (M y_c)``: coil
+    k-space ``(..., C, H, W)`` -> an image ``(..., 1, H, W)``, so that ``<A x, y> = <x, A^H
+    y>`` for every ``x`` and ``y``. Applied to the measurement it is the coil-combined
+    zero-filled image."""
+    return sense_reduce(kspace * mask.to(torch.float32), maps)
+
+
+class MulticoilDataConsistency:
+    """Hard multi-coil data consistency, DC-CNN's rule applied to every coil and the coils
+    combined again: for an image ``x`` ``(..., 1, H, W)``,
+
+    ``x <- sum_c conj(S_c) F^H (m k0_c + (1 - m) F(S_c x))``
+
+    i.e. each coil's k-space keeps the measured samples ``k0_c`` where ``m = 1`` and the
+    prediction's elsewhere. ``measured`` is the measured coil k-space ``(..., C, H, W)``
+    (zero where not sampled), ``maps`` the sensitivities of the same shape, ``mask`` the 0/1
+    mask (``(H, W)``, ``(1, W)``, ``(W,)`` or per sample ``(..., 1, H, W)``). The k-space
+    replacement is the single-coil core's (:func:`prepare_dc` once here, :func:`apply_dc`
+    per call, on every coil at once); the image and the result are complex64, computed in
+    float32 also under mixed precision.
+    """
+
+    def __init__(self, measured: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor):
+        _check_coils(measured, maps, "measured k-space")
+        if not measured.is_complex():
+            measured = measured.to(torch.complex64)
+        mask = mask.unsqueeze(-3) if mask.dim() >= 3 else mask  # per sample: over the coils
+        # each coil's k-space as one complex channel: (..., C, 1, H, W)
+        self._kept, self._free, self._shifted = prepare_dc(
+            torch.view_as_real(measured.unsqueeze(-3)), mask)
+        self.maps = maps
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """DC of a complex image ``(..., 1, H, W)``; the result has its shape."""
+        _check_coils(image, self.maps, "image")
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            coils = to_channels((self.maps * image).unsqueeze(-3))  # (..., C, 2, H, W)
+            coils = apply_dc(coils, self._kept, self._free, self._shifted, True)
+            return coil_combine(from_channels(coils).squeeze(-3), self.maps)
+
+
+def multicoil_data_consistency(image: torch.Tensor, measured: torch.Tensor, maps: torch.Tensor,
+                               mask: torch.Tensor) -> torch.Tensor:
+    """Hard multi-coil data consistency of one image: see :class:`MulticoilDataConsistency`."""
+    return MulticoilDataConsistency(measured, maps, mask)(image)
+
+
+def soft_data_consistency(kspace: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor,
+                          weight: torch.Tensor) -> torch.Tensor:
+    """E2E-VarNet's soft data-consistency step on (coil) k-space: ``k - eta * m * (k - k0)``,
+    which pulls the sampled entries of ``k`` towards the measurement ``k0`` by the weight
+    ``eta`` (``eta = 1`` replaces them, as hard DC; ``0`` leaves ``k`` alone). ``kspace``
+    and ``measured`` ``(..., C, H, W)``, ``mask`` 0/1 broadcastable to them, ``weight`` a
+    scalar tensor (learnt: :class:`SoftDataConsistency`)."""
+    _check_spatial(kspace, "kspace")
+    return kspace - weight * mask.to(torch.float32) * (kspace - measured)
+
+
+class SoftDataConsistency(torch.nn.Module):
+    """:func:`soft_data_consistency` with a learnt weight ``eta`` (one scalar parameter,
+    starting at 1 as E2E-VarNet's ``dc_weight``)."""
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(float(weight)))
+
+    def forward(self, kspace: torch.Tensor, measured: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        return soft_data_consistency(kspace, measured, mask, self.weight)

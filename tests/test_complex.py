@@ -121,13 +121,15 @@ def test_kspace_percentile_normalisation_uses_magnitudes(tmp_path):
     np.testing.assert_allclose(store["target"], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_multi_coil_kspace_is_refused_in_one_line(tmp_path):
+def test_a_multi_coil_file_among_single_coil_ones_is_refused_in_one_line(tmp_path):
+    """Multi-coil files are read (tests/test_multicoil.py), but one dataset holds one kind."""
     kspace_files(tmp_path)
     make_kspace_file(tmp_path / "multi.h5", smooth_complex(2), coils=4)
     with pytest.raises(KdmriError) as error:
         list(fastmri_volumes(kspace_dataset(tmp_path)))
     message = str(error.value)
-    assert "multi.h5" in message and "single-coil only" in message and "\n" not in message
+    assert "multi.h5" in message and "same number of coils" in message and "\n" not in message
+    assert "single-coil" in message and "4 coils" in message
 
 
 def test_the_default_source_still_reads_the_magnitude_target(tmp_path):

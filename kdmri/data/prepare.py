@@ -31,13 +31,21 @@ from tqdm import tqdm
 from kdmri.config import validate
 from kdmri.data.dicom import dicom_volumes
 from kdmri.data.readers import DEFAULT_SIZE, fastmri_volumes, kdmri_h5_volumes, nifti_volumes
-from kdmri.data.sources import normalize_volume
-from kdmri.data.store import SliceDataset, StoreWriter, write_store
+from kdmri.data.sensitivity import check_settings, espirit_maps, maps_settings
+from kdmri.data.sources import normalize_volume, scale_volume, volume_scale
+from kdmri.data.store import (
+    SliceDataset,
+    StoreWriter,
+    coil_count,
+    derive_per_slice_key,
+    store_info,
+    write_store,
+)
 from kdmri.errors import KdmriError
 from kdmri.io import write_json
 from kdmri.keys import SPLITS
 from kdmri.masks import MASK_ATTR
-from kdmri.mri import undersample, zero_filled
+from kdmri.mri import fft2c, rss, undersample, zero_filled
 
 
 def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -84,40 +92,78 @@ READERS = {
 
 def _subsample_store(path: Path, max_slices: int, attrs: dict) -> None:
     """Keep ``max_slices`` evenly spaced slices of a store (volumes left with none are
-    dropped), rewriting it in place."""
+    dropped), rewriting it in place (multi-coil data with their slices)."""
     with h5py.File(path, "r") as src:
         volume_ids = src["volume"][()]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in src.attrs["volume_names"]]
         keep = np.unique(np.linspace(0, len(volume_ids) - 1, max_slices).round().astype(int))
         target = src["target"]
+        coils = src["coils"] if "coils" in src else None
         with StoreWriter(path.with_suffix(".sub.h5"), target.shape[1:], attrs=attrs,
-                         dtype=target.dtype) as writer:
+                         dtype=target.dtype, coils=0 if coils is None else coils.shape[1]) as writer:
             for vid in np.unique(volume_ids[keep]):
                 rows = keep[volume_ids[keep] == vid]
-                writer.add_volume(names[vid], target[rows.tolist()])
+                extra = {} if coils is None else {"coils": coils[rows.tolist()]}
+                writer.add_volume(names[vid], target[rows.tolist()], **extra)
     os.replace(path.with_suffix(".sub.h5"), path)
 
 
+def multicoil_volume(coil_images: np.ndarray, normalization: dict,
+                     where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The target and the coil images of one multi-coil volume ``(S, C, H, W)``: the target
+    is their root-sum-of-squares (:func:`kdmri.mri.rss`, fastMRI's convention) normalised
+    by the dataset's rule, and the coil images are divided by the same scale, so the target
+    stays their RSS. Returns ``(target (S, H, W) float32, coil images complex64)``."""
+    target = rss(torch.from_numpy(coil_images)).numpy()
+    scale = volume_scale(target, normalization, where=where)
+    return scale_volume(target, scale), scale_volume(coil_images, scale)
+
+
+def _add_maps(path: Path, settings: dict, where: str, progress: bool) -> None:
+    """Sensitivity maps of every slice of a multi-coil store (``maps`` beside ``coils``),
+    from the coil images' k-space (:func:`kdmri.data.sensitivity.espirit_maps`)."""
+    with tqdm(total=store_info(path)["n_slices"], desc=f"ESPIRiT maps, {path.stem}",
+              unit="slice", disable=not progress) as bar:
+
+        def maps(coil_images: np.ndarray) -> np.ndarray:
+            kspace = fft2c(torch.from_numpy(coil_images[None])).numpy()
+            bar.update()
+            return espirit_maps(kspace, settings, where=where)[0]
+
+        derive_per_slice_key(path, "maps", "coils", maps, "complex64")
+
+
 def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
-    """Stream every volume of the dataset into its split's store in ``staging``."""
+    """Stream every volume of the dataset into its split's store in ``staging``; the
+    sensitivity maps of a multi-coil dataset are added once the stores hold their final
+    slices (after ``max_slices``), so no map is computed for a slice left out."""
     attrs = {"dataset": name}
     splits = {s: {"volumes": [], "slices": 0} for s in SPLITS}
-    shape, dtype, names = None, "float32", set()
+    shape, dtype, coils, names = None, "float32", 0, set()
+    maps = maps_settings(cfg)  # ESPIRiT, the one kind there is
     with contextlib.ExitStack() as stack:
         writers: dict[str, StoreWriter] = {}
         for split, volume_name, volume in READERS[cfg["format"]](cfg, progress=progress):
             if volume_name in names:
                 raise KdmriError(f"dataset {name!r}: two volumes are named {volume_name!r}")
             names.add(volume_name)
-            volume = normalize_volume(volume, cfg["normalization"],
-                                      where=f"dataset {name!r}, volume {volume_name!r}")
+            where = f"dataset {name!r}, volume {volume_name!r}"
+            coil_data = {}
+            if volume.ndim == 4:  # the coil images of a multi-coil file
+                volume, coil_data["coils"] = multicoil_volume(volume, cfg["normalization"], where)
+            else:
+                volume = normalize_volume(volume, cfg["normalization"], where=where)
             if shape is None:
                 shape = tuple(volume.shape[1:])
                 dtype = "complex64" if np.iscomplexobj(volume) else "float32"
+                coils = coil_data["coils"].shape[1] if coil_data else 0
+                if maps and coils:  # before the other files are read
+                    check_settings(maps, shape, f"dataset {name!r}")
             if split not in writers:
                 writers[split] = stack.enter_context(
-                    StoreWriter(staging / f"{split}.h5", shape, attrs=attrs, dtype=dtype))
-            writers[split].add_volume(volume_name, volume)
+                    StoreWriter(staging / f"{split}.h5", shape, attrs=attrs, dtype=dtype,
+                                coils=coils))
+            writers[split].add_volume(volume_name, volume, **coil_data)
             splits[split]["volumes"].append(volume_name)
             splits[split]["slices"] += volume.shape[0]
         empty = [s for s in SPLITS if s not in writers]
@@ -133,7 +179,10 @@ def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
                                    for n in handle.attrs["volume_names"]]
                 info["slices"] = int(handle["volume"].shape[0])
         info["shape"] = list(shape)
-    return {"splits": splits, "slices_read": read, "complex": dtype == "complex64"}
+        if maps and coils:
+            _add_maps(staging / f"{split}.h5", maps,
+                      where=f"dataset {name!r}, split {split!r}", progress=progress)
+    return {"splits": splits, "slices_read": read, "complex": dtype == "complex64", "coils": coils}
 
 
 def _commit(staging: Path, out_dir: Path) -> None:
@@ -155,7 +204,12 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
     """Write ``<out_dir>/{train,val,test}.h5`` and ``info.json`` for one configured dataset.
 
     ``info.json`` records ``complex``: whether the targets are complex images (fastmri with
-    ``source: kspace``; the stores' ``target`` is then complex64).
+    ``source: kspace``; the stores' ``target`` is then complex64). A multi-coil dataset
+    (fastmri files with ``kspace`` of slices x coils x H x W, ``source: kspace``) has the
+    RSS of its coil images as the float32 ``target`` and the coil images as ``coils``
+    (:mod:`kdmri.data.store`), and with ``sensitivity_maps`` their ``maps``;
+    ``info.json`` then also records ``coils`` (their number) and ``sensitivity_maps``
+    (the settings).
 
     ``cfg`` is checked against the schema's dataset entry and its defaults filled. Every
     source file is read once; all three stores appear together, or none does.
@@ -187,6 +241,9 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
         "slices_read": written["slices_read"], "seconds": round(seconds, 3),
         "slices_per_s": round(written["slices_read"] / seconds, 1),
     }
+    if written["coils"]:  # single-coil and magnitude datasets: the record as before
+        info["coils"] = written["coils"]
+        info["sensitivity_maps"] = maps_settings(cfg)  # null: none
     write_json(out_dir / "info.json", info)
     return info
 
@@ -197,7 +254,14 @@ def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str 
     ``mask``, ``volume`` and ``slice``; ``mask_params`` (the mask's sidecar, where it has
     one) as the attribute :data:`kdmri.masks.MASK_ATTR`. A complex target (a dataset
     prepared from k-space) stays complex, and ``zf`` is then its complex zero-filled image
-    as for any target."""
+    as for any target. A multi-coil store (key ``coils``) is refused in one line."""
+    coils = coil_count(target_store)
+    if coils:
+        raise KdmriError(
+            f"{target_store}: multi-coil data ({coils} coils, key 'coils'); undersampling "
+            "here simulates the k-space of one image, and the inputs of multi-coil data (each "
+            "coil's k-space under the mask) are not written by this version"
+        )
     data = SliceDataset(target_store, keys=["target"])
     target = data.batch(np.arange(len(data)))["target"]
     if tuple(target.shape[1:]) != tuple(mask.shape):

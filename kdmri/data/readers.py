@@ -1,13 +1,15 @@
 """Readers of source data: one function per file format (DICOM's in
 :mod:`kdmri.data.dicom`), each yielding ``(split, volume name, slices)`` with ``slices`` a
-float32 array ``(S, H, W)`` (complex64 for ``fastmri`` with ``source: kspace``).
+float32 array ``(S, H, W)`` (complex64 for ``fastmri`` with ``source: kspace``; for
+a multi-coil file the complex64 coil images ``(S, C, H, W)``).
 
 =============  ===========================================================================
 format         what one file holds
 =============  ===========================================================================
 ``fastmri``    fastMRI HDF5 (single- or multi-coil): the magnitude target
                ``reconstruction_esc`` or ``reconstruction_rss`` of shape (slices, H, W);
-               with ``source: kspace`` the complex image of the single-coil ``kspace``
+               with ``source: kspace`` the image of ``kspace``: complex (single-coil,
+               slices x H x W) or the coil images (multi-coil, slices x coils x H x W)
 ``nifti``      a NIfTI volume (``.nii``, ``.nii.gz``): 3-D, or 4-D with chosen frames
 ``kdmri_h5``   the original KD-MRI layout: ``volfs`` of shape (H, W, slices), or (H, W)
 ``dicom``      DICOM files in a folder tree, one volume per series (SeriesInstanceUID),
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from kdmri.data.dicom import series_files
+from kdmri.data.sensitivity import maps_settings
 from kdmri.data.sources import Source, as_float32, fit_size, plan_sources
 from kdmri.errors import KdmriError, first_line
 from kdmri.numpy_fft import ifft2c
@@ -56,7 +59,7 @@ _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 #: The dataset settings each format reads (the others do not change its data).
 FORMAT_KEYS = {
     "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise"),
-    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source"),
+    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
     "dicom": (*_COMMON_KEYS, *_FILE_KEYS),
@@ -70,6 +73,8 @@ def dataset_spec(cfg: dict) -> dict:
     spec = {k: cfg[k] for k in keys if k in cfg}
     if "source" in spec and spec["source"] == "image":  # the default: the spec as before
         del spec["source"]
+    if "sensitivity_maps" in spec and maps_settings(spec) is None:  # likewise
+        del spec["sensitivity_maps"]
     return spec
 
 
@@ -98,7 +103,8 @@ def _iter_sources(cfg: dict, progress: bool) -> Iterator[Source]:
 def _read_files(cfg: dict, load: Callable[[Path, dict], Iterator[tuple[str, np.ndarray]]],
                 progress: bool) -> Iterator[Volume]:
     """Read every planned file once with ``load`` (-> (name suffix, (S, H, W)) per
-    volume); crop or pad to ``size`` and check that every volume has one in-plane size."""
+    volume, or coil images (S, C, H, W)); crop or pad to ``size`` and check that every
+    volume has one in-plane size and one number of coils."""
     size = cfg["size"] or DEFAULT_SIZE[cfg["format"]]
     first: tuple[Path, tuple[int, ...]] | None = None
     for source in _iter_sources(cfg, progress):
@@ -112,12 +118,23 @@ def _read_files(cfg: dict, load: Callable[[Path, dict], Iterator[tuple[str, np.n
             slices = fit_size(slices, size)
             if first is None:
                 first = (source.path, slices.shape[1:])
+            elif _coils(slices.shape) != _coils((0, *first[1])):
+                raise KdmriError(
+                    f"{source.path}: {_coils(slices.shape)}, but {first[0]} is "
+                    f"{_coils((0, *first[1]))}; every file of a dataset must have the same "
+                    "number of coils (move the others to a dataset of their own)"
+                )
             elif slices.shape[1:] != first[1]:
                 raise KdmriError(
                     f"{source.path}: slices of {slices.shape[1:]}, expected {first[1]} as in "
                     f"{first[0]}; set 'size' to crop or pad every volume to one size"
                 )
             yield source.split, source.name + suffix, slices
+
+
+def _coils(shape: tuple[int, ...]) -> str:
+    """What a volume of ``shape`` is, for the error of a dataset mixing coil counts."""
+    return f"multi-coil with {shape[1]} coils" if len(shape) == 4 else "single-coil"
 
 
 def _open_h5(path: Path):
@@ -149,7 +166,7 @@ def _read_h5(dataset, path: Path, key: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ fastMRI
 def _load_fastmri(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
     if cfg["source"] == "kspace":
-        yield from _load_fastmri_kspace(path)
+        yield from _load_fastmri_kspace(path, cfg)
         return
     keys = FASTMRI_KEYS if cfg["target_key"] == "auto" else (cfg["target_key"],)
     with _open_h5(path) as handle:
@@ -162,21 +179,27 @@ def _load_fastmri(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
     yield "", as_float32(data, path, f"key {key!r}")
 
 
-def _load_fastmri_kspace(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """The complex image of a single-coil file's ``kspace`` (slices, H, W) (full size;
-    :func:`_read_files` then centre-crops it in image space, as fastMRI its targets)."""
+def _load_fastmri_kspace(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """The image of a file's ``kspace`` by the centred orthonormal inverse FFT: the complex
+    image of a single-coil file (slices, H, W), at full size (:func:`_read_files` then
+    centre-crops it in image space, as fastMRI its targets); the coil images (slices, coils,
+    H, W) of a multi-coil file, each slice transformed and centre-cropped to ``size`` as it
+    is read (a whole multi-coil volume at full size would not fit in memory)."""
     key = FASTMRI_KSPACE_KEY
     with _open_h5(path) as handle:
         key, dataset = _h5_dataset(handle, path, (key,))
         if dataset.ndim == 4:
-            raise KdmriError(
-                f"{path}: key {key!r} has shape {dataset.shape} (slices, coils, H, W): a "
-                f"multi-coil file of {dataset.shape[1]} coils; source kspace is single-coil "
-                "only (source image reads its reconstruction_rss)"
-            )
+            yield "", _multicoil_images(dataset, path, key, cfg["size"] or DEFAULT_SIZE["fastmri"])
+            return
         if dataset.ndim != 3:
             raise KdmriError(
-                f"{path}: key {key!r} must have 3 dims (slices, H, W), found shape {dataset.shape}"
+                f"{path}: key {key!r} must have 3 dims (slices, H, W) or 4 (slices, coils, H, W), "
+                f"found shape {dataset.shape}"
+            )
+        if maps_settings(cfg):
+            raise KdmriError(
+                f"{path}: key {key!r} is single-coil (slices, H, W); sensitivity_maps "
+                f"{maps_settings(cfg)['kind']!r} needs multi-coil files (slices, coils, H, W)"
             )
         data = _read_h5(dataset, path, key)
     if data.dtype.kind != "c":
@@ -186,11 +209,34 @@ def _load_fastmri_kspace(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     yield "", ifft2c(data)
 
 
+def _multicoil_images(dataset, path: Path, key: str, size: int) -> np.ndarray:
+    """The coil images ``(slices, coils, size, size)`` (complex64) of a multi-coil
+    ``kspace`` dataset, read, transformed and cropped one slice at a time."""
+    if 0 in dataset.shape:
+        raise KdmriError(f"{path}: expected at least one slice, found shape {dataset.shape}")
+    if dataset.dtype.kind != "c":
+        raise KdmriError(f"{path}: key {key!r} must hold complex numbers, found dtype {dataset.dtype}")
+    slices = []
+    for index in range(dataset.shape[0]):
+        try:
+            data = dataset[index]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise KdmriError(f"{path}: key {key!r} is unreadable ({first_line(exc)})") from None
+        if not np.isfinite(data).all():
+            raise KdmriError(f"{path}: key {key!r} contains NaN or infinite values (slice {index})")
+        slices.append(fit_size(ifft2c(data), size))
+    return np.stack(slices)
+
+
 def fastmri_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:
     """fastMRI HDF5 files: the magnitude target (``reconstruction_esc``, else
     ``reconstruction_rss``, or ``target_key``), centre-cropped to ``size`` (320); with
-    ``source: kspace`` the complex image of the single-coil ``kspace`` (centred orthonormal
-    inverse FFT), centre-cropped to ``size`` in image space."""
+    ``source: kspace`` the image of ``kspace`` by the centred orthonormal inverse FFT,
+    centre-cropped to ``size`` in image space: the complex image (S, H, W) of a single-coil
+    file, the coil images (S, C, H, W) of a multi-coil one (:func:`kdmri.data.prepare
+    .prepare_dataset` makes their root-sum-of-squares the target). A dataset whose files
+    differ in their number of coils (or mixes single- and multi-coil files) is refused in
+    one line naming two of them."""
     return _read_files(cfg, _load_fastmri, progress)
 
 

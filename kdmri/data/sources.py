@@ -180,12 +180,14 @@ def _volume_names(root: Path, files: list[Path]) -> dict[Path, str]:
 
 # ------------------------------------------------------------------------- shared steps
 def fit_size(slices: np.ndarray, size: int | None) -> np.ndarray:
-    """Centre-crop or zero-pad the in-plane dims of ``(S, H, W)`` to ``size`` x ``size``
-    (a crop keeps the middle, starting at ``(n - size) // 2``)."""
-    if size is None or slices.shape[1:] == (size, size):
+    """Centre-crop or zero-pad the in-plane dims (the last two) of ``(S, H, W)`` (or of
+    coil images ``(S, C, H, W)``) to ``size`` x ``size`` (a crop keeps the middle, starting
+    at ``(n - size) // 2``)."""
+    if size is None or slices.shape[-2:] == (size, size):
         return slices
-    crop, pad = [slice(None)], [(0, 0)]
-    for n in slices.shape[1:]:
+    lead = slices.ndim - 2
+    crop, pad = [slice(None)] * lead, [(0, 0)] * lead
+    for n in slices.shape[-2:]:
         start = max(n - size, 0) // 2
         crop.append(slice(start, start + min(n, size)))
         before = max(size - n, 0) // 2
@@ -193,11 +195,10 @@ def fit_size(slices: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(np.pad(slices[tuple(crop)], pad))
 
 
-def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") -> np.ndarray:
-    """Scale one volume: ``max`` divides by its maximum (as the paper), ``percentile``
-    divides by its ``percentile``-th percentile over all voxels (brighter voxels then
-    exceed 1). A complex volume is divided by the maximum (or percentile) of its
-    magnitudes and stays complex. Raises :class:`KdmriError` if the scale is not positive."""
+def volume_scale(volume: np.ndarray, settings: dict, where: str = "volume") -> float:
+    """The divisor of :func:`normalize_volume`: ``max`` the volume's maximum, ``percentile``
+    its ``percentile``-th percentile over all voxels (of the magnitudes of a complex
+    volume). Raises :class:`KdmriError` if it is not positive."""
     kind = settings["kind"]
     values = np.abs(volume) if np.iscomplexobj(volume) else volume
     if kind == "max":
@@ -212,10 +213,23 @@ def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") 
         raise KdmriError(
             f"{where}: cannot normalise: its {kind} is {scale:g}, expected a positive value"
         )
+    return scale
+
+
+def scale_volume(volume: np.ndarray, scale: float) -> np.ndarray:
+    """``volume / scale`` in float32 (complex64 for a complex volume); unchanged for 1."""
     if scale == 1.0:
         return volume
     dtype = np.complex64 if np.iscomplexobj(volume) else np.float32
     return (volume / np.float32(scale)).astype(dtype, copy=False)
+
+
+def normalize_volume(volume: np.ndarray, settings: dict, where: str = "volume") -> np.ndarray:
+    """Scale one volume: ``max`` divides by its maximum (as the paper), ``percentile``
+    divides by its ``percentile``-th percentile over all voxels (brighter voxels then
+    exceed 1). A complex volume is divided by the maximum (or percentile) of its
+    magnitudes and stays complex. Raises :class:`KdmriError` if the scale is not positive."""
+    return scale_volume(volume, volume_scale(volume, settings, where))
 
 
 def as_float32(array: np.ndarray, path: Path, what: str) -> np.ndarray:

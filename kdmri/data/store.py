@@ -12,10 +12,21 @@ key            shape / dtype                  written by
 ``mask``       (H, W) float32, not per slice  undersample
 ``output``     (N, H, W) float32/complex64    cache-teacher, predict
 ``attention``  (N, P, H*W) float32            cache-teacher: normalised teacher maps
+``coils``      (N, C, H, W) complex64         prepare (multi-coil data): the coil images
+``maps``       (N, C, H, W) complex64         prepare (multi-coil data, where asked for):
+                                              the coils' sensitivity maps
 =============  =============================  ===========================================
 
 ``target`` and ``output`` are complex64 in the stores of a complex dataset (fastmri with
 ``source: kspace``: :func:`is_complex_store`), float32 (magnitude images) otherwise.
+
+The data stores of a multi-coil dataset (fastmri files with ``kspace`` of slices x coils x
+H x W, ``source: kspace``: :func:`coil_count`) hold beside the float32 ``target`` (the
+root-sum-of-squares of the coil images, fastMRI's target) the coil images ``coils``
+(``target`` = :func:`kdmri.mri.rss` of ``coils`` within float32 rounding; their k-space is
+:func:`kdmri.mri.fft2c` of them) and, where the dataset asks for sensitivity maps,
+``maps`` (normalised, ``sum_c |S_c|^2 = 1`` inside the object, 0 where ESPIRiT cropped
+them), one slice per chunk.
 
 Files are written under a temporary name and renamed when complete
 (:func:`kdmri.io.atomic_path`). Reading validates keys, dimensions and finiteness and
@@ -33,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
@@ -43,7 +54,8 @@ from kdmri.errors import KdmriError, first_line
 from kdmri.io import atomic_path
 
 #: Expected number of dims per known key (``mask`` is not per slice).
-KEY_NDIM = {"target": 3, "zf": 3, "output": 3, "attention": 3, "mask": 2, "volume": 1, "slice": 1}
+KEY_NDIM = {"target": 3, "zf": 3, "output": 3, "attention": 3, "mask": 2, "volume": 1, "slice": 1,
+            "coils": 4, "maps": 4}
 PER_SLICE_EXEMPT = {"mask"}
 #: Splits load fully into memory below this size (bytes); larger ones are read per batch.
 IN_MEMORY_LIMIT = 4 * 1024**3
@@ -125,6 +137,13 @@ def is_complex_store(path: str | Path, key: str = "target") -> bool:
     return np.dtype(info["keys"][key][1]).kind == "c"
 
 
+def coil_count(path: str | Path) -> int:
+    """The number of coils of a store's multi-coil data (its ``coils``), 0 for a store
+    without (single-coil and magnitude data)."""
+    keys = store_info(path)["keys"]
+    return int(keys["coils"][0][1]) if "coils" in keys else 0
+
+
 def _plain(value):
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
@@ -198,6 +217,32 @@ def write_store(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | N
             handle.attrs[key] = _attr(value)
 
 
+def derive_per_slice_key(path: str | Path, key: str, source_key: str,
+                         transform: Callable[[np.ndarray], np.ndarray], dtype: str) -> None:
+    """Add the per-slice ``key`` to an existing store: ``transform`` of each slice of
+    ``source_key`` (same shape), one slice at a time so neither key is ever held whole in
+    memory; chunked and checksummed as every key. The store is rewritten: its keys and
+    attributes copied as they are (HDF5's object copy keeps chunks and checksums) into a new
+    file, renamed over the store when complete (:func:`kdmri.io.atomic_path`)."""
+    path = Path(path)
+    ensure_space(path, 2 * path.stat().st_size)  # the copy, and the new key (as large)
+    with (atomic_path(path, suffix=".h5") as tmp, h5py.File(path, "r") as src,
+          h5py.File(tmp, "w", libver=LIBVER) as dst):
+        source = _check_key(path, src, source_key)
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        dataset = dst.create_dataset(key, shape=source.shape, dtype=dtype,
+                                     chunks=(1, *source.shape[1:]), fletcher32=True)
+        for index in range(source.shape[0]):
+            value = transform(source[index])
+            if np.shape(value) != source.shape[1:]:
+                raise KdmriError(f"{path}: key {key!r}: slice {index} of shape {np.shape(value)}, "
+                                 f"expected {source.shape[1:]} as key {source_key!r}")
+            dataset[index] = value
+
+
 def _fixed_strings(values: list[str]) -> np.ndarray:
     encoded = [v.encode("utf-8") for v in values]
     length = max(1, *map(len, encoded)) if encoded else 1
@@ -219,18 +264,21 @@ class StoreWriter:
     """Append volumes to a new store slice-block by slice-block; renamed into place on close.
 
     ``target`` is float32, or complex64 with ``dtype="complex64"`` (a complex dataset).
+    With ``coils`` (a number of coils) the store also holds the coil images of every slice,
+    ``coils`` (N, C, H, W) complex64, which :meth:`add_volume` then takes beside the target.
 
     >>> with StoreWriter(path, (64, 64)) as writer:  # doctest: +SKIP
     ...     writer.add_volume("sub-01", volume)
     """
 
     def __init__(self, path: str | Path, image_shape: tuple[int, int], attrs: dict | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", coils: int = 0):
         self.path = Path(path)
         self.image_shape = tuple(image_shape)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.complex64):
             raise KdmriError(f"{self.path}: target dtype {self.dtype}; expected float32 or complex64")
+        self.coils = int(coils)
         self.attrs = attrs or {}
         self.names: list[str] = []
         self._ctx = atomic_path(self.path, suffix=".h5")
@@ -252,9 +300,17 @@ class StoreWriter:
                                                dtype="int32", chunks=(1024,), fletcher32=True)
         self._slice = self._h5.create_dataset("slice", shape=(0,), maxshape=(None,),
                                               dtype="int32", chunks=(1024,), fletcher32=True)
+        self._coils = None
+        if self.coils:
+            self._coils = self._h5.create_dataset(
+                "coils", shape=(0, self.coils, h, w), maxshape=(None, self.coils, h, w),
+                dtype="complex64", chunks=(1, self.coils, h, w), fletcher32=True,
+            )
         return self
 
-    def add_volume(self, name: str, volume: np.ndarray) -> None:
+    def add_volume(self, name: str, volume: np.ndarray, coils: np.ndarray | None = None) -> None:
+        """Append one volume's slices ``(S, H, W)``, with its coil images ``(S, C, H, W)``
+        in a store made with ``coils``."""
         if np.iscomplexobj(volume) and self.dtype.kind != "c":
             raise KdmriError(f"volume {name!r}: complex images, but the store holds real ones")
         volume = np.asarray(volume, dtype=self.dtype)
@@ -262,13 +318,27 @@ class StoreWriter:
             raise KdmriError(
                 f"volume {name!r}: expected slices of {self.image_shape}, found {volume.shape}"
             )
-        ensure_space(self.path, 2 * volume.nbytes)  # this volume plus what is not flushed yet
+        if (coils is None) != (self._coils is None):
+            held = f"coil images of {self.coils} coils" if self.coils else "no coil images"
+            raise KdmriError(f"volume {name!r}: the store holds {held}, "
+                             f"found {'none' if coils is None else 'coil images'}")
+        extra = 0
+        if coils is not None:
+            coils = np.asarray(coils, dtype=np.complex64)
+            want = (volume.shape[0], self.coils, *self.image_shape)
+            if coils.shape != want:
+                raise KdmriError(f"volume {name!r}: expected coil images of {want}, found {coils.shape}")
+            extra = coils.nbytes
+        ensure_space(self.path, 2 * (volume.nbytes + extra))  # plus what is not flushed yet
         n0, n = self._target.shape[0], volume.shape[0]
         for ds in (self._target, self._volume, self._slice):
             ds.resize(n0 + n, axis=0)
         self._target[n0:] = volume
         self._volume[n0:] = len(self.names)
         self._slice[n0:] = np.arange(n, dtype=np.int32)
+        if coils is not None:
+            self._coils.resize(n0 + n, axis=0)
+            self._coils[n0:] = coils
         self.names.append(name)
 
     def __exit__(self, exc_type, exc, tb):
