@@ -170,6 +170,14 @@ class StagePlan:
         :meth:`Step.hooked` splits what the hooks captured)."""
         return [path for paths in self.hooks.values() for path in paths]
 
+    def outputs(self) -> dict[str, tuple[dict, torch.nn.Module]]:
+        """The networks the stage trains besides its own that it writes as model files
+        (:attr:`kdmri.methods.Stage.outputs`), by output name: ``student``, the SFT
+        branches' student cascades, with its network spec (``student_net``)."""
+        if self.branches is None:
+            return {}
+        return {"student": (self.spec["student_net"], self.branches.student)}
+
     def auxiliary(self) -> dict[str, torch.nn.Module]:
         """The modules the stage trains besides the network, by their checkpoint key."""
         return {key: module for key, module in

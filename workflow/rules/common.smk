@@ -8,7 +8,7 @@ import shlex
 
 import pandas as pd
 
-from kdmri.comparisons import compares_methods
+from kdmri.comparisons import HINT_STAGES, compares_methods
 from kdmri.config import apply_overrides, validate
 from kdmri.data.readers import dataset_spec, source_files
 from kdmri.keys import SPLITS
@@ -16,6 +16,7 @@ from kdmri.methods import (
     STAGES,
     compression_models,
     evaluated_models,
+    init_file,
     recipe,
     study_models,
 )
@@ -136,7 +137,8 @@ def train_spec(w):
 
 def train_inputs(w):
     """A training job's inputs: its stores, and what its method reads: the teacher cache
-    and/or the teacher's weights (of the method's teacher), the model it starts from."""
+    and/or the teacher's weights (of the method's teacher), the model it starts from (its
+    model.pt, or the stage output its method names: kdmri.methods.init_file)."""
     made = recipe(w.model, config)
     sources = teacher_sources(config, w.model)
     inputs = {
@@ -150,8 +152,17 @@ def train_inputs(w):
     if "weights" in sources:
         inputs["teacher"] = f"{cell(w)}/{made.teacher}/seed{w.seed}/model.pt"
     if made.init:
-        inputs["init"] = f"{cell(w)}/{made.init}/seed{w.seed}/model.pt"
+        inputs["init"] = f"{cell(w)}/{made.init}/seed{w.seed}/{init_file(made, config)}"
     return inputs
+
+
+def stage_outputs(stage):
+    """The files a stage's rule writes beside model.pt (kdmri.methods.Stage.outputs: the
+    sft stage's student cascades, sft_student.pt), as named outputs."""
+    return {
+        name: f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/{file}"
+        for name, file in STAGES[stage].outputs.items()
+    }
 
 
 def stage_models(stage):
@@ -273,6 +284,34 @@ def writes_methods():
     study evaluates two or more models that learn from a teacher; figures/methods.png too.
     """
     return compares_methods(methods_description(config))
+
+
+def hint_histories():
+    """The history.csv of every hint stage of the study's compared methods, keyed
+    task/dataset/acceleration/model/seed (`kdmri tables --histories`: the validation PSNR
+    at the end of each); none where the study writes no table of methods."""
+    if not writes_methods():
+        return {}
+    described = methods_description(config)
+    return {
+        f"{t}/{d}/{a}/{stage['model']}/{s}": f"{R}/{t}/{d}/acc{a}/{stage['model']}/seed{s}/history.csv"
+        for t, d, a, s in CELLS
+        for info in described.get(t, {}).values()
+        if info["teacher"]
+        for stage in info["stages"]
+        if stage["stage"] in HINT_STAGES
+    }
+
+
+def methods_options():
+    """`kdmri tables`' options for the table of methods (empty where there is none): the
+    methods' description and their hint stages' histories (the rule's inputs)."""
+    if not writes_methods():
+        return ""
+    histories = " ".join(f"{key}={path}" for key, path in hint_histories().items())
+    return f"--methods {shlex.quote(spec_json(methods_description(config)))}" + (
+        f" --histories {histories}" if histories else ""
+    )
 
 
 def writes_compression():
