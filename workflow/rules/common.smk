@@ -157,8 +157,8 @@ def train_inputs(w):
 
 
 def stage_outputs(stage):
-    """The files a stage's rule writes beside model.pt (kdmri.methods.Stage.outputs: the
-    sft stage's student cascades, sft_student.pt), as named outputs."""
+    """The files a stage writes beside model.pt, as named outputs of its training jobs
+    (kdmri.methods.Stage.outputs; the sft stage's student cascades, sft_student.pt)."""
     return {
         name: f"{R}/{{task}}/{{dataset}}/acc{{acc}}/{{model}}/seed{{seed}}/{file}"
         for name, file in STAGES[stage].outputs.items()
@@ -293,13 +293,22 @@ def hint_histories():
     if not writes_methods():
         return {}
     described = methods_description(config)
+    hints = {
+        t: sorted(
+            {
+                stage["model"]
+                for info in described.get(t, {}).values()
+                if info["teacher"]
+                for stage in info["stages"]
+                if stage["stage"] in HINT_STAGES
+            }
+        )
+        for t in described
+    }
     return {
-        f"{t}/{d}/{a}/{stage['model']}/{s}": f"{R}/{t}/{d}/acc{a}/{stage['model']}/seed{s}/history.csv"
+        f"{t}/{d}/{a}/{m}/{s}": f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/history.csv"
         for t, d, a, s in CELLS
-        for info in described.get(t, {}).values()
-        if info["teacher"]
-        for stage in info["stages"]
-        if stage["stage"] in HINT_STAGES
+        for m in hints.get(t, [])
     }
 
 
