@@ -164,6 +164,19 @@ def test_the_workflow_starts_the_sft_students_from_the_sft_stages_student(tmp_pa
     assert "sft_teacher/seed0/sft_student.pt" in outputs and "model.pt" in outputs
 
 
+def test_the_methods_study_runs_the_reference_codes_sft_imitation_weight():
+    """SFT-KD-Recon's code divides the branch-imitation L1 mean again by N H W (batch size
+    times pixels); the comparison study's weight is that factor, the default the paper's 1."""
+    from kdmri.config import load_config
+
+    config = load_config(ROOT / "config" / "methods.yaml")
+    spec = model_spec(config, "recon", "sft_teacher", 0)
+    size = config["datasets"]["demo"]["size"]
+    assert spec["loss_weights"]["sft_imitation"] == 1 / (spec["train"]["batch_size"] * size * size)
+    assert model_spec(validate({}), "recon", "sft_teacher", 0)["loss_weights"] == {
+        "reconstruction": 1.0, "sft_reconstruction": 1.0, "sft_imitation": 1.0}
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"kd": {"stage": "imitation"}}, r"'methods.kd': 'kd' is a shipped method"),
     ({"m": {"stage": "hint"}}, r"'methods.m.loss': a hint stage has no loss of its own"),
@@ -388,6 +401,9 @@ def test_bootstrap_interval_resamples_seeds_then_slices():
 def test_methods_table_over_seeds_against_the_formulas():
     seeds = (0, 1, 2)
     frame = method_metrics(n=12, seeds=seeds)
+    # seeds that differ: kd gains more with each seed, the teacher's gap grows
+    frame["psnr"] += (np.where(frame.model == "kd", 0.1 * frame.seed, 0.0)
+                      + np.where(frame.model == "teacher", 0.05 * frame.seed ** 2, 0.0))
     info = {m: dict(entry, stages=[dict(stage, model=f"{m}_{stage['stage']}")
                                    for stage in entry["stages"]])
             for m, entry in INFO.items()}
@@ -413,6 +429,8 @@ def test_methods_table_over_seeds_against_the_formulas():
                     for _, g in compared.groupby("seed")]
         gains, gaps = np.array(per_seed).T
         assert row["gain_seed_mean"] == pytest.approx(gains.mean())
+        if row["method"] == "kd":
+            assert row["gain_seed_std"] > 0.05 and row["gap_seed_std"] > 0.01
         assert row["gain_seed_std"] == pytest.approx(gains.std(ddof=1))
         assert row["gap_seed_mean"] == pytest.approx(gaps.mean())
         assert row["gap_seed_std"] == pytest.approx(gaps.std(ddof=1))
