@@ -9,7 +9,9 @@ makes the mask at another image size; ``source`` for a ``family: python`` networ
 what later stages start from and what every evaluation loads (:func:`load_model`), and it
 is data: loading it never imports code the user has not allowed.
 Nothing a stage learns besides the network (a FitNets adapter, the student-friendly
-teacher's branches) is in it.
+teacher's branches) is in it; a stage's declared outputs (:attr:`kdmri.methods.Stage.
+outputs`: the SFT stage's student cascades, ``sft_student.pt``) are model files of their
+own, written beside it in the same format.
 
 ``checkpoint/last.pt`` (:data:`STATE_FORMAT`) holds everything needed to continue a run
 exactly: the spec and its digest, the epoch, ``completed``, the state dicts of the
@@ -68,15 +70,17 @@ def load_model(path: str | Path, expect_net: dict | None = None, role: str = "mo
     return model, ckpt
 
 
-def write_model_file(path: str | Path, spec: dict, state_dict: dict, **meta) -> None:
-    """Write a ``model.pt`` (:data:`MODEL_FORMAT`): the network ``spec["net"]``, the model
-    spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params, device; ``mask`` and
-    ``source`` where there are such), atomically.
+def write_model_file(path: str | Path, spec: dict, state_dict: dict, net: dict | None = None,
+                     **meta) -> None:
+    """Write a ``model.pt`` (:data:`MODEL_FORMAT`): the network ``net`` (default
+    ``spec["net"]``; a stage output such as the SFT stage's student cascades names its
+    own), the model spec, its weights and ``meta`` (epoch, val_loss, val_psnr, params,
+    device; ``mask`` and ``source`` where there are such), atomically.
     The file :class:`kdmri.train.Trainer` writes and :func:`load_model` reads."""
     save_torch({
         "format": MODEL_FORMAT,
         "kdmri_version": __version__,
-        "net": spec["net"],
+        "net": spec["net"] if net is None else net,
         "spec": spec,
         "spec_digest": digest(spec),
         "state_dict": state_dict,

@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--methods", default=None,
                    help="JSON: task -> model -> {teacher, stages}, for the table of methods")
+    p.add_argument("--histories", nargs="+", default=None,
+                   help="task/dataset/acceleration/model/seed=history.csv of the methods' hint "
+                        "stages, for the validation PSNR at the end of each")
 
     p = add("figures", cmd_figures,
             "reconstruction panel, training curves, mask, compression or methods figure")

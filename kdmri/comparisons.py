@@ -15,11 +15,14 @@ import pandas as pd
 from kdmri.methods import VARIANT, split_model
 from kdmri.notation import format_acceleration, format_params, latex_escape
 from kdmri.stats import (
+    BOOTSTRAP_SAMPLES,
     GROUP,
+    bootstrap_interval,
     check_metrics,
     gap_closed,
     holm,
     paired,
+    seed_spread,
     sort_rows,
     summarise,
     wilcoxon_p,
@@ -139,8 +142,15 @@ def compression_markdown(table: pd.DataFrame) -> str:
 METHOD_COLUMNS = [
     "task", "dataset", "acceleration", "method", "teacher", "stages",
     "psnr", "ssim", "gain_psnr", "gain_ssim", "gap_closed", "wilcoxon_p", "p_holm",
+    "gain_seed_mean", "gain_seed_std", "gain_ci_low", "gain_ci_high",
+    "gap_seed_mean", "gap_seed_std", "gap_ci_low", "gap_ci_high", "hint_val_psnr",
     "student_psnr", "student_ssim", "teacher_psnr", "n_seeds",
 ]
+#: The stages that distil features before a method's output stage: the table reports the
+#: validation PSNR at the end of the last of them (``hint_val_psnr``).
+HINT_STAGES = ("attention", "hint")
+#: The columns of a frame of final validation PSNRs (:func:`methods_table`'s ``histories``).
+HISTORY_COLUMNS = [*GROUP, "model", "seed", "val_psnr"]
 
 
 def describe_stages(stages: list[dict]) -> str:
@@ -166,16 +176,47 @@ def compares_methods(methods: dict[str, dict[str, dict]] | None) -> bool:
     return methods is not None and len(distilled(methods)) >= 2
 
 
-def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> pd.DataFrame:
+def final_val_psnr(history: pd.DataFrame) -> float:
+    """The validation PSNR at the end of a stage: its ``history.csv``'s last validated
+    epoch's (NaN where none was validated)."""
+    if "val_psnr" not in history:
+        return np.nan
+    validated = history["val_psnr"].dropna()
+    return float(validated.iloc[-1]) if len(validated) else np.nan
+
+
+def _hint_val_psnr(histories: pd.DataFrame | None, key: tuple, stages: list[dict],
+                   seeds: list) -> float:
+    """Mean over ``seeds`` of the final validation PSNR of the last hint stage of a
+    method's ``stages`` in cell ``key`` (NaN without one, or without its histories)."""
+    hints = [stage.get("model") for stage in stages if stage["stage"] in HINT_STAGES]
+    if histories is None or not hints or hints[-1] is None:
+        return np.nan
+    cell = histories
+    for column, value in zip(GROUP, key, strict=True):
+        cell = cell[cell[column] == (float(value) if column == "acceleration" else value)]
+    found = cell[(cell["model"] == hints[-1]) & cell["seed"].isin(seeds)]["val_psnr"]
+    return float(found.mean()) if len(found) else np.nan
+
+
+def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]],
+                  histories: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every distilled method of ``methods`` against the plain student, per cell.
 
     ``methods``: task -> model -> ``{"teacher": the model it learns from (None: reads no
-    teacher), "stages": [{"stage", "loss", "epochs"}, ...]}`` (its init chain, first
-    stage first). Per (task, dataset, acceleration) having a ``student``: PSNR / SSIM
-    means pooled over slices and seeds, the gain over the student, ``gap_closed = (M - S) /
-    (T - S)`` against the *standard* teacher (model ``teacher``) whatever the method learns
-    from, the two-sided paired Wilcoxon p of per-slice PSNR against the student, and
-    ``p_holm``: those p Holm-adjusted over the methods of the cell.
+    teacher), "stages": [{"stage", "loss", "epochs", "model"}, ...]}`` (its init chain,
+    first stage first). Per (task, dataset, acceleration) having a ``student``, on the
+    seeds both the method and the student have: PSNR / SSIM means pooled over slices and
+    seeds, the gain over the student, ``gap_closed = (M - S) / (T - S)`` against the
+    *standard* teacher (model ``teacher``) whatever the method learns from, the two-sided
+    paired Wilcoxon p of per-slice PSNR against the student (pooled over seeds), and
+    ``p_holm``: those p Holm-adjusted over the methods of the cell. Over seeds
+    (:func:`kdmri.stats.seed_spread`): the mean ± std of the per-seed gain and gap closed;
+    their 95 % bootstrap intervals resampling seeds and slices
+    (:func:`kdmri.stats.bootstrap_interval`; the teacher's PSNR taken on the same slices);
+    ``hint_val_psnr``: the validation PSNR at the end of the method's last hint stage
+    (:data:`HINT_STAGES`), mean over its seeds, from ``histories``
+    (:data:`HISTORY_COLUMNS`; NaN where it has none).
     """
     check_metrics(frame)
     rows = []
@@ -197,6 +238,7 @@ def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> p
             pairs = paired(group[group["seed"].isin(seeds)], where, method, "student")
             m_psnr, s_psnr = pairs["psnr_kd"].mean(), pairs["psnr_student"].mean()
             m_ssim, s_ssim = pairs["ssim_kd"].mean(), pairs["ssim_student"].mean()
+            compared = _compared(pairs, group)
             cell_rows.append({
                 **dict(zip(GROUP, key, strict=True)),
                 "method": method, "teacher": info[method]["teacher"],
@@ -206,6 +248,8 @@ def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> p
                 "gap_closed": gap_closed(m_psnr, s_psnr, teacher),
                 "wilcoxon_p": wilcoxon_p(pairs["psnr_kd"].to_numpy(float),
                                          pairs["psnr_student"].to_numpy(float)),
+                **seed_spread(compared), **bootstrap_interval(compared),
+                "hint_val_psnr": _hint_val_psnr(histories, key, info[method]["stages"], seeds),
                 "student_psnr": float(s_psnr), "student_ssim": float(s_ssim),
                 "teacher_psnr": float(teacher), "n_seeds": len(seeds),
             })
@@ -214,6 +258,17 @@ def methods_table(frame: pd.DataFrame, methods: dict[str, dict[str, dict]]) -> p
             row["p_holm"] = float(p)
         rows += cell_rows
     return pd.DataFrame(rows, columns=METHOD_COLUMNS)
+
+
+def _compared(pairs: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
+    """The paired slices of a method and the student with the standard teacher's PSNR on
+    the same slice (NaN where the cell has no teacher), as :data:`kdmri.stats.COMPARED`."""
+    keys = ["seed", "volume", "slice"]
+    teacher = group.loc[group["model"] == "teacher", [*keys, "psnr"]]
+    joined = pairs.merge(teacher.rename(columns={"psnr": "teacher"}), on=keys, how="left",
+                         validate="one_to_one")
+    return joined.rename(columns={"psnr_kd": "model", "psnr_student": "student"})[
+        ["seed", "model", "student", "teacher"]]
 
 
 def _wide(table: pd.DataFrame):
@@ -225,35 +280,61 @@ def _wide(table: pd.DataFrame):
         yield task, dataset, accs, methods, cells
 
 
+#: The columns of the methods table per acceleration, as Markdown headers (and LaTeX).
+METHOD_CELLS = ["PSNR / SSIM", "gain dB", "gap closed", "p (Holm)", "hint val PSNR"]
+
+
+def _interval(low: float, high: float, scale: float, form: str) -> str:
+    return "" if pd.isna(low) else f" [{scale * low:{form}}, {scale * high:{form}}]"
+
+
 def _method_cells(row) -> list[str]:
+    """A method's cells in one acceleration (:data:`METHOD_CELLS`): PSNR / SSIM pooled;
+    gain and gap closed pooled, then mean ± std over seeds and the 95 % interval; Holm p;
+    the validation PSNR at the end of its last hint stage."""
     if row is None:
-        return ["-"] * 3
-    gap = "-" if pd.isna(row["gap_closed"]) else f"{100 * row['gap_closed']:.0f} %"
+        return ["-"] * len(METHOD_CELLS)
+    gain = (f"{row['gain_psnr']:+.2f} ({row['gain_seed_mean']:+.2f} ± "
+            f"{row['gain_seed_std']:.2f})"
+            + _interval(row["gain_ci_low"], row["gain_ci_high"], 1, "+.2f"))
+    gap = "-" if pd.isna(row["gap_closed"]) else (
+        f"{100 * row['gap_closed']:.0f} % ({100 * row['gap_seed_mean']:.0f} ± "
+        f"{100 * row['gap_seed_std']:.0f})"
+        + _interval(row["gap_ci_low"], row["gap_ci_high"], 100, ".0f"))
     p = "-" if pd.isna(row["p_holm"]) else f"{row['p_holm']:.2g}"
-    return [f"{row['psnr']:.2f} / {row['ssim']:.4f}", f"{row['gain_psnr']:+.2f} ({gap})", p]
+    hint = "-" if pd.isna(row["hint_val_psnr"]) else f"{row['hint_val_psnr']:.2f}"
+    return [f"{row['psnr']:.2f} / {row['ssim']:.4f}", gain, gap, p, hint]
 
 
 def methods_note(table: pd.DataFrame) -> str:
     stages = dict.fromkeys(zip(table["task"], table["method"], table["stages"], strict=True))
     listed = "; ".join(f"{m} ({t}): {s}" for t, m, s in stages)
-    return ("PSNR / SSIM: means over all test slices pooled over seeds; gain: over the plain "
-            "student in dB, with the share of the standard teacher-student gap it closes, "
-            "(M - S) / (T - S); p: two-sided paired Wilcoxon signed-rank test of per-slice "
-            "PSNR against the student, Holm-corrected over the methods of each column. "
+    seeds = sorted(set(table["n_seeds"]))
+    return ("PSNR / SSIM: means over all test slices pooled over seeds "
+            f"({' or '.join(map(str, seeds))} seeds); gain: over the plain student in dB, "
+            "and gap closed: the share of the standard teacher-student gap, (M - S) / (T - S), "
+            "each pooled, then (mean ± std over seeds of the per-seed value) and [95 % "
+            f"bootstrap interval: {BOOTSTRAP_SAMPLES} resamples of seeds and, within each, "
+            "test slices]; p: two-sided paired Wilcoxon signed-rank test of per-slice PSNR "
+            "against the student, pooled over seeds, Holm-corrected over the methods of each "
+            "column; hint val PSNR: the validation PSNR at the end of the method's hint stage, "
+            "mean over seeds. Each method is read against its control (the method without "
+            "the one stage or setting it adds; docs/methods.md). "
             f"Stages (epochs of the same length in every stage: same steps): {listed}.")
 
 
 def methods_markdown(table: pd.DataFrame) -> str:
-    """The methods table in Markdown: rows method (and its teacher), per acceleration
-    PSNR / SSIM, gain (gap closed) and Holm-corrected p."""
+    """The methods table in Markdown: rows method (and its teacher), per acceleration the
+    cells of :data:`METHOD_CELLS`."""
     lines = []
     for task, dataset, accs, methods, cells in _wide(table):
         lines += [f"### {task} / {dataset}", ""]
         head = ["Method", "Teacher"]
         for acc in accs:
             a = format_acceleration(acc)
-            head += [f"{a}× PSNR / SSIM", f"{a}× gain dB (gap)", f"{a}× p (Holm)"]
-        lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---|---:|---:|" * len(accs)]
+            head += [f"{a}× {name}" for name in METHOD_CELLS]
+        lines += ["| " + " | ".join(head) + " |",
+                  "|---|---|" + "---|---:|---:|---:|---:|" * len(accs)]
         first = {acc: next(r for (m, a), r in cells.items() if a == acc) for acc in accs}
         for label, column in (("student", "student"), ("teacher", "teacher")):
             values = []
@@ -261,7 +342,7 @@ def methods_markdown(table: pd.DataFrame) -> str:
                 psnr = first[acc][f"{column}_psnr"]
                 ssim = first[acc].get(f"{column}_ssim", np.nan)
                 text = f"{psnr:.2f}" + ("" if pd.isna(ssim) else f" / {ssim:.4f}")
-                values += [text, "", ""]
+                values += [text] + [""] * (len(METHOD_CELLS) - 1)
             lines.append(f"| {label} | | " + " | ".join(values) + " |")
         for method in methods:
             row0 = next(r for (m, _), r in cells.items() if m == method)
@@ -276,12 +357,13 @@ def methods_latex(table: pd.DataFrame) -> str:
     """The methods table as a LaTeX tabular per (task, dataset) (booktabs)."""
     out = []
     for task, dataset, accs, methods, cells in _wide(table):
-        out += [f"% {task} / {dataset}", "\\begin{tabular}{ll" + "ccc" * len(accs) + "}",
+        n = len(METHOD_CELLS)
+        out += [f"% {task} / {dataset}", "\\begin{tabular}{ll" + "c" * n * len(accs) + "}",
                 "\\toprule",
                 "Method & Teacher & " + " & ".join(
-                    f"\\multicolumn{{3}}{{c}}{{{format_acceleration(a)}$\\times$}}"
+                    f"\\multicolumn{{{n}}}{{c}}{{{format_acceleration(a)}$\\times$}}"
                     for a in accs) + " \\\\",
-                " & & " + " & ".join(["PSNR / SSIM & gain (gap) & $p_\\mathrm{Holm}$"]
+                " & & " + " & ".join([" & ".join(latex_escape(c) for c in METHOD_CELLS)]
                                      * len(accs)) + " \\\\", "\\midrule"]
         for method in methods:
             row0 = next(r for (m, _), r in cells.items() if m == method)

@@ -62,6 +62,12 @@ def _check_methods(config: dict, source: str) -> None:
             if entry[key] is not None and entry[key] not in table:
                 raise KdmriError(f"{source}: key '{where}.{key}': unknown method "
                                  f"{entry[key]!r}; methods: {known}")
+        if entry["init_output"] is not None:
+            outputs = STAGES[table[entry["init"]].stage].outputs if entry["init"] else {}
+            if entry["init_output"] not in outputs:
+                raise KdmriError(f"{source}: key '{where}.init_output': the init's stage writes "
+                                 f"no {entry['init_output']!r}; its outputs: "
+                                 f"{sorted(outputs) or 'none besides model.pt'}")
         if STAGES[table[entry["teacher"]].stage].network != "teacher":
             raise KdmriError(f"{source}: key '{where}.teacher': {entry['teacher']!r} is "
                              f"trained in the {table[entry['teacher']].stage} stage, not as a "

@@ -285,7 +285,8 @@ def compression_figure(table_path: str | Path, out: str | Path, title: str = "")
 
 # ---------------------------------------------------------------------- methods
 def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
-    """Gap closed (%) per method and teacher, one panel per cell (``*``: p_Holm < 0.05)."""
+    """Gap closed (%) per method and teacher, with its 95 % bootstrap interval, one panel
+    per cell (``*``: p_Holm < 0.05)."""
     from kdmri.comparisons import METHOD_COLUMNS
 
     table, cells = _comparison_cells(table_path, METHOD_COLUMNS, "methods",
@@ -304,7 +305,11 @@ def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> 
                 continue
             row = cell.loc[method]
             gap = 100 * row["gap_closed"]
-            ax.barh(i, gap, color=colours[row["teacher"]])
+            low, high = 100 * row["gap_ci_low"], 100 * row["gap_ci_high"]
+            interval = ([[max(0.0, gap - low)], [max(0.0, high - gap)]]
+                        if np.isfinite([gap, low, high]).all() else None)
+            ax.barh(i, gap, color=colours[row["teacher"]], xerr=interval, capsize=2,
+                    error_kw={"linewidth": 0.8})
             if row["p_holm"] < 0.05:
                 ax.annotate("*", (gap, i), xytext=(3, -4), textcoords="offset points")
         ax.axvline(0, color="black", linewidth=0.8)

@@ -13,7 +13,7 @@ This module must not import torch: the Snakefile imports it on every invocation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdmri.errors import KdmriError
 
@@ -23,10 +23,18 @@ class Stage:
     """A training stage: the network it trains, and its loss (term name -> weight) as a
     function of the study's ``kd`` settings, for the models that do not give their own
     (None: every model of the stage gives its loss). A stage's train settings are
-    ``train`` merged with its ``stages.<name>`` overrides (:func:`train_settings`)."""
+    ``train`` merged with its ``stages.<name>`` overrides (:func:`train_settings`).
+
+    ``select`` is the loss term whose validation value chooses the best epoch (the weights
+    ``model.pt`` keeps; None: the weighted sum of all terms). ``outputs`` names the files
+    the stage writes beside ``model.pt`` (name -> file name), each a model file of a
+    network the stage trains besides its own; a method starts from one by naming it
+    (:attr:`Method.init_output`)."""
 
     network: str
     loss: Callable[[dict], dict[str, float]] | None
+    select: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 #: The training stages by name; each has a rule of its own (``train_<name>``).
@@ -40,23 +48,29 @@ STAGES: dict[str, Stage] = {
     # a feature-distillation stage: the model names the term (fitnets, fsp, sp, cc, ...)
     "hint": Stage("student", None),
     # the student-friendly teacher (SFT-KD-Recon): the teacher trained with branches through
-    # the student's cascades; its teacher cascades then teach any method
+    # the student's cascades (step 1); its best epoch is the teacher's own (its validation
+    # reconstruction loss), its teacher cascades then teach any method, and its student
+    # cascades are the student the *_sft methods start from (step 2)
     "sft": Stage("teacher", lambda kd: {"reconstruction": 1.0,
                                         "sft_reconstruction": kd["sft_branch_reconstruction"],
-                                        "sft_imitation": kd["sft_branch_imitation"]}),
+                                        "sft_imitation": kd["sft_branch_imitation"]},
+                 select="reconstruction", outputs={"student": "sft_student.pt"}),
 }
 
 
 @dataclass(frozen=True)
 class Method:
     """How one trained model is made: its stage, the model it starts from (``init``), its
-    loss where it is not its stage's, and the model whose outputs and features the
-    distillation terms read (``teacher``)."""
+    loss where it is not its stage's, the model whose outputs and features the
+    distillation terms read (``teacher``), and which file of ``init`` it starts from
+    (``init_output``: None for its ``model.pt``, else one of the ``outputs`` of the init
+    model's stage, e.g. ``student``: the SFT stage's student cascades)."""
 
     stage: str
     init: str | None = None
     loss: dict[str, float] | None = None
     teacher: str = "teacher"
+    init_output: str | None = None
 
 
 #: The feature methods, each shipped as ``hint_<name>`` (a hint stage weighing that term
@@ -69,7 +83,12 @@ FEATURE_METHODS = {"fitnets": "fitnets", "fsp": "fsp", "sp": "sp", "cc": "cc_emb
 #: The shipped methods: every trained model by name (``zf``, the zero-filled input, is
 #: evaluated but not trained). A study adds its own under ``methods`` (:func:`methods`).
 #: ``kd_<name>`` is SFT-KD-Recon's comparison: a hint stage with that feature loss, then
-#: the imitation stage, as ``kd`` is the paper's attention stage then imitation.
+#: the imitation stage, as ``kd`` is the paper's attention stage then imitation. These
+#: start from random weights (FitNets' protocol); ``<name>_fromstudent`` is the same method
+#: started from the trained plain student (``student``), as SFT-KD-Recon's scripts run
+#: their hint stages; ``<name>_sft`` learns from the student-friendly teacher and starts
+#: from the SFT stage's student cascades (SFT-KD-Recon's steps 1 and 2), and
+#: ``student_sft`` is that student trained on, with no distillation.
 _STANDARD: dict[str, Method] = {
     "attention": Method("attention"),
     "kd": Method("imitation", init="attention"),
@@ -80,15 +99,31 @@ _STANDARD: dict[str, Method] = {
         (f"kd_{short}", Method("imitation", init=f"hint_{short}")),
     )},
 }
+
+
+def _variant(method: Method, suffix: str, init: str, init_output: str | None,
+             teacher: str) -> Method:
+    """``method`` learning from ``teacher``, its init renamed ``<init><suffix>`` where it
+    has one, else (the first stage of its chain) started from ``init`` (its
+    ``init_output``)."""
+    if method.init:
+        return Method(method.stage, f"{method.init}{suffix}", method.loss, teacher)
+    return Method(method.stage, init, method.loss, teacher, init_output)
+
+
+#: How each variant of the standard methods starts its chain: (init, init_output, teacher).
+_STARTS = {
+    "_fromstudent": ("student", None, "teacher"),
+    "_sft": ("sft_teacher", "student", "sft_teacher"),
+}
 MODELS: dict[str, Method] = {
     "teacher": Method("teacher"),
     "student": Method("student"),
     "sft_teacher": Method("sft"),
+    "student_sft": _variant(Method("student"), "_sft", *_STARTS["_sft"]),
     **_STANDARD,
-    # each distilling method again, learning from the student-friendly teacher: ``<name>_sft``
-    **{f"{name}_sft": Method(m.stage, f"{m.init}_sft" if m.init else None, m.loss,
-                             teacher="sft_teacher")
-       for name, m in _STANDARD.items()},
+    **{f"{name}{suffix}": _variant(m, suffix, *start)
+       for suffix, start in _STARTS.items() for name, m in _STANDARD.items()},
 }
 #: Between a model and a compression student's name: ``kd@d5c3f16`` is the model ``kd``
 #: trained with the student network ``d5c3f16`` of its task's ``compression.students``.
@@ -100,7 +135,8 @@ def methods(config: dict | None = None) -> dict[str, Method]:
     ``methods`` (None: the shipped ones)."""
     table = dict(MODELS)
     for name, entry in (config["methods"] if config is not None else {}).items():
-        table[name] = Method(entry["stage"], entry["init"], entry["loss"], entry["teacher"])
+        table[name] = Method(entry["stage"], entry["init"], entry["loss"], entry["teacher"],
+                             entry["init_output"])
     return table
 
 
@@ -126,8 +162,19 @@ def recipe(model: str, config: dict | None = None) -> Method:
     base, variant = _split(model, table)
     found = table[base]
     if variant and found.init:
-        return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher)
+        return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher,
+                      found.init_output)
     return found
+
+
+def init_file(method: Method, config: dict | None = None) -> str | None:
+    """The file of its ``init`` model's folder a method starts from: ``model.pt``, or the
+    stage output its ``init_output`` names (``sft_student.pt``); None without an init."""
+    if method.init is None:
+        return None
+    if method.init_output is None:
+        return "model.pt"
+    return STAGES[recipe(method.init, config).stage].outputs[method.init_output]
 
 
 def compression_models(config: dict, task: str) -> list[str]:

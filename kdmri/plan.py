@@ -179,6 +179,14 @@ class StagePlan:
         """FitNets' adapters (None where the stage has none)."""
         return self.learnt.get("adapters")
 
+    def outputs(self) -> dict[str, tuple[dict, torch.nn.Module]]:
+        """The networks the stage trains besides its own that it writes as model files
+        (:attr:`kdmri.methods.Stage.outputs`), by output name: ``student``, the SFT
+        branches' student cascades, with its network spec (``student_net``)."""
+        if self.branches is None:
+            return {}
+        return {"student": (self.spec["student_net"], self.branches.student)}
+
     def auxiliary(self) -> dict[str, torch.nn.Module]:
         """The modules the stage trains besides the network, by their checkpoint key: the
         learnt modules by their input's name, then ``branches``."""

@@ -67,6 +67,8 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
         "train": train_settings(config, task, made.stage),
         "seed": int(seed),
     }
+    if made.init_output is not None:  # a stage output of its init model, not its model.pt
+        spec["init_output"] = made.init_output
     keys = _spec_keys(config, model)
     if "teacher_net" in keys:
         spec["teacher_net"] = net_spec(task_cfg["teacher"])
@@ -120,19 +122,30 @@ def net_spec(net: dict) -> dict:
     return {k: v for k, v in net.items() if not (k == "complex" and v is False)}
 
 
+def learns_from(config: dict, model: str) -> str | None:
+    """The teacher a model's own stage learns from: the teacher it reads
+    (:func:`teacher_sources`), else the teacher-stage model whose stage output it starts
+    from (``student_sft``: the SFT stage's student cascades); None for neither."""
+    made = recipe(model, config)
+    if teacher_sources(config, model):
+        return made.teacher
+    return made.init if made.init_output is not None else None
+
+
 def method_description(config: dict, task: str, model: str) -> dict:
     """How a model of a task is made, for the table of methods: the teacher it learns from
-    (the teacher of the last stage of its chain that reads one; None if none does) and its
-    stages, first first: stage, loss and epochs."""
+    (:func:`learns_from` of the last model of its chain that learns from one; None if none
+    does) and its stages, first first: stage, loss, epochs and ``model`` (the model that
+    stage trains)."""
     chain = models_needed(model, config)
-    reads = [m for m in chain if teacher_sources(config, m)]
+    teachers = [t for m in chain if (t := learns_from(config, m))]
     stages = []
     for name in chain:
         made = recipe(name, config)
         stages.append({"stage": made.stage, "loss": loss_weights(config, made),
-                       "epochs": train_settings(config, task, made.stage)["epochs"]})
-    return {"teacher": recipe(reads[-1], config).teacher if reads else None,
-            "stages": stages}
+                       "epochs": train_settings(config, task, made.stage)["epochs"],
+                       "model": name})
+    return {"teacher": teachers[-1] if teachers else None, "stages": stages}
 
 
 def methods_description(config: dict) -> dict[str, dict[str, dict]]:

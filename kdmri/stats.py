@@ -11,6 +11,10 @@ slice) with the columns :data:`METRICS_COLUMNS` (``flops`` where present). On it
   and seed, the mean over them);
 * :func:`gap_closed`: the share of the teacher-student gap a distilled student closes,
   ``(KD - S) / (T - S)``;
+* :func:`seed_spread` and :func:`bootstrap_interval`: over the seeds of a comparison (a
+  model M against the student S, with the teacher T, slice by slice), the mean and
+  standard deviation over seeds of the PSNR gain and of the gap closed, and their 95 %
+  bootstrap intervals, resampling seeds and, within each, test slices;
 * :func:`paired` and :func:`wilcoxon_p`: two models' slices joined on (seed, volume,
   slice), and the two-sided Wilcoxon signed-rank test of their paired differences;
 * :func:`holm`: Holm's step-down adjustment of a family of p-values;
@@ -164,6 +168,66 @@ def gap_closed(kd: float, student: float, teacher: float) -> float:
 def seed_std(values: np.ndarray) -> float:
     """Standard deviation over seeds with ``ddof=1``; 0 for a single seed."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------- over seeds
+#: Resamples of :func:`bootstrap_interval`, and the seed of its generator: a table's
+#: intervals are the same on every run.
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+#: The columns of a frame of compared slices (:func:`seed_spread`,
+#: :func:`bootstrap_interval`): the seed, then the PSNR of the model, the student and the
+#: teacher (NaN where there is no teacher) on one test slice.
+COMPARED = ["seed", "model", "student", "teacher"]
+
+
+def _gain_and_gap(model: np.ndarray, student: np.ndarray, teacher: np.ndarray) -> tuple:
+    """``(mean(M) - mean(S), gap_closed(mean M, mean S, mean T))`` of paired slices."""
+    m, s, t = float(np.mean(model)), float(np.mean(student)), float(np.mean(teacher))
+    return m - s, gap_closed(m, s, t)
+
+
+def seed_spread(compared: pd.DataFrame) -> dict[str, float]:
+    """Per seed of ``compared`` (:data:`COMPARED`), the gain ``g = mean(M) - mean(S)`` and
+    the gap closed ``(mean M - mean S) / (mean T - mean S)`` over that seed's slices; then
+    over seeds the mean of each and its standard deviation (:func:`seed_std`, ``ddof=1``;
+    0 for one seed): ``gain_seed_mean``, ``gain_seed_std``, ``gap_seed_mean``,
+    ``gap_seed_std``."""
+    per_seed = np.array([_gain_and_gap(g["model"], g["student"], g["teacher"])
+                         for _, g in compared.groupby("seed", sort=True)], dtype=float)
+    gains, gaps = per_seed[:, 0], per_seed[:, 1]
+    return {"gain_seed_mean": float(np.mean(gains)), "gain_seed_std": seed_std(gains),
+            "gap_seed_mean": float(np.mean(gaps)), "gap_seed_std": seed_std(gaps)}
+
+
+def bootstrap_interval(compared: pd.DataFrame, level: float = 0.95,
+                       samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+    """The ``level`` percentile-bootstrap intervals of the pooled gain ``mean(M) -
+    mean(S)`` and gap closed ``(mean M - mean S) / (mean T - mean S)`` of ``compared``
+    (:data:`COMPARED`), resampling at both levels the study varies: each of ``samples``
+    resamples draws k of the k seeds with replacement (``rng.integers(0, k, k)``, seeds in
+    ascending order), then for each drawn seed, in the order drawn, its n slices with
+    replacement (``rng.integers(0, n, n)``), and computes both statistics on the slices
+    drawn, pooled; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
+    each (numpy's linear interpolation), ``rng = numpy.random.default_rng(seed)``.
+    Returns ``gain_ci_low``, ``gain_ci_high``, ``gap_ci_low``, ``gap_ci_high``."""
+    rng = np.random.default_rng(seed)
+    groups = [g[["model", "student", "teacher"]].to_numpy(dtype=float)
+              for _, g in compared.groupby("seed", sort=True)]
+    k = len(groups)
+    values = np.empty((samples, 2))
+    for b in range(samples):
+        drawn = [groups[j][rng.integers(0, len(groups[j]), len(groups[j]))]
+                 for j in rng.integers(0, k, k)]
+        pooled = np.concatenate(drawn)
+        values[b] = _gain_and_gap(pooled[:, 0], pooled[:, 1], pooled[:, 2])
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    with np.errstate(invalid="ignore"):
+        gain = np.percentile(values[:, 0], tails)
+        gap = np.percentile(values[:, 1], tails)
+    return {"gain_ci_low": float(gain[0]), "gain_ci_high": float(gain[1]),
+            "gap_ci_low": float(gap[0]), "gap_ci_high": float(gap[1])}
 
 
 # ---------------------------------------------------------------------- paired tests

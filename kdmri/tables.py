@@ -26,7 +26,8 @@
 ``compression.csv`` / ``.md``, ``methods.csv`` / ``.md`` / ``.tex``
     The comparisons of :mod:`kdmri.comparisons`: the compression curve, where a
     compression study's models are present, and the table of distillation methods, where
-    ``--methods`` describes two or more distilled models.
+    ``--methods`` describes two or more distilled models (with ``--histories``, the
+    ``history.csv`` of their hint stages, the validation PSNR at the end of each).
 
 The pure functions :func:`read_metrics`, :func:`kdmri.stats.summarise`, :func:`kd_gain`,
 :func:`ablation`, :func:`to_markdown` and :func:`to_latex` do the work, on the statistics
@@ -367,11 +368,33 @@ def _write_optional(tables: dict, out_dir: Path, name: str, table: pd.DataFrame 
         write_text(out_dir / f"{name}{suffix}", render(table))
 
 
+def read_histories(histories: dict[str, str | Path]) -> pd.DataFrame:
+    """The final validation PSNR of trained models (:func:`kdmri.comparisons.
+    final_val_psnr` of each ``history.csv``), keyed ``task/dataset/acceleration/model/seed``
+    (``recon/demo/4/hint_fitnets/0``), as a frame of :data:`kdmri.comparisons.
+    HISTORY_COLUMNS`."""
+    from kdmri import comparisons
+
+    rows = []
+    for key, path in histories.items():
+        parts = key.split("/")
+        if len(parts) != 5:
+            raise KdmriError(f"--histories: {key!r}: expected task/dataset/acceleration/model/"
+                             "seed=path")
+        task, dataset, acc, model, seed = parts
+        rows.append({"task": task, "dataset": dataset, "acceleration": float(acc),
+                     "model": model, "seed": int(seed),
+                     "val_psnr": comparisons.final_val_psnr(pd.read_csv(path))})
+    return pd.DataFrame(rows, columns=comparisons.HISTORY_COLUMNS)
+
+
 def write_tables(metrics: Sequence[str | Path], out_dir: str | Path,
-                 methods: dict | None = None) -> dict[str, pd.DataFrame]:
+                 methods: dict | None = None,
+                 histories: dict[str, str | Path] | None = None) -> dict[str, pd.DataFrame]:
     """Read the metrics files and write every table into ``out_dir``; ``methods`` (model
     -> its teacher and stages, :func:`kdmri.comparisons.methods_table`) adds the table of
-    methods where it names two or more distilled models."""
+    methods where it names two or more distilled models, ``histories`` (key -> a
+    ``history.csv``, :func:`read_histories`) the validation PSNR of their hint stages."""
     from kdmri import comparisons
 
     out_dir = Path(out_dir)
@@ -389,7 +412,8 @@ def write_tables(metrics: Sequence[str | Path], out_dir: str | Path,
     _write_optional(tables, out_dir, "compression", comparisons.compression(frame)
                     if comparisons.has_compression(frame) else None,
                     {".md": comparisons.compression_markdown})
-    _write_optional(tables, out_dir, "methods", comparisons.methods_table(frame, methods)
+    finals = read_histories(histories) if histories else None
+    _write_optional(tables, out_dir, "methods", comparisons.methods_table(frame, methods, finals)
                     if comparisons.compares_methods(methods) else None,
                     {".md": comparisons.methods_markdown, ".tex": comparisons.methods_latex})
     return tables
@@ -410,7 +434,13 @@ def cmd_tables(args) -> int:
                     for v in models.values()) for models in methods.values()):
             raise KdmriError("--methods: expected {task: {model: {\"teacher\": ..., "
                              "\"stages\": [...]}}}")
-    tables = write_tables(args.metrics, args.out_dir, methods)
+    histories = {}
+    for entry in args.histories or []:
+        key, sep, path = entry.partition("=")
+        if not sep:
+            raise KdmriError(f"--histories: {entry!r}: expected key=path")
+        histories[key] = path
+    tables = write_tables(args.metrics, args.out_dir, methods, histories)
     counts = ", ".join(f"{len(table)} {name} rows" for name, table in tables.items())
     print(f"tables: {counts} -> {args.out_dir}", file=sys.stderr, flush=True)
     return 0

@@ -24,8 +24,12 @@ Per epoch: train, validate (loss and PSNR), append a row to ``history.csv``, and
 resume checkpoint ``checkpoint/last.pt`` atomically (model, optimiser, scheduler, epoch,
 RNG states, best weights so far, history). Running the same command again after a crash
 resumes from it; a checkpoint written under another spec is refused, naming what differs.
-At the end ``model.pt`` holds the best weights (by validation loss) and ``last.pt`` is
-marked complete (it holds the last weights).
+At the end ``model.pt`` holds the best weights (by validation loss: the weighted sum of the
+stage's terms, or the one term its :attr:`~kdmri.methods.Stage.select` names, the SFT
+stage's teacher reconstruction) and ``last.pt`` is marked complete (it holds the last
+weights). A stage with :attr:`~kdmri.methods.Stage.outputs` writes each beside ``model.pt``
+as a model file of its own, with the weights of the same best epoch (the SFT stage: its
+student cascades, ``sft_student.pt``).
 
 Given a :class:`kdmri.tracking.TensorBoardLog` (``tracker``), the trainer also sends it
 every step's losses and learning rate (the values :meth:`Trainer._settle` has already
@@ -65,6 +69,7 @@ from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
 from kdmri.masks import recorded_settings
+from kdmri.methods import STAGES
 from kdmri.metrics import psnr
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
@@ -130,6 +135,7 @@ class Trainer:
         self.complex = self.model.complex
         self.params = count_parameters(self.model)
         self.plan.build(self.model, self.train_data, self.device, self.amp)
+        self.select, self.outputs = self._selection()
 
         self.batch_size = int(self.settings["batch_size"])
         self.steps_per_epoch = math.ceil(len(self.train_data["target"]) / self.batch_size)
@@ -159,6 +165,22 @@ class Trainer:
                                        trust_code=self.trust_code)
             model.load_state_dict(init_model.state_dict())
         return model
+
+    def _selection(self) -> tuple[str, dict[str, str]]:
+        """The validation column that chooses the best epoch (``val_loss``, or
+        ``val_<term>`` for a stage whose ``select`` names a term) and the stage's outputs
+        (name -> file name), each checked against what the plan trains."""
+        stage = STAGES.get(self.spec["stage"])
+        select, outputs = (stage.select, stage.outputs) if stage else (None, {})
+        if select is not None and select not in self.plan.terms:
+            raise KdmriError(f"stage {self.spec['stage']!r} chooses its best epoch by its "
+                             f"{select!r} term, which its loss does not weigh")
+        missing = sorted(set(outputs) - set(self.plan.outputs()))
+        if missing:
+            raise KdmriError(f"stage {self.spec['stage']!r} writes {outputs[missing[0]]} from "
+                             f"its branches; its loss weighs no branch term (sft_reconstruction "
+                             "or sft_imitation)")
+        return (f"val_{select}" if select else "val_loss"), outputs
 
     def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         """The learning rate per optimiser step (:func:`lr_factor` of the spec's schedule)."""
@@ -419,7 +441,7 @@ class Trainer:
                 self.tracker.close()
         self._write_outputs()
         save_torch(self._state(total_epochs, completed=True), self.ckpt_path)
-        return {"best": {k: v for k, v in self.best.items() if k != "state_dict"},
+        return {"best": {k: v for k, v in self.best.items() if k not in ("state_dict", "outputs")},
                 "params": self.params}
 
     def _epochs(self, val_every: int) -> None:
@@ -434,13 +456,15 @@ class Trainer:
             if (epoch + 1) % val_every == 0 or epoch + 1 == total_epochs:
                 validation, prediction = self._validation()
                 row.update(validation)
-                if self.best is None or row["val_loss"] < self.best["val_loss"]:
+                if self.best is None or row[self.select] < self.best.get(self.select, math.inf):
                     self.best = {
                         "epoch": epoch + 1,
                         "val_loss": row["val_loss"],
                         "val_psnr": row["val_psnr"],
-                        "state_dict": {k: v.detach().cpu().clone()
-                                       for k, v in self.model.state_dict().items()},
+                        self.select: row[self.select],
+                        "state_dict": _cpu_copy(self.model),
+                        "outputs": {name: _cpu_copy(module) for name, (_, module)
+                                    in self.plan.outputs().items() if name in self.outputs},
                     }
             self.history.append(row)
             save_torch(self._state(epoch + 1, completed=False), self.ckpt_path)
@@ -454,13 +478,24 @@ class Trainer:
                 self._track_epoch(row, prediction, epoch)
 
     def _write_outputs(self) -> None:
+        mask = {"mask": self.mask_settings} if self.mask_settings else {}
+        for name, file in self.outputs.items():  # the stage's outputs, of the best epoch
+            net, module = self.plan.outputs()[name]
+            write_model_file(self.out_dir / file, self.spec, self.best["outputs"][name], net=net,
+                             epoch=self.best["epoch"], params=count_parameters(module),
+                             device=str(self.device), output=name, **mask)
         source = source_record(self.model)  # a family: python network's target and file hash
         write_model_file(
             self.out_dir / "model.pt", self.spec, self.best["state_dict"],
             epoch=self.best["epoch"], val_loss=self.best["val_loss"],
             val_psnr=self.best["val_psnr"], params=self.params, device=str(self.device),
             **({"source": source} if source else {}),
-            **({"mask": self.mask_settings} if self.mask_settings else {}),
+            **mask,
         )
         with atomic_path(self.out_dir / "history.csv", suffix=".csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)
+
+
+def _cpu_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict copied to the host (the best epoch's weights)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

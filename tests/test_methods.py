@@ -4,6 +4,7 @@ method gives, the table of methods with its Holm-corrected Wilcoxon test, and it
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from kdmri.cli import main
 from kdmri.config import validate
 from kdmri.errors import KdmriError
 from kdmri.figures import methods_figure
-from kdmri.methods import MODELS, methods, models_needed, recipe
+from kdmri.methods import MODELS, init_file, methods, models_needed, recipe
 from kdmri.specs import method_description, methods_description, model_spec, teacher_sources
 from tests.test_tables import write_metrics
 from tests.workflow_utils import ROOT, planned_jobs, write_config
@@ -75,10 +76,107 @@ def test_a_study_adds_its_own_method():
     assert models_needed("kd_mine", config) == ["hint_mine", "kd_mine"]
     assert method_description(config, "recon", "kd_mine") == {
         "teacher": "teacher",
-        "stages": [{"stage": "hint", "loss": {"sp": 2.0, "attention": 0.5}, "epochs": 10},
+        "stages": [{"stage": "hint", "loss": {"sp": 2.0, "attention": 0.5}, "epochs": 10,
+                    "model": "hint_mine"},
                    {"stage": "imitation", "loss": {"reconstruction": 0.5, "imitation": 0.5},
-                    "epochs": 10}]}
+                    "epochs": 10, "model": "kd_mine"}]}
     assert methods_description(config)["recon"]["student"]["teacher"] is None
+
+
+@pytest.mark.parametrize("term", ["attention", "fitnets", "fsp", "sp", "cc"])
+def test_each_hint_stage_is_shipped_in_both_protocols(term):
+    """From random weights (FitNets' protocol: ``kd_<term>``, ``kd`` for attention) and from
+    the trained plain student (SFT-KD-Recon's scripts: ``<that>_fromstudent``): the same
+    stages and losses, the second chain headed by the student, as its table row says."""
+    config = validate({"stages": {"hint": {"epochs": 6}, "attention": {"epochs": 6}}})
+    hint = "attention" if term == "attention" else f"hint_{term}"
+    kd = "kd" if term == "attention" else f"kd_{term}"
+    assert models_needed(kd) == [hint, kd]
+    assert models_needed(f"{kd}_fromstudent") == ["student", f"{hint}_fromstudent",
+                                                  f"{kd}_fromstudent"]
+    scratch = model_spec(config, "recon", hint, 0)
+    started = model_spec(config, "recon", f"{hint}_fromstudent", 0)
+    assert scratch["init"] is None and started["init"] == "student"
+    assert {k: v for k, v in started.items() if k not in ("model", "init")} == {
+        k: v for k, v in scratch.items() if k not in ("model", "init")}
+    assert init_file(recipe(f"{hint}_fromstudent")) == "model.pt"
+    described = method_description(config, "recon", f"{kd}_fromstudent")
+    assert described["teacher"] == "teacher"
+    assert [(s["stage"], s["epochs"], s["model"]) for s in described["stages"]] == [
+        ("student", 10, "student"), (recipe(hint).stage, 6, f"{hint}_fromstudent"),
+        ("imitation", 10, f"{kd}_fromstudent")]
+    text = comparisons.describe_stages(described["stages"])
+    assert text.startswith("student 10 ep -> ") and text.endswith(" 6 ep -> imitation 10 ep")
+
+
+def test_the_sft_methods_start_from_the_sft_stages_student():
+    """SFT-KD-Recon's steps 1 and 2: each ``*_sft`` chain starts from the student cascades
+    the sft stage writes (``sft_student.pt``), so its table row shows the sft stage first;
+    ``student_sft`` trains those cascades on with the reconstruction loss alone."""
+    config = validate({})
+    assert models_needed("kd_sft") == ["sft_teacher", "attention_sft", "kd_sft"]
+    assert models_needed("kd_imitation_sft") == ["sft_teacher", "kd_imitation_sft"]
+    assert models_needed("student_sft") == ["sft_teacher", "student_sft"]
+    assert init_file(recipe("kd_imitation_sft")) == "sft_student.pt"
+    assert init_file(recipe("kd_sft")) == "model.pt"
+    student = model_spec(config, "recon", "student_sft", 0)
+    assert student["stage"] == "student" and student["loss_weights"] == {"reconstruction": 1.0}
+    assert (student["init"], student["init_output"]) == ("sft_teacher", "student")
+    assert "init_output" not in model_spec(config, "recon", "kd", 0)
+    for model in ("student_sft", "kd_imitation_sft", "kd_sft"):
+        described = method_description(config, "recon", model)
+        assert described["teacher"] == "sft_teacher"
+        assert described["stages"][0]["stage"] == "sft"
+    assert method_description(config, "recon", "student")["teacher"] is None
+
+
+def test_a_study_method_can_start_from_a_stage_output():
+    mine = {"mine": {"stage": "imitation", "init": "sft_teacher", "init_output": "student",
+                     "teacher": "sft_teacher"}}
+    config = validate({"methods": mine, "models": ["zf", "student", "kd_sft", "mine"]})
+    assert model_spec(config, "recon", "mine", 0)["init_output"] == "student"
+    assert init_file(recipe("mine", config), config) == "sft_student.pt"
+    for init, message in (("sft_teacher", r"'methods.m.init_output': the init's stage writes "
+                                          r"no 'teacher'; its outputs: \['student'\]"),
+                          ("student", r"the init's stage writes no 'teacher'; its outputs: "
+                                      r"none besides model.pt")):
+        with pytest.raises(KdmriError, match=message):
+            validate({"methods": {"m": {"stage": "student", "init": init,
+                                        "init_output": "teacher"}}})
+
+
+def test_the_workflow_starts_the_sft_students_from_the_sft_stages_student(tmp_path):
+    """The sft rule declares sft_student.pt as an output, and the jobs heading a ``*_sft``
+    chain take it as their --init."""
+    from tests.workflow_utils import snakemake
+
+    config = write_config(tmp_path / "study.yaml", tasks__sr__datasets=[],
+                          models=["zf", "teacher", "student", "kd_sft", "student_sft"])
+    out = snakemake(tmp_path, config, "--dry-run", "--printshellcmds")
+    text = out.stdout + out.stderr
+    lines = (line.strip().removeprefix("Shell command: ") for line in text.splitlines())
+    commands = {re.search(r'"model":"(\w+)"', line).group(1): line
+                for line in lines if line.startswith("kdmri train")}
+    student = r"--init \S+/acc[0-9.]+/sft_teacher/seed0/sft_student\.pt "
+    assert re.search(student, commands["attention_sft"])
+    assert re.search(student, commands["student_sft"])
+    assert re.search(r"--init \S+/attention_sft/seed0/model\.pt ", commands["kd_sft"])
+    assert "--init" not in commands["sft_teacher"]
+    outputs = re.search(r"rule train_sft:.*?\n\s*output: ([^\n]+)", text, re.S).group(1)
+    assert "sft_teacher/seed0/sft_student.pt" in outputs and "model.pt" in outputs
+
+
+def test_the_methods_study_runs_the_reference_codes_sft_imitation_weight():
+    """SFT-KD-Recon's code divides the branch-imitation L1 mean again by N H W (batch size
+    times pixels); the comparison study's weight is that factor, the default the paper's 1."""
+    from kdmri.config import load_config
+
+    config = load_config(ROOT / "config" / "methods.yaml")
+    spec = model_spec(config, "recon", "sft_teacher", 0)
+    size = config["datasets"]["demo"]["size"]
+    assert spec["loss_weights"]["sft_imitation"] == 1 / (spec["train"]["batch_size"] * size * size)
+    assert model_spec(validate({}), "recon", "sft_teacher", 0)["loss_weights"] == {
+        "reconstruction": 1.0, "sft_reconstruction": 1.0, "sft_imitation": 1.0}
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -224,6 +322,144 @@ def test_methods_table_against_the_formulas():
     assert table["stages"].iloc[0] == "attention 2 ep -> imitation 3 ep"
 
 
+def quantile(values, q: float) -> float:
+    """The q-quantile by linear interpolation between the order statistics, written out."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def compared_frame(seed_sizes=((0, 7), (1, 5), (2, 6))) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    rows = []
+    for seed, n in seed_sizes:
+        student = rng.normal(30, 1, n)
+        for i in range(n):
+            rows.append({"seed": seed, "student": student[i],
+                         "model": student[i] + 0.3 + 0.4 * rng.standard_normal(),
+                         "teacher": student[i] + 1.0 + 0.2 * rng.standard_normal()})
+    return pd.DataFrame(rows)[stats.COMPARED]
+
+
+def test_seed_spread_against_the_per_seed_formulas():
+    frame = compared_frame()
+    gains, gaps = [], []
+    for seed in (0, 1, 2):
+        part = frame[frame.seed == seed]
+        m, s_, t = part["model"].mean(), part["student"].mean(), part["teacher"].mean()
+        gains.append(m - s_)
+        gaps.append((m - s_) / (t - s_))
+
+    def sample_std(values):  # ddof = 1, written out
+        mean = sum(values) / len(values)
+        return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+    spread = stats.seed_spread(frame)
+    assert spread["gain_seed_mean"] == pytest.approx(sum(gains) / 3)
+    assert spread["gain_seed_std"] == pytest.approx(sample_std(gains))
+    assert spread["gap_seed_mean"] == pytest.approx(sum(gaps) / 3)
+    assert spread["gap_seed_std"] == pytest.approx(sample_std(gaps))
+    one = stats.seed_spread(frame[frame.seed == 1])
+    assert one["gain_seed_std"] == one["gap_seed_std"] == 0.0
+    assert one["gain_seed_mean"] == pytest.approx(gains[1])
+
+
+def test_bootstrap_interval_resamples_seeds_then_slices():
+    frame = compared_frame()
+    samples = 300
+    got = stats.bootstrap_interval(frame, samples=samples, seed=11)
+    # written out: per resample, k seed indices, then each drawn seed's slices, in order
+    rng = np.random.default_rng(11)
+    per_seed = [frame[frame.seed == seed][["model", "student", "teacher"]].to_numpy()
+                for seed in (0, 1, 2)]
+    gains, gaps = [], []
+    for _ in range(samples):
+        chosen = rng.integers(0, 3, 3)
+        drawn = []
+        for j in chosen:
+            rows = per_seed[j]
+            drawn += [rows[i] for i in rng.integers(0, len(rows), len(rows))]
+        m = sum(r[0] for r in drawn) / len(drawn)
+        s_ = sum(r[1] for r in drawn) / len(drawn)
+        t = sum(r[2] for r in drawn) / len(drawn)
+        gains.append(m - s_)
+        gaps.append((m - s_) / (t - s_))
+    assert got["gain_ci_low"] == pytest.approx(quantile(gains, 0.025))
+    assert got["gain_ci_high"] == pytest.approx(quantile(gains, 0.975))
+    assert got["gap_ci_low"] == pytest.approx(quantile(gaps, 0.025))
+    assert got["gap_ci_high"] == pytest.approx(quantile(gaps, 0.975))
+    # reproducible, and it brackets the pooled estimate; a wider level gives a wider interval
+    assert stats.bootstrap_interval(frame, samples=samples, seed=11) == got
+    pooled = frame["model"].mean() - frame["student"].mean()
+    assert got["gain_ci_low"] < pooled < got["gain_ci_high"]
+    wide = stats.bootstrap_interval(frame, level=0.99, samples=samples, seed=11)
+    assert wide["gain_ci_low"] <= got["gain_ci_low"] and wide["gain_ci_high"] >= got["gain_ci_high"]
+    no_teacher = stats.bootstrap_interval(frame.assign(teacher=np.nan), samples=20)
+    assert np.isnan(no_teacher["gap_ci_low"]) and np.isfinite(no_teacher["gain_ci_low"])
+
+
+def test_methods_table_over_seeds_against_the_formulas():
+    seeds = (0, 1, 2)
+    frame = method_metrics(n=12, seeds=seeds)
+    # seeds that differ: kd gains more with each seed, the teacher's gap grows
+    frame["psnr"] += (np.where(frame.model == "kd", 0.1 * frame.seed, 0.0)
+                      + np.where(frame.model == "teacher", 0.05 * frame.seed ** 2, 0.0))
+    info = {m: dict(entry, stages=[dict(stage, model=f"{m}_{stage['stage']}")
+                                   for stage in entry["stages"]])
+            for m, entry in INFO.items()}
+    histories = pd.DataFrame([
+        {"task": "recon", "dataset": "demo", "acceleration": acc, "model": model, "seed": seed,
+         "val_psnr": 20 + acc + seed + len(model)}
+        for acc in (4.0, 8.0) for seed in seeds for model in ("kd_attention", "kd_fitnets_hint")],
+        columns=comparisons.HISTORY_COLUMNS)
+    table = comparisons.methods_table(frame, {"recon": info}, histories)
+    assert list(table.columns) == comparisons.METHOD_COLUMNS
+    for _, row in table.iterrows():
+        part = frame[frame.acceleration == row["acceleration"]]
+        keyed = {m: part[part.model == m].set_index(["seed", "volume", "slice"])["psnr"]
+                 for m in ("teacher", "student", row["method"])}
+        keyed = {m: values.reindex(keyed["student"].index) for m, values in keyed.items()}
+        compared = pd.DataFrame({"seed": keyed["student"].index.get_level_values("seed"),
+                                 "model": keyed[row["method"]].to_numpy(),
+                                 "student": keyed["student"].to_numpy(),
+                                 "teacher": keyed["teacher"].to_numpy()})
+        per_seed = [(g["model"].mean() - g["student"].mean(),
+                     (g["model"].mean() - g["student"].mean())
+                     / (g["teacher"].mean() - g["student"].mean()))
+                    for _, g in compared.groupby("seed")]
+        gains, gaps = np.array(per_seed).T
+        assert row["gain_seed_mean"] == pytest.approx(gains.mean())
+        if row["method"] == "kd":
+            assert row["gain_seed_std"] > 0.05 and row["gap_seed_std"] > 0.01
+        assert row["gain_seed_std"] == pytest.approx(gains.std(ddof=1))
+        assert row["gap_seed_mean"] == pytest.approx(gaps.mean())
+        assert row["gap_seed_std"] == pytest.approx(gaps.std(ddof=1))
+        interval = stats.bootstrap_interval(compared)
+        assert {k: row[k] for k in interval} == pytest.approx(interval)
+        assert row["gain_ci_low"] < row["gain_psnr"] < row["gain_ci_high"]
+        assert row["n_seeds"] == 3
+        # the validation PSNR at the end of the last hint stage, mean over seeds
+        hint = {"kd": "kd_attention", "kd_fitnets": "kd_fitnets_hint"}.get(row["method"])
+        if hint is None:
+            assert np.isnan(row["hint_val_psnr"])
+        else:
+            assert row["hint_val_psnr"] == pytest.approx(
+                20 + row["acceleration"] + 1 + len(hint))
+    text = comparisons.methods_markdown(table)
+    kd4 = table.set_index(["acceleration", "method"]).loc[(4.0, "kd")]
+    assert (f"{kd4['gain_psnr']:+.2f} ({kd4['gain_seed_mean']:+.2f} ± {kd4['gain_seed_std']:.2f})"
+            f" [{kd4['gain_ci_low']:+.2f}, {kd4['gain_ci_high']:+.2f}]") in text
+    assert "3 seeds" in text and "bootstrap" in text
+
+
+def test_final_val_psnr_is_the_last_validated_epochs():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_psnr": [20.0, 21.5, np.nan]})
+    assert comparisons.final_val_psnr(history) == 21.5
+    assert np.isnan(comparisons.final_val_psnr(history.drop(columns="val_psnr")))
+
+
 def test_kdmri_tables_writes_the_methods_table_only_for_two_or_more_methods(tmp_path, capsys):
     paths = write_metrics(method_metrics(), tmp_path / "m")
     out = tmp_path / "out"
@@ -245,6 +481,20 @@ def test_kdmri_tables_writes_the_methods_table_only_for_two_or_more_methods(tmp_
         assert main(["tables", "--metrics", *paths, "--out-dir", str(out),
                      "--methods", bad]) != 0
         assert message in capsys.readouterr().err
+    history = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [1, 2, 3], "val_psnr": [25.0, 26.0, 26.5]}).to_csv(history,
+                                                                              index=False)
+    hinted = {m: dict(e, stages=[dict(st, model="h") for st in e["stages"]])
+              for m, e in INFO.items()}
+    assert main(["tables", "--metrics", *paths, "--out-dir", str(out), "--methods",
+                 json.dumps({"recon": hinted}), "--histories", f"recon/demo/4/h/0={history}",
+                 f"recon/demo/8/h/0={history}"]) == 0
+    written = pd.read_csv(out / "methods.csv").set_index("method")
+    assert (written.loc[["kd", "kd_fitnets"], "hint_val_psnr"] == 26.5).all()
+    assert written.loc["kd_sft", "hint_val_psnr"].isna().all()
+    assert main(["tables", "--metrics", *paths, "--out-dir", str(out), "--methods",
+                 json.dumps({"recon": hinted}), "--histories", f"recon/demo/4/h={history}"]) != 0
+    assert "expected task/dataset/acceleration/model/seed=path" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- the whole DAG
@@ -252,20 +502,30 @@ def test_kdmri_tables_writes_the_methods_table_only_for_two_or_more_methods(tmp_
 def test_a_comparison_of_methods_runs_through_the_dag(tmp_path):
     """The feature methods, the student-friendly teacher and a study's own method, tiny,
     from the config to methods.csv and its figure."""
+    import torch
+
     from tests.workflow_utils import snakemake
 
     models = ["zf", "teacher", "student", "kd", "kd_fitnets", "kd_fsp", "kd_sp", "kd_cc",
-              "sft_teacher", "kd_sft", "kd_mine"]
+              "kd_fitnets_fromstudent", "sft_teacher", "kd_sft", "student_sft", "kd_mine"]
     config = write_config(tmp_path / "study.yaml", methods=MINE, tasks__sr__datasets=[],
                           models=models, stages__hint={"epochs": 1})
     snakemake(tmp_path, config)
     out = tmp_path / "results" / "test"
     table = pd.read_csv(out / "tables" / "methods.csv")
     assert sorted(table["method"]) == sorted(["kd", "kd_fitnets", "kd_fsp", "kd_sp", "kd_cc",
-                                              "kd_sft", "kd_mine"])
-    assert set(table.loc[table.method == "kd_sft", "teacher"]) == {"sft_teacher"}
+                                              "kd_fitnets_fromstudent", "kd_sft",
+                                              "student_sft", "kd_mine"])
+    assert set(table.loc[table.method.isin(["kd_sft", "student_sft"]), "teacher"]) == {
+        "sft_teacher"}
     assert table.loc[table.method == "kd_fitnets", "stages"].item() == \
         "hint fitnets 1 ep -> imitation 2 ep"
+    assert table.loc[table.method == "kd_fitnets_fromstudent", "stages"].item() == \
+        "student 2 ep -> hint fitnets 1 ep -> imitation 2 ep"
+    # every method with a hint stage reports its final validation PSNR; student_sft has none
+    hinted = table.set_index("method")["hint_val_psnr"]
+    assert hinted.drop("student_sft").notna().all() and hinted.isna()["student_sft"]
+    assert table[["gain_ci_low", "gain_ci_high", "gain_seed_mean"]].notna().all().all()
     assert table["psnr"].notna().all() and table["p_holm"].ge(table["wilcoxon_p"]).all()
     summary = pd.read_csv(out / "tables" / "summary.csv").set_index("model")
     # FitNets' adapters and the SFT branches are not part of the saved networks
@@ -274,3 +534,7 @@ def test_a_comparison_of_methods_runs_through_the_dag(tmp_path):
     assert (out / "figures" / "methods.png").stat().st_size > 10_000
     cache = out / "recon" / "demo" / "acc4" / "sft_teacher" / "seed0" / "cache" / "train.h5"
     assert cache.is_file()  # kd_sft's imitation reads the student-friendly teacher's cache
+    # the sft stage's student cascades, of the teacher's best epoch, which the *_sft start from
+    sft = cache.parents[1]
+    assert torch.load(sft / "sft_student.pt", weights_only=True)["epoch"] == \
+        torch.load(sft / "model.pt", weights_only=True)["epoch"]

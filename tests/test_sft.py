@@ -22,6 +22,7 @@ from kdmri.data.store import read_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.sft import StudentBranches
 from kdmri.errors import KdmriError
+from kdmri.methods import MODELS, init_file, recipe
 from kdmri.models import build_model, count_parameters, place_model
 from kdmri.mri import DataConsistency
 from kdmri.train import Trainer
@@ -206,6 +207,70 @@ def test_model_file_holds_the_teacher_alone(sft_run):
     assert_same_weights(last["branches"], trainer.branches.state_dict())
 
 
+def test_the_sft_stage_keeps_the_teachers_best_epoch_and_its_student_cascades(
+        stores, tmp_path, monkeypatch):
+    """The best epoch is the one of least teacher validation L1 (``val_reconstruction``),
+    not of least weighted sum; ``model.pt`` holds the teacher and ``sft_student.pt`` the
+    student cascades, both of that epoch (recorded here as each epoch is validated)."""
+    # epoch -> (val_loss, val_reconstruction): the sum is least at epoch 1, the teacher's
+    # own loss at epoch 2
+    scripted = {1: (0.1, 0.9), 2: (0.5, 0.2), 3: (0.3, 0.5)}
+    teachers, students = {}, {}
+    validation = Trainer._validation  # the loop's validation: the row and the predictions
+
+    def scripted_validation(self):
+        row, prediction = validation(self)
+        epoch = len(self.history) + 1
+        teachers[epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        students[epoch] = {k: v.clone() for k, v in self.branches.student.state_dict().items()}
+        row["val_loss"], row["val_reconstruction"] = scripted[epoch]
+        return row, prediction
+
+    monkeypatch.setattr(Trainer, "_validation", scripted_validation)
+    make_trainer(stores, tmp_path, sft_spec(epochs=3)).run()
+    teacher_file = load_weights_only(tmp_path / "model.pt")
+    student_file = load_weights_only(tmp_path / "sft_student.pt")
+    assert teacher_file["epoch"] == student_file["epoch"] == 2
+    assert_same_weights(teacher_file["state_dict"], teachers[2])
+    assert_same_weights(student_file["state_dict"], students[2])
+    assert not torch.equal(students[2]["cascades.1.cnn.0.weight"],
+                           students[3]["cascades.1.cnn.0.weight"])
+    assert student_file["net"] == STUDENT_NET and student_file["output"] == "student"
+    assert student_file["params"] == count_parameters(build_model(STUDENT_NET))
+    student, _ = load_model(tmp_path / "sft_student.pt", expect_net=STUDENT_NET,
+                            role="initial student")
+    assert count_parameters(student) == student_file["params"]
+
+
+def test_a_sft_student_starts_from_the_sft_stages_student_cascades(sft_run, stores, tmp_path):
+    """SFT-KD-Recon's step 2: every student taught by the student-friendly teacher starts
+    its chain from the student cascades the sft stage wrote (not from random weights)."""
+    out, _, _ = sft_run
+    firsts = {name: m for name, m in MODELS.items() if m.teacher == "sft_teacher" and not
+              (m.init and MODELS[m.init].teacher == "sft_teacher")}
+    assert {"student_sft", "attention_sft", "kd_imitation_sft", "hint_fitnets_sft"} <= set(firsts)
+    for name, method in firsts.items():
+        assert (method.init, init_file(method)) == ("sft_teacher", "sft_student.pt"), name
+    student_spec = spec("student_sft")
+    assert (student_spec["init"], student_spec["init_output"]) == ("sft_teacher", "student")
+    saved = load_weights_only(out / init_file(recipe("student_sft")))["state_dict"]
+    inputs = stores.inputs_dir
+    started = Trainer(student_spec, inputs / "train.h5", inputs / "val.h5", tmp_path / "s",
+                      init=out / "sft_student.pt", log=lambda message: None, progress=False)
+    assert_same_weights(started.model.state_dict(), saved)
+    fresh = Trainer(spec("student"), inputs / "train.h5", inputs / "val.h5", tmp_path / "f",
+                    log=lambda message: None, progress=False)
+    assert not torch.equal(fresh.model.state_dict()["cascades.1.cnn.0.weight"],
+                           saved["cascades.1.cnn.0.weight"])
+
+
+def test_a_stage_that_writes_its_student_needs_the_branches(stores, tmp_path):
+    plain = dict(sft_spec(epochs=1), loss_weights={"reconstruction": 1.0})
+    with pytest.raises(KdmriError, match="writes sft_student.pt from its branches") as error:
+        make_trainer(stores, tmp_path, plain)
+    assert "\n" not in str(error.value)
+
+
 def test_resume_after_crash_gives_the_same_teacher_and_branches(sft_run, stores, tmp_path,
                                                                  monkeypatch):
     out, reference, _ = sft_run
@@ -218,8 +283,9 @@ def test_resume_after_crash_gives_the_same_teacher_and_branches(sft_run, stores,
     assert resumed.start_epoch == 2
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
     assert_same_weights(resumed.branches.state_dict(), reference.branches.state_dict())
-    assert_same_weights(load_weights_only(tmp_path / "model.pt")["state_dict"],
-                        load_weights_only(out / "model.pt")["state_dict"])
+    for file in ("model.pt", "sft_student.pt"):
+        assert_same_weights(load_weights_only(tmp_path / file)["state_dict"],
+                            load_weights_only(out / file)["state_dict"])
 
 
 def test_the_papers_sft_teacher_keeps_the_teachers_parameter_count(stores, tmp_path):

@@ -14,8 +14,17 @@ with x_T the teacher's output, x the target and x_k branch k's output. Training 
 the gradient of every branch term flows into the student's cascades and, through the
 branch's input, into the teacher's cascades 1..k (and the imitation term's also into the
 whole teacher through x_T), so the teacher learns outputs that the student's cascades can
-follow. The branches train with the teacher and are kept in the resume checkpoint only:
-``model.pt`` holds the teacher alone, an ordinary teacher for every later stage.
+follow. The branches train with the teacher and are kept in the resume checkpoint;
+``model.pt`` holds the teacher alone, an ordinary teacher for every later stage, and the
+stage writes the student cascades beside it (``sft_student.pt``, a model file of the
+student network: :attr:`kdmri.methods.Stage.outputs`), which the students taught by this
+teacher start from (SFT-KD-Recon's step 2). Both hold the epoch of least teacher
+validation loss (the first term alone, :attr:`kdmri.methods.Stage.select`), as the
+reference code chooses it.
+
+The reference code divides the imitation term once more by N H W (the batch's pixel
+count): its effective w2 is 1 / (N H W), 1 / 16,384 at batch 4 and 64 x 64, which
+``kd.sft_branch_imitation`` reproduces; the default, 1, is the formula the paper states.
 
 Cost: the K-1 branches run (K-1)K/2 student cascades per step (10 for K = 5) beside the
 teacher's K. Measured on the 2-core machine (one thread, batch 4, 64 x 64, teacher 5 x 5 /

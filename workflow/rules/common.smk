@@ -8,7 +8,7 @@ import shlex
 
 import pandas as pd
 
-from kdmri.comparisons import compares_methods
+from kdmri.comparisons import HINT_STAGES, compares_methods
 from kdmri.config import apply_overrides, validate
 from kdmri.data.readers import dataset_spec, source_files
 from kdmri.keys import SPLITS
@@ -16,6 +16,7 @@ from kdmri.methods import (
     STAGES,
     compression_models,
     evaluated_models,
+    init_file,
     recipe,
     study_models,
 )
@@ -162,7 +163,8 @@ def train_spec(w):
 
 def train_inputs(w):
     """A training job's inputs: its stores, and what its method reads: the teacher cache
-    and/or the teacher's weights (of the method's teacher), the model it starts from."""
+    and/or the teacher's weights (of the method's teacher), the model it starts from (its
+    model.pt, or the stage output its method names: kdmri.methods.init_file)."""
     made = recipe(w.model, config)
     sources = teacher_sources(config, w.model)
     inputs = {"data": [f"{cell_dir(w, 'inputs')}/{s}.h5" for s in ("train", "val")]}
@@ -173,8 +175,16 @@ def train_inputs(w):
     if "weights" in sources:
         inputs["teacher"] = f"{cell_dir(w, made.teacher)}/model.pt"
     if made.init:
-        inputs["init"] = f"{cell_dir(w, made.init)}/model.pt"
+        inputs["init"] = f"{cell_dir(w, made.init)}/{init_file(made, config)}"
     return inputs
+
+
+def stage_outputs(stage):
+    """The files a stage writes beside model.pt, as named outputs of its training jobs
+    (kdmri.methods.Stage.outputs; the sft stage's student cascades, sft_student.pt)."""
+    return {
+        name: f"{model_dir()}/{file}" for name, file in STAGES[stage].outputs.items()
+    }
 
 
 def stage_models(stage):
@@ -290,6 +300,43 @@ def writes_methods():
     study evaluates two or more models that learn from a teacher; figures/methods.png too.
     """
     return compares_methods(methods_description(config))
+
+
+def hint_histories():
+    """The history.csv of every hint stage of the study's compared methods, keyed
+    task/dataset/acceleration/model/seed (`kdmri tables --histories`: the validation PSNR
+    at the end of each); none where the study writes no table of methods."""
+    if not writes_methods():
+        return {}
+    described = methods_description(config)
+    hints = {
+        t: sorted(
+            {
+                stage["model"]
+                for info in described.get(t, {}).values()
+                if info["teacher"]
+                for stage in info["stages"]
+                if stage["stage"] in HINT_STAGES
+            }
+        )
+        for t in described
+    }
+    return {
+        f"{t}/{d}/{a}/{m}/{s}": f"{R}/{t}/{d}/acc{a}/{m}/seed{s}/history.csv"
+        for t, d, a, s in CELLS
+        for m in hints.get(t, [])
+    }
+
+
+def methods_options():
+    """`kdmri tables`' options for the table of methods (empty where there is none): the
+    methods' description and their hint stages' histories (the rule's inputs)."""
+    if not writes_methods():
+        return ""
+    histories = " ".join(f"{key}={path}" for key, path in hint_histories().items())
+    return f"--methods {shlex.quote(spec_json(methods_description(config)))}" + (
+        f" --histories {histories}" if histories else ""
+    )
 
 
 def writes_compression():

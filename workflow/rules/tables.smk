@@ -4,10 +4,13 @@
 # Every file `kdmri tables` writes is an output: ablation.csv exactly where the study
 # evaluates kd_imitation or kd_attention (writes_ablation), compression.csv/.md exactly
 # where it has compression students (writes_compression), methods.csv/.md/.tex where it
-# compares two or more distilled methods (writes_methods), which the tool writes then.
+# compares two or more distilled methods (writes_methods), which the tool writes then,
+# reading the history.csv of their hint stages (hint_histories) for the validation PSNR at
+# the end of each.
 rule tables:
     input:
         metrics=metrics_files(),
+        histories=list(hint_histories().values()),
     output:
         **(
             {
@@ -70,11 +73,7 @@ rule tables:
     threads: 1
     params:
         out_dir=output_dir("summary"),
-        methods=(
-            f"--methods {shlex.quote(spec_json(methods_description(config)))}"
-            if writes_methods()
-            else ""
-        ),
+        methods=methods_options(),
     shell:
         "kdmri tables --metrics {input.metrics} --out-dir {params.out_dir}"
         " {params.methods} 2> {log}"

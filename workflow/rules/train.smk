@@ -1,9 +1,11 @@
 # Training through the one trainer (`kdmri train`): one rule per stage, so the rule graph
 # shows the paper's procedure; a stage's models share its rule (e.g. train_imitation makes
-# kd and kd_imitation). model.pt holds the best weights; checkpoint/last.pt (not a declared
-# output, so Snakemake never deletes it) lets a re-run after a crash resume from the last
-# finished epoch. A training job's priority is the cost of the chain it heads, and a
-# teacher's cache ranks above every training job (kdmri.priorities, through common.smk).
+# kd and kd_imitation). model.pt holds the best weights, and a stage with outputs of its
+# own writes them beside it (train_sft: sft_student.pt, the student cascades the *_sft
+# methods start from). checkpoint/last.pt (not a declared output, so Snakemake never
+# deletes it) lets a re-run after a crash resume from the last finished epoch. A training
+# job's priority is the cost of the chain it heads, and a teacher's cache ranks above
+# every training job (kdmri.priorities, through common.smk).
 
 for _stage in STAGES:
 
@@ -13,6 +15,7 @@ for _stage in STAGES:
         input:
             unpack(train_inputs),
         output:
+            **stage_outputs(_stage),
             model=f"{model_dir()}/model.pt",
             history=f"{model_dir()}/history.csv",
         log:
