@@ -66,6 +66,12 @@ def _pairs(features: list) -> list[tuple]:
     return list(zip(features[::2], features[1::2], strict=True))
 
 
+def _learnt(name: str, description: str) -> Input:
+    """The input ``name``: modules learnt with the network at the layer pairs
+    (:data:`kdmri.distill.learnt.BUILDERS`), gathered from the stage plan."""
+    return Input(description, lambda step: step.learnt(name), spec_key="pairs", learnt=True)
+
+
 #: The inputs a term's function may take, and how the trainer gathers each: the one list
 #: of them (:mod:`kdmri.plan` builds what they need; the workflow reads ``teacher`` and
 #: ``spec_key`` through :data:`TEACHER_SOURCES` and :data:`SPEC_KEYS`).
@@ -94,25 +100,18 @@ INPUTS: dict[str, Input] = {
                                    "a list (the live teacher)",
                                    lambda step: step.live("teacher_feature_pairs"),
                                    teacher="weights", spec_key="fsp_pairs"),
-    "adapters": Input("one learnt 1x1 convolution per layer pair mapping student to teacher "
-                      "channels (trained with the student, not saved with it)",
-                      lambda step: step.learnt("adapters"), spec_key="pairs", learnt=True),
-    "cc_embeddings": Input("per layer pair, learnt linear maps of the student's and of the "
-                           f"teacher's pooled features into {CC_EMBEDDING_DIM} dimensions",
-                           lambda step: step.learnt("cc_embeddings"), spec_key="pairs",
-                           learnt=True),
-    "vid_regressors": Input("per layer pair, a learnt Gaussian of the teacher's feature given "
-                            "the student's: a mean by 1x1 convolutions, a variance per channel",
-                            lambda step: step.learnt("vid_regressors"), spec_key="pairs",
-                            learnt=True),
-    "ab_connectors": Input("per layer pair, a learnt 1x1 convolution with batch normalisation "
-                           "mapping student to teacher channels",
-                           lambda step: step.learnt("ab_connectors"), spec_key="pairs",
-                           learnt=True),
-    "ickd_embeddings": Input("per layer pair, a learnt 1x1 convolution with batch "
-                             "normalisation mapping student to teacher channels",
-                             lambda step: step.learnt("ickd_embeddings"), spec_key="pairs",
-                             learnt=True),
+    "adapters": _learnt("adapters", "one learnt 1x1 convolution per layer pair mapping student "
+                        "to teacher channels (trained with the student, not saved with it)"),
+    "cc_embeddings": _learnt("cc_embeddings", "per layer pair, learnt linear maps of the "
+                             "student's and of the teacher's pooled features into "
+                             f"{CC_EMBEDDING_DIM} dimensions"),
+    "vid_regressors": _learnt("vid_regressors", "per layer pair, a learnt Gaussian of the "
+                              "teacher's feature given the student's: a mean by 1x1 "
+                              "convolutions, a variance per channel"),
+    "ab_connectors": _learnt("ab_connectors", "per layer pair, a learnt 1x1 convolution with "
+                             "batch normalisation mapping student to teacher channels"),
+    "ickd_embeddings": _learnt("ickd_embeddings", "per layer pair, a learnt 1x1 convolution "
+                               "with batch normalisation mapping student to teacher channels"),
     "branch_outputs": Input("student-friendly teacher: the output of each branch k = 1..K-1 "
                             "(the teacher's image after its cascade k through the student's "
                             "cascades k+1..K), a list of tensors shaped as the prediction",
