@@ -38,7 +38,7 @@ from tests.workflow_utils import wait_for
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 4
+EPOCHS = 8  # the epochs after the second are slack: the kill must land before the last
 CONFIG = {
     "results": "results/kill",
     "device": "cpu",
