@@ -159,15 +159,22 @@ def test_fitnets_adapters_stay_out_of_the_student_and_resume(teacher_cache, stor
     last = load_weights_only(tmp_path / "reference" / "checkpoint" / "last.pt")
     assert_same_weights(last["adapters"], reference.adapters.state_dict())
 
-    crash_at_epoch(monkeypatch, 1)
-    with pytest.raises(SimulatedCrash):
-        make_trainer(stores, tmp_path / "resumed", fitnets, teacher_pt).run()
-    monkeypatch.undo()
-    resumed = make_trainer(stores, tmp_path / "resumed", fitnets, teacher_pt)
-    resumed.run()
-    assert resumed.start_epoch == 1
+    resumed = crashed_and_resumed(stores, tmp_path / "resumed", fitnets, teacher_pt, monkeypatch)
     assert_same_weights(resumed.adapters.state_dict(), reference.adapters.state_dict())
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
+
+
+def crashed_and_resumed(stores, out, spec, teacher_pt, monkeypatch):  # noqa: F811
+    """A trainer of ``spec`` stopped after its first epoch, then run again to the end from
+    its checkpoint (asserted to resume at epoch 1)."""
+    crash_at_epoch(monkeypatch, 1)
+    with pytest.raises(SimulatedCrash):
+        make_trainer(stores, out, spec, teacher_pt).run()
+    monkeypatch.undo()
+    resumed = make_trainer(stores, out, spec, teacher_pt)
+    resumed.run()
+    assert resumed.start_epoch == 1
+    return resumed
 
 
 @pytest.mark.parametrize("term", ["cc_embedded", "vid", "ab", "ickd"])
@@ -179,13 +186,8 @@ def test_every_terms_learnt_modules_come_back_on_resume(teacher_cache, stores, t
     model_spec = feature_spec(term, epochs=3)
     reference = make_trainer(stores, tmp_path / "reference", model_spec, teacher_pt)
     reference.run()
-    crash_at_epoch(monkeypatch, 1)
-    with pytest.raises(SimulatedCrash):
-        make_trainer(stores, tmp_path / "resumed", model_spec, teacher_pt).run()
-    monkeypatch.undo()
-    resumed = make_trainer(stores, tmp_path / "resumed", model_spec, teacher_pt)
-    resumed.run()
-    assert resumed.start_epoch == 1
+    resumed = crashed_and_resumed(stores, tmp_path / "resumed", model_spec, teacher_pt,
+                                  monkeypatch)
     (name,) = [i for i in TERMS[term].inputs if INPUTS[i].learnt]
     assert_same_weights(resumed.plan.learnt[name].state_dict(),
                         reference.plan.learnt[name].state_dict())
