@@ -310,6 +310,12 @@ def cmd_figures(args) -> int:
     return run(args)
 
 
+def cmd_sweep(args) -> int:
+    from kdmri.sweeps import cmd_sweep as run
+
+    return run(args)
+
+
 def cmd_provenance(args) -> int:
     from kdmri.provenance import cmd_provenance as run
 
@@ -456,18 +462,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--histories", nargs="+", default=None,
                    help="task/dataset/acceleration/model/seed=history.csv of the methods' hint "
                         "stages, for the validation PSNR at the end of each")
+    p.add_argument("--sweep", default=None,
+                   help="sweep.csv of kdmri sweep: each swept model's row is its chosen "
+                        "candidate's, the other candidates' test figures are not shown")
+
+    p = add("sweep", cmd_sweep,
+            "choose each swept model's setting on validation PSNR: sweep.csv and sweep.md")
+    p.add_argument("--plan", required=True,
+                   help="JSON list of candidates: {task, dataset, acceleration, model, sweep, "
+                        "setting, candidate, seeds: [keys of --models]}")
+    p.add_argument("--models", nargs="+", required=True, metavar="KEY=PATH",
+                   help="the candidates' model.pt files (their recorded validation PSNR), "
+                        "each after the key the plan's seeds give it (no = in a key)")
+    p.add_argument("--out-dir", required=True)
 
     p = add("figures", cmd_figures,
-            "reconstruction panel, training curves, mask, compression or methods figure")
+            "reconstruction panel, training curves, mask, compression, methods or sweep figure")
     p.add_argument("--kind", required=True,
-                   choices=["panel", "curves", "mask", "compression", "methods"])
+                   choices=["panel", "curves", "mask", "compression", "methods", "sweep"])
     p.add_argument("--inputs", help="panel: test input store (targets)")
     p.add_argument("--pred", nargs="+", metavar="NAME=PATH",
                    help="panel: prediction stores, e.g. zf=... teacher=... student=... kd=...")
     p.add_argument("--history", nargs="+", metavar="NAME=PATH", help="curves: history.csv files")
     p.add_argument("--mask", help="mask: the mask .npy")
-    p.add_argument("--table", help="compression, methods: compression.csv or methods.csv of "
-                                   "kdmri tables")
+    p.add_argument("--table", help="compression, methods, sweep: compression.csv or "
+                                   "methods.csv of kdmri tables, sweep.csv of kdmri sweep")
     p.add_argument("--title", default="")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
 

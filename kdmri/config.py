@@ -24,6 +24,7 @@ import yaml
 from kdmri.crosschecks import check_study
 from kdmri.errors import KdmriError
 from kdmri.specs import net_spec
+from kdmri.sweeps import setting_label, settings, with_overrides
 
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
 #: The job specs' definitions, beside the study schema's (:func:`check_spec`).
@@ -135,8 +136,44 @@ def validate(config: dict, source: str = "config") -> dict:
     filled = copy.deepcopy(config)
     _fill_defaults(root, filled, root)
     _fill_student_pairs(filled)
+    _check_sweep_values(config, filled, source)
     check_study(filled, source)
     return filled
+
+
+def _check_sweep_values(config: dict, filled: dict, source: str) -> None:
+    """Each key a sweep names is a setting of the schema (not a section), and the study
+    with each of its settings is a valid study (:func:`validate` of the config with the
+    setting's values and no sweeps); one line naming the sweep's key otherwise."""
+    root = schema()
+    for name, sweep in filled["sweeps"].items():
+        for key in sweep["values"]:
+            where = f"sweeps.{name}.values.{key}"
+            node, instance = root, filled
+            for part in key.split("."):
+                child = _child(node, part, instance, root) if isinstance(instance, dict) else None
+                if child is None:
+                    raise KdmriError(f"{source}: key '{where}': {key!r} is not a config key "
+                                     f"({part!r} is unknown there)")
+                node, instance = child, instance.get(part) if isinstance(instance, dict) else None
+            if "object" in ([node.get("type")] if isinstance(node.get("type"), str)
+                            else node.get("type", [])):
+                raise KdmriError(f"{source}: key '{where}': {key!r} is a section; a sweep sets "
+                                 "a value (e.g. kd.alpha)")
+        labels = set()
+        for setting in settings(sweep, f"sweeps.{name}"):
+            label = setting_label(setting)
+            if label in labels:
+                raise KdmriError(f"{source}: key 'sweeps.{name}.values': the setting {label!r} "
+                                 "appears twice")
+            labels.add(label)
+            trial = with_overrides({k: v for k, v in config.items() if k != "sweeps"},
+                                   setting.items())
+            try:
+                validate(trial, source)
+            except KdmriError as exc:
+                raise KdmriError(f"{source}: key 'sweeps.{name}.values': the setting "
+                                 f"{label!r} makes the study invalid: {exc}") from None
 
 
 def _fill_student_pairs(config: dict) -> None:

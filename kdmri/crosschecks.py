@@ -16,7 +16,8 @@ from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
 from kdmri.models import MODEL_FAMILIES, family
-from kdmri.specs import _spec_keys
+from kdmri.specs import _spec_keys, canonical
+from kdmri.sweeps import candidate, settings
 
 
 def check_study(config: dict, source: str) -> None:
@@ -34,6 +35,27 @@ def check_study(config: dict, source: str) -> None:
     _check_pairs(config, source)
     _check_compression(config, source)
     _check_sft(config, source)
+    _check_sweeps(config, source)
+
+
+def _check_sweeps(config: dict, source: str) -> None:
+    """Each sweep varies models of ``models`` (not zf), and each key it names changes the
+    job of at least one of them for at least one of its values (a key that changes none
+    would train the same models again under other names)."""
+    for name, sweep in config["sweeps"].items():
+        for i, model in enumerate(sweep["models"]):
+            if model == "zf" or model not in config["models"]:
+                raise KdmriError(f"{source}: key 'sweeps.{name}.models.{i}': {model!r} is not "
+                                 f"a trained model of models {config['models']}")
+        for key, values in sweep["values"].items():
+            alone = {**config, "sweeps": {name: {**sweep, "values": {key: values},
+                                                 "combine": "grid"}}}
+            if not any(canonical(alone, candidate(model, name, {key: value})) != model
+                       for model in sweep["models"] for value in values):
+                raise KdmriError(
+                    f"{source}: key 'sweeps.{name}.values.{key}': changes nothing any of "
+                    f"{sweep['models']} is trained with, for any of its values {values} "
+                    "(the setting a model's stages read: docs/sweeps.md)")
 
 
 def check_terms(loss: dict, where: str, source: str) -> None:

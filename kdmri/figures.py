@@ -326,6 +326,55 @@ def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> 
     _save(fig, out)
 
 
+# ---------------------------------------------------------------------- sweeps
+def sweep_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
+    """Validation PSNR (mean over seeds, with the standard deviation as a bar) of each
+    setting of each sweep (``sweep.csv`` of :mod:`kdmri.sweeps`), one panel per sweep and
+    one curve per model and cell; a sweep of one numeric key on a numeric axis, others by
+    setting; the chosen candidate circled."""
+    from kdmri.sweeps import COLUMNS, OWN
+
+    table, _ = _comparison_cells(table_path, COLUMNS, "sweep", "no candidate")
+    table = table[table["setting"] != OWN]
+    sweeps = list(dict.fromkeys(table["sweep"]))
+    if not sweeps:
+        raise KdmriError(f"{table_path}: no sweep setting")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.4 * len(sweeps), 4.2), squeeze=False,
+                             layout="constrained")
+    for ax, sweep in zip(axes[0], sweeps, strict=True):
+        rows = table[table["sweep"] == sweep]
+        labels = list(dict.fromkeys(rows["setting"].astype(str)))
+        numeric = all(_is_number(text) for text in labels)
+        position = {text: (float(text) if numeric else i) for i, text in enumerate(labels)}
+        for (task, dataset, acc, model), curve in rows.groupby(
+                ["task", "dataset", "acceleration", "model"], sort=False):
+            x = [position[str(s)] for s in curve["setting"]]
+            line = ax.errorbar(x, curve["val_psnr_mean"], yerr=curve["val_psnr_std"].fillna(0),
+                               marker="o", capsize=2,
+                               label=f"{model} {task} {dataset} {acc:g}x")
+            chosen = curve["chosen"].to_numpy(dtype=bool)
+            ax.plot(np.asarray(x)[chosen], curve["val_psnr_mean"].to_numpy()[chosen], "o",
+                    markersize=12, markerfacecolor="none", color=line[0].get_color())
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set(xlabel=", ".join(dict.fromkeys(rows["keys"].astype(str))),
+               ylabel="validation PSNR (dB)", title=f"sweep {sweep}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------- CLI
 def cmd_figures(args) -> int:
     def need(option: str, value) -> None:
@@ -342,9 +391,10 @@ def cmd_figures(args) -> int:
         need("--history", args.history)
         curves_figure(parse_named(args.history, "--history"), args.out, args.title)
         print(f"curves -> {args.out}", file=sys.stderr)
-    elif args.kind in ("compression", "methods"):
+    elif args.kind in ("compression", "methods", "sweep"):
         need("--table", args.table)
-        draw = compression_figure if args.kind == "compression" else methods_figure
+        draw = {"compression": compression_figure, "methods": methods_figure,
+                "sweep": sweep_figure}[args.kind]
         draw(args.table, args.out, args.title)
         print(f"{args.kind} -> {args.out}", file=sys.stderr)
     else:

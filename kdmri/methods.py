@@ -13,9 +13,11 @@ This module must not import torch: the Snakefile imports it on every invocation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from kdmri.errors import KdmriError
+from kdmri.sweeps import SWEEP, candidates, setting_of, with_overrides
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,16 @@ class Method:
     loss where it is not its stage's, the model whose outputs and features the
     distillation terms read (``teacher``), and which file of ``init`` it starts from
     (``init_output``: None for its ``model.pt``, else one of the ``outputs`` of the init
-    model's stage, e.g. ``student``: the SFT stage's student cascades)."""
+    model's stage, e.g. ``student``: the SFT stage's student cascades). ``overrides``: a
+    sweep candidate's setting, the config keys (dotted) and values it is trained under
+    (:mod:`kdmri.sweeps`)."""
 
     stage: str
     init: str | None = None
     loss: dict[str, float] | None = None
     teacher: str = "teacher"
     init_output: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 #: The feature methods, each shipped as ``hint_<name>`` (a hint stage weighing that term
@@ -142,8 +147,9 @@ def methods(config: dict | None = None) -> dict[str, Method]:
 
 def split_model(model: str, config: dict | None = None) -> tuple[str, str | None]:
     """``(method, student)`` of a model name: ``("kd", "d5c3f16")`` for ``kd@d5c3f16``,
-    ``("kd", None)`` for ``kd``. Raises :class:`KdmriError` for a name that is neither."""
-    return _split(model, methods(config))
+    ``("kd", None)`` for ``kd`` (and for a sweep's candidate ``kd~alpha~0.3``). Raises
+    :class:`KdmriError` for a name that is neither."""
+    return _split(setting_of(model, config)[0], methods(config))
 
 
 def _split(model: str, table: dict[str, Method]) -> tuple[str, str | None]:
@@ -157,13 +163,21 @@ def _split(model: str, table: dict[str, Method]) -> tuple[str, str | None]:
 def recipe(model: str, config: dict | None = None) -> Method:
     """The method of a model name (the study's table where ``config`` is given); a
     compression student's model starts from the model of the same student (``kd@s`` from
-    ``attention@s``)."""
+    ``attention@s``); a sweep's candidate (``kd~alpha~0.3``) is its model's method under
+    the setting's values (``overrides``), starting from and learning from the candidates
+    of the same setting (``attention~alpha~0.3``, ``teacher~alpha~0.3``; where the setting
+    leaves such a job unchanged, that is the model itself: :func:`kdmri.specs.canonical`)."""
     table = methods(config)
-    base, variant = _split(model, table)
+    name, setting = setting_of(model, config)
+    base, variant = _split(name, table)
     found = table[base]
     if variant and found.init:
-        return Method(found.stage, f"{found.init}{VARIANT}{variant}", found.loss, found.teacher,
-                      found.init_output)
+        found = replace(found, init=f"{found.init}{VARIANT}{variant}")
+    if setting is not None:
+        suffix = model[len(name):]
+        found = replace(found, init=f"{found.init}{suffix}" if found.init else None,
+                        teacher=f"{found.teacher}{suffix}",
+                        overrides=tuple(setting.items()))
     return found
 
 
@@ -186,21 +200,29 @@ def compression_models(config: dict, task: str) -> list[str]:
 
 def evaluated_models(config: dict, task: str) -> list[str]:
     """Every model evaluated in a task's cells: the study's ``models``, then, where the task
-    has a compression study, the teacher (its point on the curve) and the students'."""
+    has a compression study, the teacher (its point on the curve) and the students', then
+    each sweep candidate (by name: one that is its model itself, as
+    :func:`kdmri.specs.canonical` finds, is evaluated once)."""
     models = list(config["models"])
     extra = compression_models(config, task)
     if extra and "teacher" not in models:
         models.append("teacher")
-    return models + extra
+    return models + extra + [name for name, model, *_ in candidates(config) if model in models]
 
 
 def study_models(config: dict) -> list[str]:
     """Every model name any task of the study may train or evaluate (with each
-    compression model's init chain), for the workflow's wildcards."""
+    compression model's and each sweep candidate's init chain, and the candidates of the
+    teachers they learn from), for the workflow's wildcards."""
     names = {"zf", *methods(config)}
     for task in config["tasks"]:
         names.update(m for model in compression_models(config, task)
                      for m in models_needed(model, config))
+    for name, *_ in candidates(config):
+        chain = models_needed(name, config)
+        names.update(chain)
+        names.update(m for model in chain
+                     for m in models_needed(recipe(model, config).teacher, config))
     return sorted(names)
 
 
@@ -213,7 +235,8 @@ def models_needed(model: str, config: dict | None = None) -> list[str]:
 
 
 def loss_weights(config: dict, method: Method) -> dict[str, float]:
-    """A method's loss: its own, else its stage's (from the study's ``kd`` settings)."""
+    """A method's loss: its own, else its stage's (from the study's ``kd`` settings, under
+    a sweep candidate's ``overrides``)."""
     if method.loss is not None:
         return dict(method.loss)
-    return STAGES[method.stage].loss(config["kd"])
+    return STAGES[method.stage].loss(with_overrides(config, method.overrides)["kd"])

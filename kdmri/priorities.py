@@ -45,8 +45,7 @@ import json
 from collections.abc import Hashable, Iterable, Mapping
 from functools import cache
 
-from kdmri.methods import evaluated_models, models_needed, recipe
-from kdmri.specs import model_spec, teacher_sources
+from kdmri.specs import chain, evaluated, model_spec, resolved, teacher_sources
 
 #: Forward passes' worth of FLOPs in one training step (forward, and backward at about
 #: twice the forward).
@@ -134,15 +133,15 @@ def cell_graph(config: dict, task: str, dataset: str) -> tuple[dict, dict]:
     """``(cost, waiting)`` of one cell's jobs (the same for each acceleration and seed):
     ``("inputs",)`` (its mask and stores), ``("train", model)`` of every model the cell
     trains and ``("cache", teacher)`` of every teacher whose cache a model reads."""
-    trained = {m for model in evaluated_models(config, task) if model != "zf"
-               for m in models_needed(model, config)}
+    trained = {m for model in evaluated(config, task) if model != "zf"
+               for m in chain(model, config)}
     for model in list(trained):  # the teachers the models learn from, with their chains
         if teacher_sources(config, model):
-            trained.update(models_needed(recipe(model, config).teacher, config))
+            trained.update(chain(resolved(model, config).teacher, config))
     cost = {("inputs",): 0.0}
     waiting: dict[tuple, set] = {("inputs",): set()}
     for model in sorted(trained):
-        made, sources = recipe(model, config), teacher_sources(config, model)
+        made, sources = resolved(model, config), teacher_sources(config, model)
         node = ("train", model)
         cost[node] = training_cost(config, task, dataset, model)
         waiting[("inputs",)].add(node)

@@ -47,8 +47,9 @@ def recorded_config(config: dict) -> dict:
     says whether the trainings also write TensorBoard runs. No job's command reads it
     (the environment carries it, :mod:`kdmri.tracking`), so switching it re-runs nothing,
     this record included, and a study's digest stays the one it had before the key
-    existed."""
-    return {key: value for key, value in config.items() if key not in UNRECORDED_KEYS}
+    existed; and without ``sweeps`` where it is empty, for the same reason."""
+    return {key: value for key, value in config.items()
+            if key not in UNRECORDED_KEYS and not (key == "sweeps" and not value)}
 
 
 def read_config(text: str) -> dict:

@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import replace
 
 from kdmri.distill.terms import SPEC_KEYS, TEACHER_SOURCES, TERMS
 from kdmri.errors import KdmriError
-from kdmri.methods import STAGES, loss_weights, models_needed, recipe, split_model
+from kdmri.methods import (
+    STAGES,
+    Method,
+    evaluated_models,
+    loss_weights,
+    models_needed,
+    recipe,
+    split_model,
+)
+from kdmri.sweeps import SWEEP, setting_of, with_overrides
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -46,7 +56,9 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
     if task not in config["tasks"]:
         raise KdmriError(f"task {task!r} is not configured; configured: {sorted(config['tasks'])}")
     _, variant = split_model(model, config)
-    made = recipe(model, config)
+    made = resolved(model, config)
+    base = config
+    config = with_overrides(config, made.overrides)  # a sweep candidate's setting
     task_cfg = config["tasks"][task]
     nets = {"teacher": task_cfg["teacher"], "student": task_cfg["student"]}
     pairs = {"pairs": task_cfg["pairs"], "fsp_pairs": task_cfg["fsp_pairs"]}
@@ -69,13 +81,60 @@ def model_spec(config: dict, task: str, model: str, seed: int) -> dict:
     }
     if made.init_output is not None:  # a stage output of its init model, not its model.pt
         spec["init_output"] = made.init_output
-    keys = _spec_keys(config, model)
+    if SWEEP in made.teacher:  # a sweep candidate learning from a teacher of its own
+        spec["teacher"] = made.teacher
+    keys = _spec_keys(base, model)
     if "teacher_net" in keys:
         spec["teacher_net"] = net_spec(task_cfg["teacher"])
     if "student_net" in keys:  # a teacher trained with the student's layers (sft)
         spec["student_net"] = net_spec(nets["student"])
     spec.update({key: pairs[key] for key in sorted(keys & set(pairs))})
     return spec
+
+
+def canonical(config: dict, model: str) -> str:
+    """The model whose job a name's is: for a sweep candidate whose setting changes
+    nothing of its job (the spec of every task with datasets, its init and its teacher
+    being the model's own), the model itself, so that it is trained and evaluated once;
+    else the name itself."""
+    name, setting = setting_of(model, config)
+    if setting is None:
+        return model
+    tasks = [t for t, settings in config["tasks"].items() if settings["datasets"]]
+    for task in tasks:
+        own = {k: v for k, v in model_spec(config, task, name, 0).items() if k != "model"}
+        swept = {k: v for k, v in model_spec(config, task, model, 0).items() if k != "model"}
+        if own != swept:
+            return model
+    return name
+
+
+def resolved(model: str, config: dict) -> Method:
+    """:func:`~kdmri.methods.recipe` with the init and the teacher by the name of their
+    jobs (:func:`canonical`): where the workflow finds their files (the teacher only where
+    the model reads one: :func:`teacher_sources`)."""
+    made = recipe(model, config)
+    if not made.overrides:
+        return made
+    teacher = (canonical(config, made.teacher) if teacher_sources(config, model)
+               else setting_of(made.teacher, config)[0])  # a teacher it does not read
+    return replace(made, init=canonical(config, made.init) if made.init else None,
+                   teacher=teacher)
+
+
+def chain(model: str, config: dict) -> list[str]:
+    """:func:`~kdmri.methods.models_needed` by the name of each model's job: the trained
+    models ``model``'s job depends on (its init chain), itself last."""
+    found = [canonical(config, model)]
+    while (init := resolved(found[0], config).init) is not None:
+        found.insert(0, init)
+    return found
+
+
+def evaluated(config: dict, task: str) -> list[str]:
+    """The jobs of :func:`~kdmri.methods.evaluated_models` (each by :func:`canonical`
+    name, once), in order."""
+    return list(dict.fromkeys(canonical(config, m) for m in evaluated_models(config, task)))
 
 
 def teacher_sources(config: dict, model: str) -> set[str]:

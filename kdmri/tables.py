@@ -388,21 +388,63 @@ def read_histories(histories: dict[str, str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=comparisons.HISTORY_COLUMNS)
 
 
+def _choose(frame: pd.DataFrame, sweep: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The metrics with each swept model's rows those of its candidate chosen on validation
+    (:func:`kdmri.sweeps.apply_choice`), and the setting of each row of the summary."""
+    from kdmri import sweeps
+
+    path = Path(sweep)
+    if not path.is_file():
+        raise KdmriError(f"{path}: sweep table not found")
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                        dtype={"setting": str, "candidate": str, "model": str})
+    missing = [c for c in sweeps.COLUMNS if c not in table.columns]
+    if missing:
+        raise KdmriError(f"{path}: missing columns {missing}")
+    table["chosen"] = table["chosen"].astype(str).str.lower() == "true"
+    frame = sweeps.apply_choice(frame, table)
+    settings = frame[[*GROUP, "model", "setting"]].drop_duplicates([*GROUP, "model"])
+    return frame.drop(columns="setting"), settings
+
+
+def _sweep_note(summary: pd.DataFrame) -> str:
+    """The line under summary.md naming each swept model's chosen setting (none without
+    sweeps)."""
+    if "setting" not in summary:
+        return ""
+    picked = summary[summary["setting"] != ""]
+    if picked.empty:
+        return ""
+    cells = "; ".join(f"{r.model} {r.task}/{r.dataset}/{format_acceleration(r.acceleration)}x: "
+                      f"{r.setting}" for r in picked.itertuples())
+    return (f"\nSwept models show their candidate chosen on validation PSNR (sweep.md): "
+            f"{cells}.\n")
+
+
 def write_tables(metrics: Sequence[str | Path], out_dir: str | Path,
                  methods: dict | None = None,
-                 histories: dict[str, str | Path] | None = None) -> dict[str, pd.DataFrame]:
+                 histories: dict[str, str | Path] | None = None,
+                 sweep: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Read the metrics files and write every table into ``out_dir``; ``methods`` (model
     -> its teacher and stages, :func:`kdmri.comparisons.methods_table`) adds the table of
     methods where it names two or more distilled models, ``histories`` (key -> a
-    ``history.csv``, :func:`read_histories`) the validation PSNR of their hint stages."""
+    ``history.csv``, :func:`read_histories`) the validation PSNR of their hint stages;
+    ``sweep`` (a ``sweep.csv`` of :mod:`kdmri.sweeps`) replaces each swept model by its
+    chosen candidate (the summary gains ``setting``) and drops the other candidates."""
     from kdmri import comparisons
 
     out_dir = Path(out_dir)
     frame = read_metrics(metrics)
+    chosen = None
+    if sweep is not None:
+        frame, chosen = _choose(frame, sweep)
     summary = summarise(frame)
+    if chosen is not None:
+        summary = summary.merge(chosen, on=[*GROUP, "model"], how="left")
+        summary["setting"] = summary["setting"].fillna("")
     gain = kd_gain(frame)
     _write_csv(summary, out_dir / "summary.csv")
-    write_text(out_dir / "summary.md", to_markdown(summary))
+    write_text(out_dir / "summary.md", to_markdown(summary) + _sweep_note(summary))
     write_text(out_dir / "summary.tex", to_latex(summary))
     _write_csv(gain, out_dir / "kd_gain.csv")
     write_text(out_dir / "summary.html", to_html(summary, gain))
@@ -440,7 +482,7 @@ def cmd_tables(args) -> int:
         if not sep:
             raise KdmriError(f"--histories: {entry!r}: expected key=path")
         histories[key] = path
-    tables = write_tables(args.metrics, args.out_dir, methods, histories)
+    tables = write_tables(args.metrics, args.out_dir, methods, histories, args.sweep)
     counts = ", ".join(f"{len(table)} {name} rows" for name, table in tables.items())
     print(f"tables: {counts} -> {args.out_dir}", file=sys.stderr, flush=True)
     return 0

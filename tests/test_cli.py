@@ -42,7 +42,7 @@ from tests.reliability.helpers import (
 )
 
 SUBCOMMANDS = {"prepare", "mask", "undersample", "train", "cache-teacher", "predict", "evaluate",
-               "tables", "figures", "provenance", "bench", "export", "apply"}
+               "tables", "sweep", "figures", "provenance", "bench", "export", "apply"}
 MASK_SPEC = json.dumps({"kind": "random", "acceleration": 4})
 
 
@@ -206,6 +206,11 @@ def error_cases(data: Path, inputs: Path, tmp: Path) -> dict[str, tuple[list, li
                                          [tmp / "list.json", "JSON object", "list"], out),
         "tables_missing_metrics": (["tables", "--metrics", tmp / "none.csv", "--out-dir", out],
                                    [tmp / "none.csv", "not found"], out),
+        "sweep_missing_model_file": (["sweep", "--plan", json.dumps([{
+            "task": "recon", "dataset": "demo", "acceleration": 4, "model": "kd",
+            "sweep": "alpha", "keys": "kd.alpha", "setting": "0.3", "candidate": "kd~alpha~0.3",
+            "seeds": ["0"]}]), "--models", f"0={tmp / 'none.pt'}", "--out-dir", out],
+            [tmp / "none.pt", "not found"], out),
         "figures_panel_without_inputs": (["figures", "--kind", "panel", "--out",
                                           out / "f.png"], ["--kind panel", "--inputs"], out),
         "figures_missing_mask": (["figures", "--kind", "mask", "--mask", tmp / "none.npy",

@@ -137,7 +137,8 @@ def test_light_rules_run_in_the_snakemake_process(workflow_rules):
     which also holds for a module's rules under another name; test_slurm.py runs them)."""
     local = {r["name"] for r in workflow_rules["rules"] if r["local"]}
     assert local == {"all", "mask", "tables", "provenance", "figure_panel", "figure_curves",
-                     "figure_mask", "figure_compression", "figure_methods"}
+                     "figure_mask", "figure_compression", "figure_methods", "sweep",
+                     "figure_sweep"}
 
 
 def _requirement_name(requirement: str) -> str:

@@ -4,6 +4,7 @@
 # changed setting re-runs exactly the jobs it touches.
 import json
 import os
+import re
 import shlex
 
 import pandas as pd
@@ -15,7 +16,6 @@ from kdmri.keys import SPLITS
 from kdmri.methods import (
     STAGES,
     compression_models,
-    evaluated_models,
     init_file,
     recipe,
     study_models,
@@ -23,11 +23,15 @@ from kdmri.methods import (
 from kdmri.priorities import StudyPriorities
 from kdmri.provenance import recorded_config
 from kdmri.specs import (
+    canonical,
+    evaluated,
     methods_description,
     model_spec,
+    resolved,
     teacher_cache_spec,
     teacher_sources,
 )
+from kdmri.sweeps import candidates, swept_models
 from kdmri.tables import has_ablation
 from kdmri.tracking import environment as tensorboard_environment
 
@@ -97,8 +101,14 @@ def grid():
 
 CELLS = list(grid())
 DATASETS = sorted({d for _, d, _, _ in CELLS})
-# every model name a job may have: the model table's, and each compression student's
+# every model name a job may have: the model table's, each compression student's and
+# each sweep candidate's
 STUDY_MODELS = study_models(config)
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (a candidate's has dots)."""
+    return "|".join(re.escape(n) for n in names) if names else "none"
 
 
 wildcard_constraints:
@@ -106,7 +116,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "none",
     acc=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-    model="|".join(STUDY_MODELS),
+    model=names_pattern(STUDY_MODELS),
     split="train|val|test",
 
 
@@ -165,7 +175,7 @@ def train_inputs(w):
     """A training job's inputs: its stores, and what its method reads: the teacher cache
     and/or the teacher's weights (of the method's teacher), the model it starts from (its
     model.pt, or the stage output its method names: kdmri.methods.init_file)."""
-    made = recipe(w.model, config)
+    made = resolved(w.model, config)
     sources = teacher_sources(config, w.model)
     inputs = {"data": [f"{cell_dir(w, 'inputs')}/{s}.h5" for s in ("train", "val")]}
     if "cache" in sources:
@@ -189,17 +199,19 @@ def stage_outputs(stage):
 
 def stage_models(stage):
     """The model names trained by one stage's rule (a regular expression)."""
-    return "|".join(
-        m for m in STUDY_MODELS if m != "zf" and recipe(m, config).stage == stage
+    return names_pattern(
+        [m for m in STUDY_MODELS if m != "zf" and recipe(m, config).stage == stage]
     )
 
 
 def teacher_models():
     """The models trained as teachers (a regular expression): the ones a cache is made of."""
-    return "|".join(
-        m
-        for m in STUDY_MODELS
-        if m != "zf" and STAGES[recipe(m, config).stage].network == "teacher"
+    return names_pattern(
+        [
+            m
+            for m in STUDY_MODELS
+            if m != "zf" and STAGES[recipe(m, config).stage].network == "teacher"
+        ]
     )
 
 
@@ -283,7 +295,7 @@ def metrics_files():
     return [
         f"{model_dir(t, d, a, m, s)}/metrics.csv"
         for t, d, a, s in CELLS
-        for m in evaluated_models(config, t)
+        for m in evaluated(config, t)
     ]
 
 
@@ -291,7 +303,7 @@ def trained_models():
     return {
         f"{t}/{d}/acc{a}/{m}/seed{s}": f"{model_dir(t, d, a, m, s)}/model.pt"
         for t, d, a, s in CELLS
-        for m in sorted(set(evaluated_models(config, t)) - {"zf"})
+        for m in sorted(set(evaluated(config, t)) - {"zf"})
     }
 
 
@@ -339,6 +351,58 @@ def methods_options():
     )
 
 
+def writes_sweep():
+    """Whether the study sweeps settings (sweeps:): then `kdmri sweep` writes sweep.csv /
+    .md, `kdmri tables` shows each swept model's chosen candidate, and the workflow draws
+    figures/sweep.png."""
+    return bool(swept_models(config)) and bool(CELLS)
+
+
+def sweep_plan():
+    """`kdmri sweep`'s plan and the model files it reads: per cell (task, dataset,
+    acceleration) and swept model, each setting's candidate (by its job's name), then the
+    model under the config's own values unless a setting's candidate is that job; each
+    with its model.pt per seed, keyed by number (a candidate's name holds "=")."""
+    from kdmri.sweeps import OWN, setting_label
+
+    plan, files = [], {}
+    cells = dict.fromkeys((t, d, a) for t, d, a, _ in CELLS)
+    for t, d, a in cells:
+        for model in swept_models(config):
+            rows = [
+                (
+                    sweep,
+                    ",".join(setting),
+                    setting_label(setting),
+                    canonical(config, name),
+                )
+                for name, m, sweep, setting in candidates(config)
+                if m == model
+            ]
+            if model not in {c for *_, c in rows}:
+                rows.append(("", "", OWN, model))
+            for sweep, keys, label, job in rows:
+                keys = []
+                for s in config["seeds"]:
+                    key = str(len(files))
+                    files[key] = f"{model_dir(t, d, a, job, s)}/model.pt"
+                    keys.append(key)
+                plan.append(
+                    {
+                        "task": t,
+                        "dataset": d,
+                        "acceleration": float(a),
+                        "model": model,
+                        "sweep": sweep,
+                        "keys": keys,
+                        "setting": label,
+                        "candidate": job,
+                        "seeds": keys,
+                    }
+                )
+    return plan, files
+
+
 def writes_compression():
     """Whether the study has a compression curve (a task with students and cells): then
     `kdmri tables` writes compression.csv and the workflow draws figures/compression.png.
@@ -365,4 +429,5 @@ def all_outputs():
         *figure_files(),
         *([f"{R}/figures/compression.png"] if writes_compression() else []),
         *([f"{R}/figures/methods.png"] if writes_methods() else []),
+        *([f"{R}/figures/sweep.png"] if writes_sweep() else []),
     ]

@@ -125,3 +125,22 @@ rule figure_methods:
     threads: 1
     shell:
         "kdmri figures --kind methods --table {input} --out {output} 2> {log}"
+
+
+rule figure_sweep:
+    input:
+        f"{R}/tables/sweep.csv",
+    output:
+        report(
+            f"{R}/figures/sweep.png",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+        ),
+    log:
+        f"{R}/logs/figures/sweep.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
+    threads: 1
+    shell:
+        "kdmri figures --kind sweep --table {input} --out {output} 2> {log}"

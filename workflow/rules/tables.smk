@@ -7,10 +7,40 @@
 # compares two or more distilled methods (writes_methods), which the tool writes then,
 # reading the history.csv of their hint stages (hint_histories) for the validation PSNR at
 # the end of each.
+# Each swept model's candidates' validation PSNR (their model.pt), the choice by it, and
+# sweep.csv / .md; the tables then show the chosen candidate under the model's name.
+rule sweep:
+    input:
+        models=list(sweep_plan()[1].values()),
+    output:
+        table=report(
+            f"{R}/tables/sweep.csv",
+            caption="../report/sweep_table.rst",
+            category="Sweeps",
+        ),
+        markdown=f"{R}/tables/sweep.md",
+    log:
+        f"{R}/logs/sweep.log",
+    localrule: True
+    conda:
+        "../envs/kdmri.yaml"
+    threads: 1
+    params:
+        plan=lambda w: spec_json(sweep_plan()[0]),
+        models=lambda w, input: " ".join(
+            f"{key}={path}" for key, path in zip(sweep_plan()[1], input.models)
+        ),
+        out_dir=output_dir("table"),
+    shell:
+        "kdmri sweep --plan {params.plan:q} --models {params.models}"
+        " --out-dir {params.out_dir} 2> {log}"
+
+
 rule tables:
     input:
         metrics=metrics_files(),
         histories=list(hint_histories().values()),
+        sweep=[f"{R}/tables/sweep.csv"] if writes_sweep() else [],
     output:
         **(
             {
@@ -74,9 +104,10 @@ rule tables:
     params:
         out_dir=output_dir("summary"),
         methods=methods_options(),
+        sweep=lambda w, input: f" --sweep {input.sweep[0]}" if input.sweep else "",
     shell:
         "kdmri tables --metrics {input.metrics} --out-dir {params.out_dir}"
-        " {params.methods} 2> {log}"
+        " {params.methods}{params.sweep} 2> {log}"
 
 
 rule provenance:
