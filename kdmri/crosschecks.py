@@ -2,8 +2,9 @@
 
 :func:`check_study` runs them on a validated config with its defaults filled
 (:func:`kdmri.config.validate` calls it): the study's methods extend the shipped table
-soundly, every dataset a task names exists, complex networks go with complex data, the
-layer pairs fit the networks, and a student-friendly teacher has cascades to branch at.
+soundly, every dataset a task names exists, no network needs multi-coil k-space (no task
+feeds it yet), complex networks go with complex data, the layer pairs fit the networks,
+and a student-friendly teacher has cascades to branch at.
 Each raises :class:`KdmriError` with one line naming the key, what was expected and what
 was found. What a network family can do is read from its registry entry
 (:data:`kdmri.models.MODEL_FAMILIES`), never from its name.
@@ -31,6 +32,7 @@ def check_study(config: dict, source: str) -> None:
                     f"{source}: key 'tasks.{task}.datasets': unknown dataset {name!r}; "
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
+    _check_multicoil(config, source)
     _check_complex(config, source)
     _check_pairs(config, source)
     _check_compression(config, source)
@@ -115,6 +117,21 @@ def _check_methods(config: dict, source: str) -> None:
         if method not in students:
             raise KdmriError(f"{source}: key 'tasks.{task}.compression.method': expected a "
                              f"student's method, one of {students}, found {method!r}")
+
+
+def _check_multicoil(config: dict, source: str) -> None:
+    """A family that reconstructs multi-coil k-space (``multicoil`` in its registry entry:
+    E2E-VarNet) is not taken by any task yet: the tasks feed networks single-coil data."""
+    for task, settings in config["tasks"].items():
+        nets = {f"tasks.{task}.{role}": settings[role] for role in ("teacher", "student")}
+        nets |= {f"tasks.{task}.compression.students.{name}.net": student["net"]
+                 for name, student in settings["compression"]["students"].items()}
+        for where, net in nets.items():
+            if family(net).multicoil:
+                raise KdmriError(
+                    f"{source}: key '{where}.family': family {net['family']} reconstructs "
+                    f"multi-coil k-space, which no task feeds networks yet; use a single-coil "
+                    f"family ({', '.join(n for n, e in MODEL_FAMILIES.items() if not e.multicoil)})")
 
 
 def _check_sft(config: dict, source: str) -> None:

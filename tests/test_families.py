@@ -23,6 +23,8 @@ SMALL = {
     "dccnn": {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 4},
     "vdsr": {"family": "vdsr", "convs": 4, "channels": 4},
     "unet": {"family": "unet", "chans": 4, "num_pool_layers": 1},
+    "varnet": {"family": "varnet", "cascades": 2, "chans": 4, "pools": 1, "sens_chans": 2,
+               "sens_pools": 1},
 }
 
 
@@ -67,8 +69,16 @@ def test_each_declaration_holds_for_the_built_network(name):
     # reads_kspace: the output depends on the measured k-space exactly where declared (a
     # U-Net's depends on its dc option: only its default is checked)
     image, kspace, mask = export.example_inputs(16, 16, channels=2 if model.complex else 1)
+    if entry.multicoil:  # model(kspace, mask) on coil k-space (two coils), the RSS image out
+        kspace = torch.cat([kspace, 1j * kspace.flip(-1)], dim=1)
+        def call(k):
+            return model(k, mask)
+        assert call(kspace).shape == (image.shape[0], 1, *image.shape[-2:])
+    else:
+        def call(k):
+            return model(image, k, mask)
     with torch.no_grad():
-        changed = model(image, kspace, mask) - model(image, 2 * kspace + 1, mask)
+        changed = call(kspace) - call(2 * kspace + 1)
     assert entry.reads_kspace == bool(changed.abs().max() > 0), name
 
 
@@ -108,6 +118,14 @@ def test_the_config_checks_read_the_declarations(monkeypatch):
         validate(tiny)
     _declare(monkeypatch, "vdsr", convs=False)
     validate(tiny)
+    # a family on multi-coil k-space is refused in a study (no task feeds one yet)
+    varnet = {"tasks": {"recon": {"datasets": ["demo"], "teacher": {"family": "varnet"}}},
+              "models": ["zf", "teacher"]}
+    with pytest.raises(KdmriError, match=r"'tasks\.recon\.teacher\.family': family varnet "
+                                         r"reconstructs multi-coil k-space"):
+        validate(varnet)
+    _declare(monkeypatch, "varnet", multicoil=False)
+    validate(varnet)
 
 
 def test_export_reads_the_declarations(monkeypatch):

@@ -1,5 +1,6 @@
 """Network families by name: DC-CNN for reconstruction, VDSR for super-resolution, the
-U-Net for either (the families, options and sizes: docs/networks.md).
+U-Net for either, E2E-VarNet for multi-coil reconstruction (the families, options and
+sizes: docs/networks.md).
 
 Every model is called as ``model(image, kspace, mask)`` with ``image`` the real input
 ``(N, 1, H, W)``, ``kspace`` the measured complex k-space ``(N, 1, H, W)`` and ``mask``
@@ -11,6 +12,8 @@ model names the module whose output is the activation after its k-th convolution
 the U-Net), which is all distillation needs to know. :func:`flops_per_slice` counts a
 network's FLOPs. Family ``python`` builds a class of the user's own code
 (:mod:`kdmri.models.python_family`); its feature layers are named by module path.
+E2E-VarNet (family ``varnet``) is the exception to the call: ``model(kspace, mask)`` on
+multi-coil k-space (its entry's ``multicoil``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class Family:
     #: Its forward reads the measured k-space and the mask (data consistency); a family
     #: that only reads the image is exported to ONNX with the image as its one input.
     reads_kspace: bool = True
+    #: Its forward is ``model(kspace, mask)`` on measured multi-coil k-space ``(N, C, H, W)``
+    #: and returns the RSS image ``(N, 1, H, W)``, instead of the single-coil
+    #: ``model(image, kspace, mask)``. No task feeds networks multi-coil k-space yet, so the
+    #: config checks refuse such a family in a study (:mod:`kdmri.crosschecks`).
+    multicoil: bool = False
 
     @property
     def cls(self) -> type:
@@ -68,6 +76,9 @@ MODEL_FAMILIES: dict[str, Family] = {
     "vdsr": Family("kdmri.models.vdsr:VDSR", tasks=("sr",), convs=True,
                    exports=("torchscript", "onnx"), reads_kspace=False),
     "unet": Family("kdmri.models.unet:UNet", tasks=("recon", "sr")),
+    # E2E-VarNet on multi-coil k-space; not fed by any task yet (multicoil)
+    "varnet": Family("kdmri.models.varnet:VarNet", tasks=("recon",), cascades=True,
+                     multicoil=True),
     # the user's own class (kdmri.models.python_family)
     "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),
                      numbered=False),
@@ -120,7 +131,7 @@ def count_parameters(model: nn.Module) -> int:
 
 #: Names this package gives that import torch: imported at their first use.
 _LAZY = {"DCCNN": "kdmri.models.dccnn", "VDSR": "kdmri.models.vdsr", "UNet": "kdmri.models.unet",
-         "flops_per_slice": "kdmri.models.flops"}
+         "VarNet": "kdmri.models.varnet", "flops_per_slice": "kdmri.models.flops"}
 
 
 def __getattr__(name: str) -> Any:
@@ -129,5 +140,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DCCNN", "VDSR", "UNet", "MODEL_FAMILIES", "Family", "build_model", "count_parameters",
+__all__ = ["DCCNN", "VDSR", "UNet", "VarNet", "MODEL_FAMILIES", "Family", "build_model", "count_parameters",
            "family", "family_of", "flops_per_slice", "place_model"]
