@@ -33,6 +33,7 @@ def check_study(config: dict, source: str) -> None:
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
     _check_multicoil(config, source)
+    _check_evaluate_on(config, source)
     _check_complex(config, source)
     _check_pairs(config, source)
     _check_compression(config, source)
@@ -58,6 +59,39 @@ def _check_sweeps(config: dict, source: str) -> None:
                     f"{source}: key 'sweeps.{name}.values.{key}': changes nothing any of "
                     f"{sweep['models']} is trained with, for any of its values {values} "
                     "(the setting a model's stages read: docs/sweeps.md)")
+
+
+def evaluation_cells(config: dict, task: str) -> dict[str, tuple[str, str]]:
+    """A task's evaluation-only cells: ``<dataset>_from_<trained-on>`` -> (the dataset it
+    is evaluated on, the dataset its models were trained on), per ``evaluate_on`` and
+    ``datasets`` of the task, in order."""
+    settings = config["tasks"][task]
+    return {f"{name}_from_{trained}": (name, trained)
+            for name in settings["evaluate_on"] for trained in settings["datasets"]}
+
+
+def _check_evaluate_on(config: dict, source: str) -> None:
+    """A task's evaluation-only datasets are defined, not among the datasets it trains on,
+    of the same kind (complex or magnitude) as those, and their cells' names are no
+    dataset's."""
+    for task, settings in config["tasks"].items():
+        for i, name in enumerate(settings["evaluate_on"]):
+            where = f"tasks.{task}.evaluate_on.{i}"
+            if name not in config["datasets"]:
+                raise KdmriError(f"{source}: key '{where}': unknown dataset {name!r}; "
+                                 f"defined datasets: {sorted(config['datasets'])}")
+            if name in settings["datasets"]:
+                raise KdmriError(f"{source}: key '{where}': {name!r} is a dataset the task "
+                                 "trains on; its test split is evaluated already")
+            for trained in settings["datasets"]:
+                if is_complex(config["datasets"][name]) != is_complex(config["datasets"][trained]):
+                    raise KdmriError(
+                        f"{source}: key '{where}': {name!r} and {trained!r} (trained on) must "
+                        "both be complex (source: kspace) or both magnitude")
+        for cell in evaluation_cells(config, task):
+            if cell in config["datasets"]:
+                raise KdmriError(f"{source}: key 'tasks.{task}.evaluate_on': its cell {cell!r} "
+                                 "is also the name of a dataset; rename that dataset")
 
 
 def check_terms(loss: dict, where: str, source: str) -> None:

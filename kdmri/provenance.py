@@ -40,16 +40,35 @@ from kdmri.io import parse_named, write_json
 
 #: Config keys the record leaves out (:func:`recorded_config`).
 UNRECORDED_KEYS = ("logging",)
+#: Keys added after studies were recorded, left out where they hold their default (no
+#: sweep, no evaluation-only dataset), so that such a study's record and digest stay the
+#: ones it had: dotted paths, ``*`` for every entry of a mapping.
+NEW_KEYS = {"sweeps": {}, "tasks.*.evaluate_on": []}
 
 
 def recorded_config(config: dict) -> dict:
     """The config as the workflow gives it to this record: without ``logging``, which only
-    says whether the trainings also write TensorBoard runs. No job's command reads it
-    (the environment carries it, :mod:`kdmri.tracking`), so switching it re-runs nothing,
-    this record included, and a study's digest stays the one it had before the key
-    existed; and without ``sweeps`` where it is empty, for the same reason."""
-    return {key: value for key, value in config.items()
-            if key not in UNRECORDED_KEYS and not (key == "sweeps" and not value)}
+    says whether the trainings also write TensorBoard runs (no job's command reads it:
+    the environment carries it, :mod:`kdmri.tracking`, so switching it re-runs nothing,
+    this record included), and without the :data:`NEW_KEYS` that hold their defaults."""
+    recorded = {key: value for key, value in config.items() if key not in UNRECORDED_KEYS}
+    for path, default in NEW_KEYS.items():
+        _drop_default(recorded, path.split("."), default)
+    return recorded
+
+
+def _drop_default(node: dict, parts: list[str], default) -> None:
+    """Remove the key at ``parts`` (``*``: each entry) of ``node`` where it equals
+    ``default``, copying the mappings on the way (the config itself is left alone)."""
+    head, rest = parts[0], parts[1:]
+    keys = list(node) if head == "*" else [head] if head in node else []
+    for key in keys:
+        if not rest:
+            if node[key] == default:
+                del node[key]
+        elif isinstance(node[key], dict):
+            node[key] = dict(node[key])
+            _drop_default(node[key], rest, default)
 
 
 def read_config(text: str) -> dict:

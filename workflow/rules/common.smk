@@ -11,6 +11,7 @@ import pandas as pd
 
 from kdmri.comparisons import HINT_STAGES, compares_methods
 from kdmri.config import apply_overrides, validate
+from kdmri.crosschecks import evaluation_cells
 from kdmri.data.readers import dataset_spec, source_files
 from kdmri.keys import SPLITS
 from kdmri.methods import (
@@ -100,7 +101,40 @@ def grid():
 
 
 CELLS = list(grid())
-DATASETS = sorted({d for _, d, _, _ in CELLS})
+TRAINED_DATASETS = sorted({d for _, d, _, _ in CELLS})
+# evaluation-only cells (tasks.<task>.evaluate_on): <dataset>_from_<trained-on>, with the
+# dataset they read and the one their models were trained on
+EVALUATED = {
+    cell: pair
+    for task, settings in config["tasks"].items()
+    if settings["datasets"]
+    for cell, pair in evaluation_cells(config, task).items()
+}
+EVAL_CELLS = [
+    (task, cell, acc_str(acc), seed)
+    for task, settings in config["tasks"].items()
+    for cell in evaluation_cells(config, task)
+    for acc in settings["accelerations"]
+    for seed in config["seeds"]
+]
+# the dataset wildcard's values: datasets prepared, cells of datasets
+DATASETS = sorted(
+    {*TRAINED_DATASETS, *EVALUATED, *(name for name, _ in EVALUATED.values())}
+)
+
+
+def data_name(dataset):
+    """The prepared dataset a cell's dataset wildcard reads: itself, or the dataset an
+    evaluation-only cell is evaluated on."""
+    return EVALUATED[dataset][0] if dataset in EVALUATED else dataset
+
+
+def trained_on(dataset):
+    """The dataset whose cell holds a cell's models: itself, or the dataset an
+    evaluation-only cell's models were trained on."""
+    return EVALUATED[dataset][1] if dataset in EVALUATED else dataset
+
+
 # every model name a job may have: the model table's, each compression student's and
 # each sweep candidate's
 STUDY_MODELS = study_models(config)
@@ -113,7 +147,7 @@ def names_pattern(names):
 
 wildcard_constraints:
     task="recon|sr",
-    dataset="|".join(DATASETS) if DATASETS else "none",
+    dataset=names_pattern(DATASETS),
     acc=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
     model=names_pattern(STUDY_MODELS),
@@ -160,7 +194,10 @@ def job_priority(kind):
         "cache": lambda w: PRIORITIES.cache(w.task, w.dataset, w.model),
         "train": lambda w: PRIORITIES.train(w.task, w.dataset, w.model),
     }[kind]
-    return lambda w: 0 if workflow.dryrun else ask(w)
+    # what only an evaluation-only cell needs unlocks no training: priority 0
+    return lambda w: (
+        0 if workflow.dryrun or w.dataset not in TRAINED_DATASETS else ask(w)
+    )
 
 
 def spec_json(obj):
@@ -267,9 +304,18 @@ def predict_trust(w):
 
 
 def predict_model_input(w):
+    """The model.pt a prediction runs: the cell's own, or in an evaluation-only cell that
+    of the cell its models were trained in."""
     if w.model == "zf":
         return []
-    return f"{cell_dir(w, w.model)}/model.pt"
+    return (
+        f"{model_dir(w.task, trained_on(w.dataset), w.acc, w.model, w.seed)}/model.pt"
+    )
+
+
+def split_stores(w):
+    """The prepared split stores a cell's inputs are made from (of data_name)."""
+    return [f"{R}/data/{data_name(w.dataset)}/{s}.h5" for s in SPLITS]
 
 
 def panel_inputs(w):
@@ -294,7 +340,7 @@ def prediction(w, model):
 def metrics_files():
     return [
         f"{model_dir(t, d, a, m, s)}/metrics.csv"
-        for t, d, a, s in CELLS
+        for t, d, a, s in CELLS + EVAL_CELLS
         for m in evaluated(config, t)
     ]
 
@@ -362,11 +408,12 @@ def sweep_plan():
     """`kdmri sweep`'s plan and the model files it reads: per cell (task, dataset,
     acceleration) and swept model, each setting's candidate (by its job's name), then the
     model under the config's own values unless a setting's candidate is that job; each
-    with its model.pt per seed, keyed by number (a candidate's name holds "=")."""
+    with its model.pt per seed, keyed by number; an evaluation-only cell's choice is that
+    of the cell its models were trained in (the same model files)."""
     from kdmri.sweeps import OWN, setting_label
 
     plan, files = [], {}
-    cells = dict.fromkeys((t, d, a) for t, d, a, _ in CELLS)
+    cells = dict.fromkeys((t, d, a) for t, d, a, _ in CELLS + EVAL_CELLS)
     for t, d, a in cells:
         for model in swept_models(config):
             rows = [
@@ -385,7 +432,7 @@ def sweep_plan():
                 keys = []
                 for s in config["seeds"]:
                     key = str(len(files))
-                    files[key] = f"{model_dir(t, d, a, job, s)}/model.pt"
+                    files[key] = f"{model_dir(t, trained_on(d), a, job, s)}/model.pt"
                     keys.append(key)
                 plan.append(
                     {
@@ -416,6 +463,11 @@ def figure_files():
         files += [
             f"{figure_dir(t, d, a, s)}/panel.png",
             f"{figure_dir(t, d, a, s)}/curves.png",
+            f"{figure_dir(t, d, a, s)}/mask.png",
+        ]
+    for t, d, a, s in EVAL_CELLS:  # no training of their own: no curves
+        files += [
+            f"{figure_dir(t, d, a, s)}/panel.png",
             f"{figure_dir(t, d, a, s)}/mask.png",
         ]
     return files

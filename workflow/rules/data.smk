@@ -26,9 +26,11 @@ rule prepare:
         " --out-dir {params.out_dir} 2> {log}"
 
 
+# A cell's mask and undersampled stores are made from its dataset's stores (an
+# evaluation-only cell's: those of the dataset it is evaluated on, at that size).
 rule mask:
     input:
-        like=f"{R}/data/{{dataset}}/train.h5",
+        like=lambda w: f"{R}/data/{data_name(w.dataset)}/train.h5",
     output:
         mask=f"{model_dir(model='inputs')}/mask.npy",
         sidecar=f"{model_dir(model='inputs')}/mask.json",
@@ -48,7 +50,7 @@ rule mask:
 
 rule undersample:
     input:
-        data=expand(f"{R}/data/{{{{dataset}}}}/{{split}}.h5", split=SPLITS),
+        data=split_stores,
         mask=rules.mask.output.mask,
     output:
         stores=expand(
