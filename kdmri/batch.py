@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kdmri.data.store import is_complex_store
+from kdmri.data.store import coil_count, is_complex_store
 from kdmri.errors import KdmriError
 from kdmri.mri import fft2c, from_channels, to_channels
 
@@ -59,7 +59,15 @@ def stored_image(output: torch.Tensor, complex: bool) -> torch.Tensor:
 
 
 def check_complex(store: str | Path, model, what: str = "the network") -> None:
-    """Refuse a store whose targets are complex for a magnitude network, or the reverse."""
+    """Refuse a store whose targets are complex for a magnitude network, or the reverse,
+    and the input store of multi-coil data (its coil k-space, key ``kspace``), which no
+    network is fed yet."""
+    coils = coil_count(store)
+    if coils:
+        raise KdmriError(
+            f"{store}: multi-coil inputs ({coils} coils, key 'kspace'); {what} takes "
+            "single-coil images, and this version feeds no network multi-coil k-space"
+        )
     data = is_complex_store(store)
     if data != model.complex:
         kind = "complex (a dataset prepared from k-space)" if data else "magnitude images"

@@ -2,8 +2,9 @@
 
 :func:`check_study` runs them on a validated config with its defaults filled
 (:func:`kdmri.config.validate` calls it): the study's methods extend the shipped table
-soundly, every dataset a task names exists, no network needs multi-coil k-space (no task
-feeds it yet), complex networks go with complex data, the layer pairs fit the networks,
+soundly, every dataset a task names exists, no network needs multi-coil k-space and no
+task names a multi-coil dataset (no task feeds them yet), the demo's simulated coils are
+set where they apply, complex networks go with complex data, the layer pairs fit the networks,
 and a student-friendly teacher has cascades to branch at.
 Each raises :class:`KdmriError` with one line naming the key, what was expected and what
 was found. What a network family can do is read from its registry entry
@@ -12,6 +13,7 @@ was found. What a network family can do is read from its registry entry
 
 from __future__ import annotations
 
+from kdmri.data.coils import coil_settings
 from kdmri.data.sensitivity import maps_settings
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
@@ -34,6 +36,7 @@ def check_study(config: dict, source: str) -> None:
                 )
     _check_multicoil(config, source)
     _check_evaluate_on(config, source)
+    _check_simulated_coils(config, source)
     _check_complex(config, source)
     _check_pairs(config, source)
     _check_compression(config, source)
@@ -267,6 +270,40 @@ def _check_pairs(config: dict, source: str) -> None:
 def is_complex(dataset: dict) -> bool:
     """Whether a dataset's targets are complex images (fastmri prepared from k-space)."""
     return dataset["source"] == "kspace"
+
+
+def is_multicoil(dataset: dict) -> bool:
+    """Whether a dataset is known from its config to give multi-coil data: the demo with
+    ``simulated_coils`` (a count above 0). A fastmri dataset with ``source: kspace`` is
+    multi-coil when its files are (slices x coils x H x W), which only reading them tells
+    (:func:`kdmri.data.store.coil_count` of the prepared stores); it is False here."""
+    return dataset["format"] == "demo" and coil_settings(dataset) is not None
+
+
+def _check_simulated_coils(config: dict, source: str) -> None:
+    """``simulated_coils`` is a demo option that replaces the demo's magnitude noise, and
+    no task takes a multi-coil dataset yet: the tasks feed networks single-coil images."""
+    for name, dataset in config["datasets"].items():
+        coils = coil_settings(dataset)
+        if coils is None:
+            continue
+        where = f"datasets.{name}.simulated_coils"
+        if dataset["format"] != "demo":
+            raise KdmriError(f"{source}: key '{where}': simulated coils are an option of "
+                             f"format demo, found format {dataset['format']!r}")
+        if dataset["noise"] > 0:
+            raise KdmriError(
+                f"{source}: key 'datasets.{name}.noise': {dataset['noise']} with "
+                f"simulated_coils; the coils' noise is set by simulated_coils.snr_db "
+                f"({coils['snr_db']} dB), so noise must be 0")
+    for task, entry in config["tasks"].items():
+        for key in ("datasets", "evaluate_on"):
+            for i, name in enumerate(entry[key]):
+                if is_multicoil(config["datasets"][name]):
+                    raise KdmriError(
+                        f"{source}: key 'tasks.{task}.{key}.{i}': dataset {name!r} is "
+                        "multi-coil (simulated_coils), which no task feeds networks yet; "
+                        "prepare and undersample it with kdmri prepare and kdmri undersample")
 
 
 def _check_complex(config: dict, source: str) -> None:

@@ -354,14 +354,23 @@ def test_bad_multicoil_data_is_refused_in_one_line(tmp_path):
         list(fastmri_volumes(multicoil_dataset(tmp_path / "b")))
 
 
-def test_undersampling_a_multicoil_store_is_refused_in_one_line(tmp_path):
+def test_a_multicoil_store_is_undersampled_coil_by_coil(tmp_path):
+    """The input store of a fastMRI multi-coil file: every coil's k-space under the one
+    mask, and the RSS of the zero-filled coil images (tests/test_multicoil_data.py checks
+    them against NumPy in detail)."""
     multicoil_files(tmp_path / "src")
     prepare_dataset("mc", multicoil_dataset(tmp_path / "src"), tmp_path / "out", progress=False)
-    with pytest.raises(KdmriError) as error:
-        undersample_store(tmp_path / "out" / "test.h5", np.ones((SIZE, SIZE), np.float32),
-                          tmp_path / "in.h5")
-    assert "test.h5" in str(error.value) and "multi-coil" in str(error.value)
-    assert "\n" not in str(error.value) and not (tmp_path / "in.h5").exists()
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[:, ::3] = 1
+    undersample_store(tmp_path / "out" / "test.h5", mask, tmp_path / "in.h5")
+    data = read_store(tmp_path / "out" / "test.h5", ["target", "coils"])
+    inputs = read_store(tmp_path / "in.h5", ["kspace", "zf", "target", "mask"])
+    assert "coils" not in store_info(tmp_path / "in.h5")["keys"]
+    kspace = mask * np_fft2c(data["coils"])
+    np.testing.assert_allclose(inputs["kspace"], kspace, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(inputs["zf"], np.sqrt((np.abs(np_ifft2c(kspace)) ** 2).sum(1)),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(inputs["target"], data["target"])
 
 
 def test_store_writer_checks_the_coil_data(tmp_path):

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from kdmri.config import validate
+from kdmri.data.coils import coil_settings, simulate_coils
 from kdmri.data.dicom import dicom_volumes
 from kdmri.data.readers import DEFAULT_SIZE, fastmri_volumes, kdmri_h5_volumes, nifti_volumes
 from kdmri.data.sensitivity import check_settings, espirit_maps, maps_settings
@@ -38,6 +39,7 @@ from kdmri.data.store import (
     StoreWriter,
     coil_count,
     derive_per_slice_key,
+    new_store,
     store_info,
     write_store,
 )
@@ -49,8 +51,11 @@ from kdmri.mri import fft2c, rss, undersample, zero_filled
 
 
 def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, np.ndarray]]:
-    """(split, volume name, slices) of the embedded demo: synthetic MNI152 subjects."""
-    from kdmri.data.demo import demo_subject
+    """(split, volume name, slices) of the embedded demo: synthetic MNI152 subjects; with
+    ``simulated_coils`` the coil images (S, C, H, W) of a simulated acquisition of each
+    (:func:`kdmri.data.coils.simulate_coils`), which preparation stores as it stores a
+    fastMRI multi-coil file's."""
+    from kdmri.data.demo import ORIENTATIONS, demo_subject
 
     plan, index = [], 0
     for split in SPLITS:
@@ -58,6 +63,7 @@ def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, 
             plan += [(split, index, orientation) for orientation in cfg["orientations"]]
             index += 1
     size = cfg["size"] or DEFAULT_SIZE["demo"]
+    coils = coil_settings(cfg)
     for split, index, orientation in tqdm(plan, desc="demo subjects", unit="vol",
                                           disable=not progress):
         volume = demo_subject(
@@ -66,6 +72,10 @@ def demo_volumes(cfg: dict, progress: bool = False) -> Iterator[tuple[str, str, 
         )
         if cfg["noise"] > 0:
             volume = add_rician_noise(volume, cfg["noise"], seed=(cfg["seed"], index))
+        if coils:
+            volume = simulate_coils(
+                volume, coils["count"], coils["snr_db"],
+                seed=(cfg["seed"], index, ORIENTATIONS.index(orientation), coils["seed"]))
         yield split, f"sub-{index:03d}_{orientation}", volume
 
 
@@ -205,7 +215,8 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | Path, progress: bool = 
 
     ``info.json`` records ``complex``: whether the targets are complex images (fastmri with
     ``source: kspace``; the stores' ``target`` is then complex64). A multi-coil dataset
-    (fastmri files with ``kspace`` of slices x coils x H x W, ``source: kspace``) has the
+    (fastmri files with ``kspace`` of slices x coils x H x W, ``source: kspace``, or the
+    demo with ``simulated_coils``) has the
     RSS of its coil images as the float32 ``target`` and the coil images as ``coils``
     (:mod:`kdmri.data.store`), and with ``sensitivity_maps`` their ``maps``;
     ``info.json`` then also records ``coils`` (their number) and ``sensitivity_maps``
@@ -254,28 +265,77 @@ def undersample_store(target_store: str | Path, mask: np.ndarray, out_path: str 
     ``mask``, ``volume`` and ``slice``; ``mask_params`` (the mask's sidecar, where it has
     one) as the attribute :data:`kdmri.masks.MASK_ATTR`. A complex target (a dataset
     prepared from k-space) stays complex, and ``zf`` is then its complex zero-filled image
-    as for any target. A multi-coil store (key ``coils``) is refused in one line."""
-    coils = coil_count(target_store)
-    if coils:
-        raise KdmriError(
-            f"{target_store}: multi-coil data ({coils} coils, key 'coils'); undersampling "
-            "here simulates the k-space of one image, and the inputs of multi-coil data (each "
-            "coil's k-space under the mask) are not written by this version"
-        )
+    as for any target. A multi-coil store (key ``coils``) gives the inputs of multi-coil
+    data instead (:func:`undersample_multicoil_store`)."""
+    if coil_count(target_store):
+        undersample_multicoil_store(target_store, mask, out_path, mask_params)
+        return
     data = SliceDataset(target_store, keys=["target"])
     target = data.batch(np.arange(len(data)))["target"]
-    if tuple(target.shape[1:]) != tuple(mask.shape):
-        raise KdmriError(
-            f"{target_store}: images of {tuple(target.shape[1:])} but the mask is {mask.shape}"
-        )
+    _check_mask(target_store, tuple(target.shape[1:]), mask)
     zf = zero_filled(undersample(target, torch.from_numpy(mask)))
     write_store(
         out_path,
         {"zf": zf.numpy(), "target": target.numpy(), "mask": mask.astype(np.float32),
          "volume": data.volume, "slice": data.slice},
-        attrs={"volume_names": data.volume_names.tolist(),
-               **({MASK_ATTR: json.dumps(mask_params, sort_keys=True)} if mask_params else {})},
+        attrs=_input_attrs(data, mask_params),
     )
+
+
+def _check_mask(target_store: str | Path, shape: tuple[int, ...], mask: np.ndarray) -> None:
+    if tuple(shape) != tuple(mask.shape):
+        raise KdmriError(
+            f"{target_store}: images of {tuple(shape)} but the mask is {mask.shape}"
+        )
+
+
+def _input_attrs(data: SliceDataset, mask_params: dict | None) -> dict:
+    return {"volume_names": data.volume_names.tolist(),
+            **({MASK_ATTR: json.dumps(mask_params, sort_keys=True)} if mask_params else {})}
+
+
+#: Slices a multi-coil store is undersampled in at a time (their coil data in memory).
+MULTICOIL_BLOCK = 8
+
+
+def undersample_multicoil_store(target_store: str | Path, mask: np.ndarray,
+                                out_path: str | Path, mask_params: dict | None = None) -> None:
+    """Write the input store of one split of multi-coil data (a store with ``coils``): the
+    same mask ``m`` (H, W) applied to every coil's k-space ``k_c = fft2c(coils_c)``
+    (:func:`kdmri.mri.undersample`). The store holds
+
+    - ``kspace`` (N, C, H, W) complex64: the measured coil k-space ``m * k_c``, exactly 0
+      where not sampled, what a multi-coil network is given with the mask;
+    - ``zf`` (N, H, W) float32: the zero-filled input image, the root-sum-of-squares of the
+      zero-filled coil images ``rss(ifft2c(m * k_c))`` (fastMRI's zero-filled baseline);
+    - ``target`` (the RSS of the fully sampled coils, as in the data store), ``mask``,
+      ``volume``, ``slice``, ``maps`` where the data store has them, and the attributes
+      of :func:`undersample_store`.
+
+    The fully sampled coil images are not copied. Slices are read, transformed and written
+    :data:`MULTICOIL_BLOCK` at a time, so no split's coil data is held whole in memory."""
+    keys = store_info(target_store)["keys"]
+    extra = ["maps"] if "maps" in keys else []
+    data = SliceDataset(target_store, keys=["target", "coils", *extra], in_memory=False)
+    coils, height, width = keys["coils"][0][1:]
+    _check_mask(target_store, (height, width), mask)
+    per_slice = {"kspace": ((coils, height, width), "complex64"),
+                 "zf": ((height, width), "float32"),
+                 "target": ((height, width), keys["target"][1])}
+    per_slice |= {key: ((coils, height, width), "complex64") for key in extra}
+    m = torch.from_numpy(mask)
+    with new_store(out_path, len(data), per_slice,
+                   arrays={"mask": mask.astype(np.float32), "volume": data.volume,
+                           "slice": data.slice},
+                   attrs=_input_attrs(data, mask_params)) as out:
+        for start in range(0, len(data), MULTICOIL_BLOCK):
+            rows = np.arange(start, min(start + MULTICOIL_BLOCK, len(data)))
+            block = data.batch(rows)
+            kspace = undersample(block["coils"], m)
+            out["kspace"][rows[0]:rows[-1] + 1] = kspace.numpy()
+            out["zf"][rows[0]:rows[-1] + 1] = rss(zero_filled(kspace)).numpy()
+            for key in ("target", *extra):
+                out[key][rows[0]:rows[-1] + 1] = block[key].numpy()
 
 
 def read_info(path: str | Path) -> dict:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdmri.data.coils import coil_settings
 from kdmri.data.dicom import series_files
 from kdmri.data.sensitivity import maps_settings
 from kdmri.data.sources import Source, as_float32, fit_size, plan_sources
@@ -58,7 +59,8 @@ _COMMON_KEYS = ("format", "size", "normalization", "max_slices")
 _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 #: The dataset settings each format reads (the others do not change its data).
 FORMAT_KEYS = {
-    "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise"),
+    "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise",
+             "simulated_coils"),
     "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
@@ -75,6 +77,8 @@ def dataset_spec(cfg: dict) -> dict:
         del spec["source"]
     if "sensitivity_maps" in spec and maps_settings(spec) is None:  # likewise
         del spec["sensitivity_maps"]
+    if "simulated_coils" in spec and coil_settings(spec) is None:  # likewise
+        del spec["simulated_coils"]
     return spec
 
 

@@ -8,25 +8,34 @@ chunk, plus ``volume`` (int32, index into the ``volume_names`` attribute) and ``
 key            shape / dtype                  written by
 =============  =============================  ===========================================
 ``target``     (N, H, W) float32/complex64    prepare (data stores), undersample (inputs)
-``zf``         (N, H, W) complex64            undersample: zero-filled image ``IFFT(m*k)``
+``zf``         (N, H, W) complex64            undersample: zero-filled image ``IFFT(m*k)``;
+               (float32 for multi-coil data)  multi-coil: the RSS of the zero-filled coil
+                                              images ``IFFT(m*k_c)``
+``kspace``     (N, C, H, W) complex64         undersample (multi-coil data): the coils'
+                                              k-space under the mask, ``m * FFT(coils)``
 ``mask``       (H, W) float32, not per slice  undersample
 ``output``     (N, H, W) float32/complex64    cache-teacher, predict
 ``attention``  (N, P, H*W) float32            cache-teacher: normalised teacher maps
 ``coils``      (N, C, H, W) complex64         prepare (multi-coil data): the coil images
 ``maps``       (N, C, H, W) complex64         prepare (multi-coil data, where asked for):
-                                              the coils' sensitivity maps
+                                              the coils' sensitivity maps; undersample
+                                              keeps them
 =============  =============================  ===========================================
 
 ``target`` and ``output`` are complex64 in the stores of a complex dataset (fastmri with
 ``source: kspace``: :func:`is_complex_store`), float32 (magnitude images) otherwise.
 
 The data stores of a multi-coil dataset (fastmri files with ``kspace`` of slices x coils x
-H x W, ``source: kspace``: :func:`coil_count`) hold beside the float32 ``target`` (the
-root-sum-of-squares of the coil images, fastMRI's target) the coil images ``coils``
+H x W, ``source: kspace``, or the demo with ``simulated_coils``: :func:`coil_count`) hold
+beside the float32 ``target`` (the root-sum-of-squares of the coil images, fastMRI's
+target) the coil images ``coils``
 (``target`` = :func:`kdmri.mri.rss` of ``coils`` within float32 rounding; their k-space is
 :func:`kdmri.mri.fft2c` of them) and, where the dataset asks for sensitivity maps,
 ``maps`` (normalised, ``sum_c |S_c|^2 = 1`` inside the object, 0 where ESPIRiT cropped
-them), one slice per chunk.
+them), one slice per chunk. Their input stores (:func:`kdmri.data.prepare.undersample_store`)
+hold the coil k-space under the mask ``kspace``, the ``mask``, the unchanged ``target``,
+as ``zf`` the float32 RSS of the zero-filled coil images (fastMRI's zero-filled baseline)
+and the ``maps`` where the data store has them; no fully sampled coil data.
 
 Files are written under a temporary name and renamed when complete
 (:func:`kdmri.io.atomic_path`). Reading validates keys, dimensions and finiteness and
@@ -55,7 +64,7 @@ from kdmri.io import atomic_path
 
 #: Expected number of dims per known key (``mask`` is not per slice).
 KEY_NDIM = {"target": 3, "zf": 3, "output": 3, "attention": 3, "mask": 2, "volume": 1, "slice": 1,
-            "coils": 4, "maps": 4}
+            "coils": 4, "maps": 4, "kspace": 4}
 PER_SLICE_EXEMPT = {"mask"}
 #: Splits load fully into memory below this size (bytes); larger ones are read per batch.
 IN_MEMORY_LIMIT = 4 * 1024**3
@@ -138,10 +147,13 @@ def is_complex_store(path: str | Path, key: str = "target") -> bool:
 
 
 def coil_count(path: str | Path) -> int:
-    """The number of coils of a store's multi-coil data (its ``coils``), 0 for a store
-    without (single-coil and magnitude data)."""
+    """The number of coils of a store's multi-coil data (the ``coils`` of a data store, the
+    ``kspace`` of an input store), 0 for a store without (single-coil and magnitude data)."""
     keys = store_info(path)["keys"]
-    return int(keys["coils"][0][1]) if "coils" in keys else 0
+    for key in ("coils", "kspace"):
+        if key in keys:
+            return int(keys[key][0][1])
+    return 0
 
 
 def _plain(value):
@@ -213,6 +225,34 @@ def write_store(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | N
         for key, value in arrays.items():
             chunks = _chunks(key, value)
             handle.create_dataset(key, data=value, chunks=chunks, fletcher32=chunks is not None)
+        for key, value in (attrs or {}).items():
+            handle.attrs[key] = _attr(value)
+
+
+@contextlib.contextmanager
+def new_store(path: str | Path, n_slices: int, per_slice: dict[str, tuple[tuple[int, ...], str]],
+              arrays: dict[str, np.ndarray] | None = None,
+              attrs: dict | None = None) -> Iterator[dict[str, h5py.Dataset]]:
+    """Write a store whose large per-slice keys are filled piece by piece, so that none is
+    ever held whole in memory: ``per_slice`` maps each such key to the shape of one slice
+    and its dtype, and the block yields their (empty) HDF5 datasets of ``n_slices`` slices
+    for the caller to fill; ``arrays`` are written whole as :func:`write_store` writes them
+    (``volume``, ``slice``, ``mask``). Chunked one slice per chunk and checksummed as every
+    key; renamed into place when the block ends without error (:func:`kdmri.io.atomic_path`),
+    nothing left behind otherwise."""
+    path = Path(path)
+    arrays = {key: np.asarray(value) for key, value in (arrays or {}).items()}
+    nbytes = sum(value.nbytes for value in arrays.values()) + sum(
+        n_slices * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        for shape, dtype in per_slice.values())
+    ensure_space(path, nbytes)
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w", libver=LIBVER) as handle:
+        for key, value in arrays.items():
+            chunks = _chunks(key, value)
+            handle.create_dataset(key, data=value, chunks=chunks, fletcher32=chunks is not None)
+        yield {key: handle.create_dataset(key, shape=(n_slices, *shape), dtype=dtype,
+                                          chunks=(1, *shape), fletcher32=True)
+               for key, (shape, dtype) in per_slice.items()}
         for key, value in (attrs or {}).items():
             handle.attrs[key] = _attr(value)
 
