@@ -35,6 +35,9 @@ What runs (the steps of ``kdmri prepare``, ``undersample`` and ``predict`` for o
    sizes), the slices put back across ``--axis``; DICOM: the affine of
    :func:`~kdmri.data.dicom.read_dicom_volume`, data ``(columns, rows, slices)``; HDF5:
    the identity affine (fastMRI files carry no geometry), data ``(columns, rows, slices)``.
+
+A network of a multi-coil family (E2E-VarNet) is refused in one line: it reconstructs
+coil k-space, which none of these inputs gives.
 """
 
 from __future__ import annotations
@@ -161,17 +164,20 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     import torch
     from tqdm import tqdm
 
-    from kdmri.batch import make_batch
+    from kdmri.batch import forward, make_batch
     from kdmri.checkpoints import load_model
     from kdmri.data.sources import normalize_volume
     from kdmri.masks import load_mask, mask_from_settings
-    from kdmri.models import place_model
+    from kdmri.models import family_of, is_multicoil_model, place_model
     from kdmri.mri import real_image, undersample, zero_filled
 
     model_path, input_path = Path(model_path), Path(input_path)
     if not model_path.is_file():
         raise KdmriError(f"{model_path}: model file not found (--model)")
     model, ckpt = load_model(model_path, trust_code=trust_code)
+    if is_multicoil_model(model):
+        raise KdmriError(f"{model_path}: family {family_of(model)} reconstructs multi-coil "
+                         "k-space; kdmri apply reads single-coil images and does not apply it")
     task = ckpt["spec"]["task"]  # recon or sr, as the model was trained (any family)
     volume = read_volume(input_path, axis)
     _check_slices(input_path, volume.slices)
@@ -209,7 +215,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
                 zf = images.to(torch.complex64)
                 used = torch.ones(shape)
             batch = make_batch(zf, used, None, device, **options)
-            out = model(batch.image, batch.kspace, batch.mask).float()
+            out = forward(model, batch).float()
             if complex_net:  # two channels (real, imaginary): write the magnitude
                 out = torch.complex(out[:, 0], out[:, 1]).abs()
             else:

@@ -1,4 +1,9 @@
-"""Running a trained network over a store: predictions, teacher cache and latency."""
+"""Running a trained network over a store: predictions, teacher cache and latency.
+
+On the input store of multi-coil data a network of a multi-coil family (E2E-VarNet) is
+given the coil k-space and the mask (:func:`kdmri.batch.forward`) and its output, the RSS
+image, is stored as float32 ``(N, H, W)``, as the store's ``target`` and its ``zf`` (the
+RSS of the zero-filled coil images) are."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmri.batch import check_complex, make_batch, stored_image
+from kdmri.batch import check_complex, forward, input_keys, make_batch, stored_image
 from kdmri.checkpoints import load_model
 from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
@@ -16,7 +21,7 @@ from kdmri.distill.losses import attention_map
 from kdmri.distill.pairs import pair_paths, pairs_attr
 from kdmri.errors import KdmriError
 from kdmri.keys import digest
-from kdmri.models import place_model
+from kdmri.models import EXAMPLE_COILS, is_multicoil_model, place_model
 from kdmri.mri import real_image
 
 PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
@@ -29,19 +34,20 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
     """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store (complex64 for a
     complex network), and optionally the normalised attention maps ``(N, P, H*W)`` of the
     modules at ``feature_paths``."""
-    check_complex(store, model)
-    dataset = SliceDataset(store, keys=["zf"], extra=["mask"])
+    check_complex(store, model, multicoil=is_multicoil_model(model))
+    dataset = SliceDataset(store, keys=input_keys(store), extra=["mask"])
     model = place_model(model, device).eval()
     outputs, maps = [], []
     with FeatureHooks(model, feature_paths or []) as hooks:
         for idx in np.array_split(np.arange(len(dataset)), max(1, -(-len(dataset) // batch_size))):
             if idx.size == 0:
                 continue
-            batch = make_batch(dataset.batch(idx)["zf"], dataset.extra["mask"], None, device,
-                               complex=model.complex)
+            arrays = dataset.batch(idx)
+            batch = make_batch(arrays["zf"], dataset.extra["mask"], None, device,
+                               complex=model.complex, kspace=arrays.get("kspace"))
             with torch.autocast(device_type=device.type, dtype=torch.float16,
                                 enabled=amp and device.type == "cuda"):
-                out = model(batch.image, batch.kspace, batch.mask)
+                out = forward(model, batch)
             outputs.append(stored_image(out.float(), model.complex).cpu())
             if feature_paths:
                 maps.append(torch.stack([attention_map(f) for f in hooks.pop()], 1).cpu())
@@ -76,7 +82,8 @@ def cache_teacher(teacher_ckpt: str | Path, teacher_net: dict, pairs: list[list[
 
 def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
     """The zero-filled baseline ``zf``: the real image of the zero-filled input, or the
-    complex zero-filled image itself where the targets are complex."""
+    complex zero-filled image itself where the targets are complex; of multi-coil data, the
+    store's ``zf`` as it is, the float32 RSS of the zero-filled coil images."""
     dataset = SliceDataset(store, keys=["zf"])
     zf = dataset.batch(np.arange(len(dataset)))["zf"]
     output = zf if is_complex_store(store) else real_image(zf)
@@ -86,8 +93,10 @@ def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
-               repeats: int = 20, batch_size: int = 1) -> float:
-    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices.
+               repeats: int = 20, batch_size: int = 1, coils: int | None = None) -> float:
+    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices;
+    a network of a multi-coil family on the coil k-space of ``coils`` coils (None or 0:
+    :data:`kdmri.models.EXAMPLE_COILS`; ignored for other families).
 
     The model keeps the memory format its caller gave it (the stages place every model in
     channels-last with :func:`kdmri.models.place_model`; the benchmark also times the plain
@@ -97,13 +106,17 @@ def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.dev
     model = model.to(device).eval()
     zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
     mask = torch.ones(shape)
-    batch = make_batch(zf, mask, None, device, complex=getattr(model, "complex", False))
+    kspace = None
+    if is_multicoil_model(model):
+        kspace = torch.randn(batch_size, coils or EXAMPLE_COILS, *shape, dtype=torch.complex64)
+    batch = make_batch(zf, mask, None, device, complex=getattr(model, "complex", False),
+                       kspace=kspace)
     times = []
     for i in range(repeats + 3):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        model(batch.image, batch.kspace, batch.mask)
+        forward(model, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= 3:

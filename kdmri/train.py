@@ -56,7 +56,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from kdmri.batch import Batch, check_complex, make_batch, network_image, stored_image
+from kdmri.batch import (
+    Batch,
+    check_complex,
+    forward,
+    input_keys,
+    make_batch,
+    network_image,
+    stored_image,
+)
 from kdmri.checkpoints import (
     load_model,
     restore_rng,
@@ -71,7 +79,7 @@ from kdmri.io import atomic_path, save_torch
 from kdmri.masks import recorded_settings
 from kdmri.methods import STAGES
 from kdmri.metrics import psnr
-from kdmri.models import build_model, count_parameters, place_model
+from kdmri.models import build_model, count_parameters, is_multicoil_model, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
 from kdmri.optim import build_optimizer
 from kdmri.plan import StagePlan, Step, probe_batch
@@ -156,7 +164,8 @@ class Trainer:
         weights of ``init`` (a ``model.pt``) where there is one."""
         torch.manual_seed(self.spec["seed"])
         model = place_model(build_model(self.spec["net"]), self.device)
-        check_complex(train_store, model, f"the {self.spec['model']} network")
+        check_complex(train_store, model, f"the {self.spec['model']} network",
+                      multicoil=is_multicoil_model(model))
         if is_user_network(model):
             first = probe_batch(self.train_data, self.device, model.complex)
             check_forward(model, first.image, first.kspace, first.mask)
@@ -216,12 +225,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _data(self, store, cache_dir, split) -> dict[str, torch.Tensor]:
-        dataset = SliceDataset(store, keys=["zf", "target"], extra=["mask"])
+        keys = input_keys(store)  # zf, and the coil k-space of multi-coil data
+        dataset = SliceDataset(store, keys=[*keys, "target"], extra=["mask"])
         if not dataset.in_memory:
             raise KdmriError(f"{store}: split too large to hold in memory for training")
         batch = dataset.batch(np.arange(len(dataset)))
         data = {
-            "zf": batch["zf"],
+            **{key: batch[key] for key in keys},
             "target": batch["target"],
             "mask": dataset.extra["mask"],
             "volume": torch.from_numpy(dataset.volume.astype(np.int64)),
@@ -248,7 +258,8 @@ class Trainer:
     # ------------------------------------------------------------------ losses
     def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
         batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device,
-                           complex=self.complex)
+                           complex=self.complex,
+                           kspace=data["kspace"][idx] if "kspace" in data else None)
         extra = {k: data[k][idx].to(self.device) for k in ("teacher_output", "attention") if k in data}
         if "teacher_output" in extra:
             extra["teacher_output"] = network_image(extra["teacher_output"], self.complex)
@@ -257,7 +268,7 @@ class Trainer:
     def losses(self, batch: Batch, extra: dict, hooks: FeatureHooks | None):
         """Named loss terms and their weighted total for one batch."""
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            prediction = self.model(batch.image, batch.kspace, batch.mask)
+            prediction = forward(self.model, batch)
         prediction = prediction.float()
         total, terms = self.plan.losses(Step(self.plan, prediction, batch, extra, hooks))
         return total, terms, prediction

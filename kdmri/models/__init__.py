@@ -13,7 +13,8 @@ the U-Net), which is all distillation needs to know. :func:`flops_per_slice` cou
 network's FLOPs. Family ``python`` builds a class of the user's own code
 (:mod:`kdmri.models.python_family`); its feature layers are named by module path.
 E2E-VarNet (family ``varnet``) is the exception to the call: ``model(kspace, mask)`` on
-multi-coil k-space (its entry's ``multicoil``).
+multi-coil k-space (its entry's ``multicoil``; :func:`kdmri.batch.forward` makes either
+call, :func:`is_multicoil_model` says which a network takes).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class Family:
     reads_kspace: bool = True
     #: Its forward is ``model(kspace, mask)`` on measured multi-coil k-space ``(N, C, H, W)``
     #: and returns the RSS image ``(N, 1, H, W)``, instead of the single-coil
-    #: ``model(image, kspace, mask)``. No task feeds networks multi-coil k-space yet, so the
-    #: config checks refuse such a family in a study (:mod:`kdmri.crosschecks`).
+    #: ``model(image, kspace, mask)``: the reconstruction task feeds it the input stores of
+    #: multi-coil data, and only it takes them (:mod:`kdmri.crosschecks`,
+    #: :func:`kdmri.batch.check_complex`).
     multicoil: bool = False
 
     @property
@@ -76,13 +78,19 @@ MODEL_FAMILIES: dict[str, Family] = {
     "vdsr": Family("kdmri.models.vdsr:VDSR", tasks=("sr",), convs=True,
                    exports=("torchscript", "onnx"), reads_kspace=False),
     "unet": Family("kdmri.models.unet:UNet", tasks=("recon", "sr")),
-    # E2E-VarNet on multi-coil k-space; not fed by any task yet (multicoil)
+    # E2E-VarNet on multi-coil k-space (multicoil)
     "varnet": Family("kdmri.models.varnet:VarNet", tasks=("recon",), cascades=True,
                      multicoil=True),
     # the user's own class (kdmri.models.python_family)
     "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),
                      numbered=False),
 }
+
+
+#: The coil count a multi-coil family's FLOPs and latency are counted with where no store
+#: gives one (the job priorities, computed from the config alone): the default of a demo
+#: dataset's ``simulated_coils``.
+EXAMPLE_COILS = 8
 
 
 def family(net: dict) -> Family:
@@ -101,6 +109,13 @@ def family_of(model: nn.Module) -> str | None:
     module, a ``python`` family's network included: it is the user's class)."""
     return next((name for name, entry in MODEL_FAMILIES.items()
                  if isinstance(model, entry.cls)), None)
+
+
+def is_multicoil_model(model: nn.Module) -> bool:
+    """Whether ``model`` is of a family whose forward takes multi-coil k-space (its
+    registry entry's ``multicoil``); a ``python`` family's network never is."""
+    name = family_of(model)
+    return name is not None and MODEL_FAMILIES[name].multicoil
 
 
 def build_model(spec: dict) -> nn.Module:
@@ -140,5 +155,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DCCNN", "VDSR", "UNet", "VarNet", "MODEL_FAMILIES", "Family", "build_model", "count_parameters",
-           "family", "family_of", "flops_per_slice", "place_model"]
+__all__ = ["DCCNN", "VDSR", "UNet", "VarNet", "EXAMPLE_COILS", "MODEL_FAMILIES", "Family", "build_model",
+           "count_parameters", "family", "family_of", "flops_per_slice", "is_multicoil_model",
+           "place_model"]
