@@ -118,7 +118,7 @@ def test_the_config_checks_read_the_declarations(monkeypatch):
         validate(tiny)
     _declare(monkeypatch, "vdsr", convs=False)
     validate(tiny)
-    # a family on multi-coil k-space is refused in a study (no task feeds one yet)
+    # a family on multi-coil k-space is refused on a single-coil dataset (the demo's)
     varnet = {"tasks": {"recon": {"datasets": ["demo"], "teacher": {"family": "varnet"}}},
               "models": ["zf", "teacher"]}
     with pytest.raises(KdmriError, match=r"'tasks\.recon\.teacher\.family': family varnet "

@@ -1,7 +1,8 @@
 """Multi-coil data: the demo's simulated coil arrays (normalised birdcage maps, noise at
 the stated SNR, the stores of a multi-coil file, seeded), the input stores of multi-coil
 data against NumPy (the coil k-space under the mask, the RSS zero-filled image), single-
-coil undersampling unchanged, and the config: specs unchanged, the option checked."""
+coil undersampling unchanged, and the config: specs unchanged, the option checked, multi-coil
+data going to multi-coil networks (E2E-VarNet) only, in the reconstruction task."""
 
 from __future__ import annotations
 
@@ -242,10 +243,16 @@ def test_single_coil_undersampling_is_unchanged(tmp_path, complex_target):
     assert set(store_info(tmp_path / "in.h5")["keys"]) == {"zf", "target", "mask", "volume", "slice"}
 
 
-def test_no_network_is_fed_a_multicoil_input_store(demo_stores, stores):
-    with pytest.raises(KdmriError, match=r"in.h5: multi-coil inputs \(4 coils, key 'kspace'\)"):
+def test_a_multicoil_input_store_goes_to_multicoil_networks_only(demo_stores, stores):
+    single = stores.inputs_dir / "train.h5"
+    with pytest.raises(KdmriError, match=r"in.h5: multi-coil inputs \(4 coils, key 'kspace'\); "
+                                         r"the network takes single-coil images"):
         check_complex(demo_stores.inputs, SimpleNamespace(complex=False))
-    check_complex(stores.inputs_dir / "train.h5", SimpleNamespace(complex=False))  # as before
+    check_complex(single, SimpleNamespace(complex=False))  # as before
+    check_complex(demo_stores.inputs, SimpleNamespace(complex=False), multicoil=True)
+    with pytest.raises(KdmriError, match=r"train.h5: single-coil inputs .*the network "
+                                         r"reconstructs multi-coil k-space"):
+        check_complex(single, SimpleNamespace(complex=False), multicoil=True)
 
 
 # ------------------------------------------------------------------ the config
@@ -290,3 +297,51 @@ def test_multicoil_datasets_are_known_and_the_option_is_checked():
               {"recon": {"datasets": ["d"], "evaluate_on": ["m"]}})
     with pytest.raises(KdmriError, match=r"simulated_coils.*snr_db"):
         check({"d": {"format": "demo", "simulated_coils": {"snr_db": "high"}}})
+
+
+VARNET = {"family": "varnet", "cascades": 2, "chans": 4}
+
+
+def test_multicoil_data_and_multicoil_networks_go_together():
+    """A multi-coil dataset trains and evaluates E2E-VarNet in the reconstruction task;
+    every other pairing is refused in one line naming the key."""
+    def check(data: dict | None = None, models: list | None = None, **task) -> dict:
+        return validate({"datasets": data or {"m": {"format": "demo", "simulated_coils": {}}},
+                         "tasks": {"recon": {"datasets": ["m"], **task}} if "sr" not in task
+                         else {"sr": {"datasets": ["m"], **task["sr"]}},
+                         "models": models or ["zf", "teacher", "student", "kd", "kd_fitnets"]})
+
+    nets = {"teacher": VARNET, "student": {**VARNET, "chans": 2}, "pairs": [[3, 3]]}
+    config = check(**nets)
+    assert config["tasks"]["recon"]["teacher"]["complex"] is False
+    check(**nets, compression={"students": {"s": {"net": {**VARNET, "chans": 3}}}})
+    # a single-coil network on multi-coil data, named by its key
+    with pytest.raises(KdmriError, match=r"'tasks.recon.datasets.0': dataset 'm' is multi-coil "
+                                         r"\(simulated_coils\), which tasks.recon.student "
+                                         r"\(family dccnn\) does not take"):
+        check(teacher=VARNET)
+    with pytest.raises(KdmriError, match=r"which tasks.recon.compression.students.s.net "
+                                         r"\(family unet\)"):
+        check(**nets, compression={"students": {"s": {"net": {"family": "unet"}}}})
+    # E2E-VarNet on single-coil data; a fastmri k-space dataset is left to its stores
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.family': family varnet "
+                                         r"reconstructs multi-coil k-space, and dataset 'd' "
+                                         r"\(tasks.recon.datasets.0\) is single-coil"):
+        check({"d": {"format": "demo"}}, datasets=["d"], **nets)
+    fastmri = {"f": {"format": "fastmri", "path": "/x", "source": "kspace"}}
+    check(fastmri, datasets=["f"], **nets)
+    # super-resolution, complex networks and the student-friendly teacher
+    with pytest.raises(KdmriError, match=r"'tasks.sr.datasets.0': dataset 'm' is multi-coil "
+                                         r"\(simulated_coils\), which task 'sr' does not take"):
+        check(sr={})
+    with pytest.raises(KdmriError, match=r"'tasks.sr.teacher.family': family varnet "
+                                         r"reconstructs multi-coil k-space in task\(s\) recon, "
+                                         r"not in 'sr'"):
+        check(sr={"teacher": VARNET, "student": VARNET})
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': family varnet "
+                                         r".*complex must be false"):
+        check(**{**nets, "teacher": {**VARNET, "complex": True}})
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.family': kd_sft needs the "
+                                         r"student-friendly teacher.*family varnet reconstructs "
+                                         r"multi-coil k-space and is not supported"):
+        check(models=["zf", "kd_sft"], **nets)
