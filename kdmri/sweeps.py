@@ -55,11 +55,12 @@ def label(value: Any) -> str:
 
 
 def settings(sweep: dict, where: str = "sweeps") -> list[dict[str, Any]]:
-    """The settings of one sweep entry (``models``, ``values``, ``combine``): each a dict
+    """The settings of one sweep entry (``models``, ``values``, ``combine``; as validated,
+    its defaults filled): each a dict
     config key -> value, in order (grid: the last key varies fastest)."""
     keys = list(sweep["values"])
     lists = [sweep["values"][k] for k in keys]
-    if sweep.get("combine", "grid") == "zip":
+    if sweep["combine"] == "zip":
         lengths = {len(values) for values in lists}
         if len(lengths) > 1:
             raise KdmriError(
@@ -100,7 +101,7 @@ def setting_of(name: str, config: dict | None) -> tuple[str, dict[str, Any] | No
     model, sweep, text = split(name)
     if sweep is None:
         return name, None
-    sweeps = (config or {}).get("sweeps", {})
+    sweeps = config["sweeps"] if config is not None else {}
     if sweep not in sweeps:
         raise KdmriError(f"model {name!r}: the study has no sweep {sweep!r}; its sweeps: "
                          f"{sorted(sweeps)}")
@@ -133,14 +134,14 @@ def candidates(config: dict) -> list[tuple[str, str, str, dict[str, Any]]]:
     """``(candidate, model, sweep, setting)`` of every setting of every sweep, per model it
     varies (in the config's order)."""
     return [(candidate(model, name, setting), model, name, setting)
-            for name, sweep in config.get("sweeps", {}).items()
+            for name, sweep in config["sweeps"].items()
             for setting in settings(sweep, f"sweeps.{name}")
             for model in sweep["models"]]
 
 
 def swept_models(config: dict) -> list[str]:
     """The models some sweep varies, in the order of ``models``."""
-    swept = {m for sweep in config.get("sweeps", {}).values() for m in sweep["models"]}
+    swept = {m for sweep in config["sweeps"].values() for m in sweep["models"]}
     return [m for m in config["models"] if m in swept]
 
 

@@ -28,7 +28,8 @@ def study(**sweeps) -> dict:
 
 # ---------------------------------------------------------------------- settings
 def test_grid_and_zip_settings_and_labels():
-    sweep = {"models": ["kd"], "values": {"train.lr": [0.001, 0.0003], "kd.alpha": [0.2, 0.8]}}
+    sweep = {"models": ["kd"], "combine": "grid",
+             "values": {"train.lr": [0.001, 0.0003], "kd.alpha": [0.2, 0.8]}}
     assert settings(sweep) == [
         {"train.lr": 0.001, "kd.alpha": 0.2}, {"train.lr": 0.001, "kd.alpha": 0.8},
         {"train.lr": 0.0003, "kd.alpha": 0.2}, {"train.lr": 0.0003, "kd.alpha": 0.8}]

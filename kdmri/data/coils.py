@@ -57,10 +57,10 @@ def coil_settings(dataset: dict) -> dict | None:
     """A dataset's simulated-coil settings (its ``simulated_coils``, defaults filled), or
     None where it asks for none: the key not set (it has no default, so the configs and
     data of studies without it are unchanged) or ``count: 0``."""
-    settings = dataset.get("simulated_coils")
-    if settings is None or settings["count"] == 0:
+    if "simulated_coils" not in dataset:  # not set: no coils (see the schema)
         return None
-    return settings
+    settings = dataset["simulated_coils"]
+    return None if settings["count"] == 0 else settings
 
 
 def birdcage_sensitivities(count: int, shape: Sequence[int]) -> np.ndarray:

@@ -450,6 +450,10 @@ def sweep_plan():
     return plan, files
 
 
+# computed once: the plan names every candidate of every cell (kdmri.specs.canonical)
+SWEEP_PLAN, SWEEP_FILES = sweep_plan()
+
+
 def writes_compression():
     """Whether the study has a compression curve (a task with students and cells): then
     `kdmri tables` writes compression.csv and the workflow draws figures/compression.png.

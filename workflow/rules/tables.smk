@@ -11,7 +11,7 @@
 # sweep.csv / .md; the tables then show the chosen candidate under the model's name.
 rule sweep:
     input:
-        models=list(sweep_plan()[1].values()),
+        models=list(SWEEP_FILES.values()),
     output:
         table=report(
             f"{R}/tables/sweep.csv",
@@ -26,9 +26,9 @@ rule sweep:
         "../envs/kdmri.yaml"
     threads: 1
     params:
-        plan=lambda w: spec_json(sweep_plan()[0]),
+        plan=spec_json(SWEEP_PLAN),
         models=lambda w, input: " ".join(
-            f"{key}={path}" for key, path in zip(sweep_plan()[1], input.models)
+            f"{key}={path}" for key, path in zip(SWEEP_FILES, input.models)
         ),
         out_dir=output_dir("table"),
     shell:
