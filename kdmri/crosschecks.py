@@ -2,10 +2,11 @@
 
 :func:`check_study` runs them on a validated config with its defaults filled
 (:func:`kdmri.config.validate` calls it): the study's methods extend the shipped table
-soundly, every dataset a task names exists, multi-coil data go to networks of a
-multi-coil family (E2E-VarNet) in the reconstruction task and those networks to nothing
-else, the demo's simulated coils are set where they apply, complex networks go with
-complex data, the layer pairs fit the networks, and a student-friendly teacher has DC-CNN
+soundly, every dataset a task names exists, multi-coil data go to networks that take
+them (a multi-coil family, E2E-VarNet; DC-CNN by SENSE, with the dataset's sensitivity
+maps; the U-Net without DC by RSS) in the reconstruction task and a multi-coil family to
+nothing else, the demo's simulated coils are set where they apply, complex networks go
+with complex data, the layer pairs fit the networks, and a student-friendly teacher has DC-CNN
 cascades to branch at.
 Each raises :class:`KdmriError` with one line naming the key, what was expected and what
 was found. What a network family can do is read from its registry entry
@@ -19,7 +20,7 @@ from kdmri.data.sensitivity import maps_settings
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
-from kdmri.models import MODEL_FAMILIES, family
+from kdmri.models import COIL_INPUTS, MODEL_FAMILIES, coil_input, coil_requirements, family
 from kdmri.specs import _spec_keys, canonical
 from kdmri.sweeps import candidate, settings
 
@@ -173,14 +174,44 @@ def _single_coil(dataset: dict) -> bool:
                                               and is_complex(dataset))
 
 
+def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
+                    source: str) -> None:
+    """The network ``net`` (at key ``where``) takes the multi-coil dataset ``name`` (at key
+    ``at``): it has a coil input (:func:`kdmri.models.coil_input`; else the first option
+    it lacks is named, or the families that take multi-coil data), and the dataset has the
+    keys that input reads (SENSE: sensitivity maps)."""
+    kind = coil_input(net)
+    if kind is None:
+        needed = coil_requirements(net)
+        if needed:
+            key, value = next((k, v) for k, v in needed if net.get(k) != v)
+            entry = family(net)
+            raise KdmriError(
+                f"{source}: key '{where}.{key}': dataset {name!r} ({at}) is multi-coil "
+                f"(simulated_coils); family {net['family']} takes it with {key}: "
+                f"{str(value).lower()} ({COIL_INPUTS[entry.coil_input].description}), "
+                f"found {str(net.get(key)).lower()}")
+        takers = [n for n, e in MODEL_FAMILIES.items() if e.multicoil or e.coil_input]
+        raise KdmriError(
+            f"{source}: key '{at}': dataset {name!r} is multi-coil (simulated_coils), which "
+            f"{where} (family {net['family']}) does not take: it reconstructs single-coil "
+            f"images; use family {' or '.join(takers)}")
+    if "maps" in COIL_INPUTS[kind].keys and maps_settings(dataset) is None:
+        raise KdmriError(
+            f"{source}: key 'datasets.{name}.sensitivity_maps': {where} (family "
+            f"{net['family']}) takes {COIL_INPUTS[kind].description}, which needs the "
+            f"dataset's sensitivity maps; set sensitivity_maps: {{kind: espirit}} on "
+            f"dataset {name!r}")
+
+
 def _check_multicoil(config: dict, source: str) -> None:
-    """Multi-coil data and the families that reconstruct them (``multicoil`` in the
-    registry entry: E2E-VarNet, fed the coil k-space and the mask) go together: a
-    multi-coil family serves its tasks only (reconstruction), returns the RSS magnitude
-    image (``complex: false``) and takes no dataset known to be single-coil; a multi-coil
-    dataset (the demo with ``simulated_coils``) goes to a task that multi-coil families
-    serve and to none of a single-coil family's networks (no RSS fallback: DC-CNN's and the
-    U-Net's data consistency work on single-coil k-space)."""
+    """Multi-coil data and the networks that take them go together: a multi-coil family
+    (``multicoil`` in the registry entry: E2E-VarNet, fed the coil k-space and the mask)
+    serves its tasks only (reconstruction), returns the RSS magnitude image (``complex:
+    false``) and takes no dataset known to be single-coil; a multi-coil dataset (the demo
+    with ``simulated_coils``) goes to a task that multi-coil families serve, and each of
+    its networks takes it (:func:`_check_coil_net`: DC-CNN with ``complex: true`` by SENSE,
+    the U-Net with ``dc: false`` by RSS)."""
     coil_families = [n for n, e in MODEL_FAMILIES.items() if e.multicoil]
     single_families = [n for n, e in MODEL_FAMILIES.items() if not e.multicoil]
     coil_tasks = sorted({t for n in coil_families for t in MODEL_FAMILIES[n].tasks})
@@ -205,14 +236,8 @@ def _check_multicoil(config: dict, source: str) -> None:
                             f"{source}: key '{at}': dataset {name!r} is multi-coil "
                             f"(simulated_coils), which task {task!r} does not take (multi-coil "
                             f"data are reconstructed: task(s) {', '.join(coil_tasks)})")
-                    single = [w for w, net in nets.items() if not family(net).multicoil]
-                    if single:
-                        raise KdmriError(
-                            f"{source}: key '{at}': dataset {name!r} is multi-coil "
-                            f"(simulated_coils), which {single[0]} (family "
-                            f"{nets[single[0]]['family']}) does not take: it reconstructs "
-                            f"single-coil images; use family "
-                            f"{' or '.join(coil_families)} (multi-coil k-space)")
+                    for where, net in nets.items():
+                        _check_coil_net(where, net, name, dataset, at, source)
                 elif _single_coil(dataset):
                     for where, net in nets.items():
                         if family(net).multicoil:
@@ -247,6 +272,16 @@ def _check_sft(config: dict, source: str) -> None:
                 f"student-friendly teacher, whose branches run DC-CNN cascades on images; "
                 f"family {settings[coil[0]]['family']} reconstructs multi-coil k-space and "
                 "is not supported")
+        coil_data = [(key, i, name) for key in ("datasets", "evaluate_on")
+                     for i, name in enumerate(settings[key])
+                     if is_multicoil(config["datasets"][name])]
+        if coil_data:
+            key, i, name = coil_data[0]
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.{key}.{i}': {uses[0]} needs the "
+                f"student-friendly teacher, whose branches run single-coil data "
+                f"consistency; dataset {name!r} is multi-coil (simulated_coils), which it "
+                "does not support")
         if not (family(teacher).cascades and family(student).cascades):
             without = [name for name, entry in MODEL_FAMILIES.items() if not entry.cascades]
             raise KdmriError(
@@ -359,10 +394,12 @@ def _check_simulated_coils(config: dict, source: str) -> None:
 
 
 def _check_complex(config: dict, source: str) -> None:
-    """``source: kspace`` is a fastmri option, and a task's networks are complex exactly
-    when its datasets are (one task cannot mix complex and magnitude datasets); a
-    multi-coil family's networks are never complex: they take the coil k-space of a
-    dataset prepared from k-space and return the RSS magnitude image, its target."""
+    """``source: kspace`` is a fastmri option, sensitivity maps one of multi-coil data,
+    and a task's networks are complex exactly when its datasets are (one task cannot mix
+    complex and magnitude datasets); a multi-coil family's networks are never complex:
+    they take the coil k-space of a dataset prepared from k-space and return the RSS
+    magnitude image, its target. On a multi-coil demo dataset the coil input decides
+    (:func:`_check_coil_net`: DC-CNN is complex, on the SENSE-combined image)."""
     for name, dataset in config["datasets"].items():
         if is_complex(dataset) and dataset["format"] != "fastmri":
             raise KdmriError(
@@ -370,14 +407,17 @@ def _check_complex(config: dict, source: str) -> None:
                 f"fastmri, found format {dataset['format']!r}"
             )
         maps = maps_settings(dataset)
-        if maps is not None and not is_complex(dataset):
+        if maps is not None and not (is_complex(dataset) or is_multicoil(dataset)):
             raise KdmriError(
                 f"{source}: key 'datasets.{name}.sensitivity_maps': {maps['kind']} maps are computed "
-                "from multi-coil k-space, an option of format fastmri with source kspace; found "
-                f"format {dataset['format']!r} with source {dataset['source']!r}"
+                "from multi-coil k-space, an option of format fastmri with source kspace or of "
+                f"the demo with simulated_coils; found format {dataset['format']!r} with source "
+                f"{dataset['source']!r}"
             )
     for task, settings in config["tasks"].items():
         for name in settings["datasets"]:
+            if is_multicoil(config["datasets"][name]):
+                continue  # a network's complex on multi-coil data: _check_coil_net
             data = "complex (source: kspace)" if is_complex(config["datasets"][name]) \
                 else "magnitude"
             for role in ("teacher", "student"):

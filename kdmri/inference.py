@@ -1,8 +1,9 @@
 """Running a trained network over a store: predictions, teacher cache and latency.
 
-On the input store of multi-coil data a network of a multi-coil family (E2E-VarNet) is
-given the coil k-space and the mask (:func:`kdmri.batch.forward`) and its output, the RSS
-image, is stored as float32 ``(N, H, W)``, as the store's ``target`` and its ``zf`` (the
+On the input store of multi-coil data a network is given its coil input (E2E-VarNet the
+coil k-space and the mask, DC-CNN the SENSE-combined image with the maps, the U-Net
+without DC the RSS zero-filled image: :mod:`kdmri.batch`) and its output, the RSS
+estimate, is stored as float32 ``(N, H, W)``, as the store's ``target`` and its ``zf`` (the
 RSS of the zero-filled coil images) are."""
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmri.batch import check_complex, forward, input_keys, make_batch, stored_image
+from kdmri.batch import (
+    check_complex,
+    coil_arrays,
+    example_batch,
+    forward,
+    input_keys,
+    make_batch,
+    stored_image,
+)
 from kdmri.checkpoints import load_model
 from kdmri.data.store import SliceDataset, is_complex_store, write_store
 from kdmri.distill.hooks import FeatureHooks
@@ -21,7 +30,7 @@ from kdmri.distill.losses import attention_map
 from kdmri.distill.pairs import pair_paths, pairs_attr
 from kdmri.errors import KdmriError
 from kdmri.keys import digest
-from kdmri.models import EXAMPLE_COILS, is_multicoil_model, place_model
+from kdmri.models import place_model
 from kdmri.mri import real_image
 
 PREDICT_BATCH = 16  # slices per forward pass when a model runs over a test store
@@ -34,8 +43,9 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
     """Outputs ``(N, H, W)`` of ``model`` on every slice of an input store (complex64 for a
     complex network), and optionally the normalised attention maps ``(N, P, H*W)`` of the
     modules at ``feature_paths``."""
-    check_complex(store, model, multicoil=is_multicoil_model(model))
-    dataset = SliceDataset(store, keys=input_keys(store), extra=["mask"])
+    check_complex(store, model)
+    complex_output = is_complex_store(store)  # the targets' kind (RSS of multi-coil data)
+    dataset = SliceDataset(store, keys=input_keys(store, model), extra=["mask"])
     model = place_model(model, device).eval()
     outputs, maps = [], []
     with FeatureHooks(model, feature_paths or []) as hooks:
@@ -44,11 +54,11 @@ def run_model(model: torch.nn.Module, store: str | Path, device: torch.device,
                 continue
             arrays = dataset.batch(idx)
             batch = make_batch(arrays["zf"], dataset.extra["mask"], None, device,
-                               complex=model.complex, kspace=arrays.get("kspace"))
+                               complex=model.complex, **coil_arrays(arrays, slice(None)))
             with torch.autocast(device_type=device.type, dtype=torch.float16,
                                 enabled=amp and device.type == "cuda"):
                 out = forward(model, batch)
-            outputs.append(stored_image(out.float(), model.complex).cpu())
+            outputs.append(stored_image(out.float(), complex_output).cpu())
             if feature_paths:
                 maps.append(torch.stack([attention_map(f) for f in hooks.pop()], 1).cpu())
     result = {"output": torch.cat(outputs).numpy(), "volume": dataset.volume,
@@ -94,9 +104,10 @@ def zero_filled_output(store: str | Path) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
                repeats: int = 20, batch_size: int = 1, coils: int | None = None) -> float:
-    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices;
-    a network of a multi-coil family on the coil k-space of ``coils`` coils (None or 0:
-    :data:`kdmri.models.EXAMPLE_COILS`; ignored for other families).
+    """Median wall time (ms) of one forward pass on a ``batch_size`` of ``shape`` slices:
+    on the multi-coil input of ``coils`` coils where given (a multi-coil family's always,
+    None or 0 then meaning :data:`kdmri.models.EXAMPLE_COILS`), else single-coil
+    (:func:`kdmri.batch.example_batch`).
 
     The model keeps the memory format its caller gave it (the stages place every model in
     channels-last with :func:`kdmri.models.place_model`; the benchmark also times the plain
@@ -104,13 +115,7 @@ def latency_ms(model: torch.nn.Module, shape: tuple[int, int], device: torch.dev
     if repeats < 1:
         raise KdmriError("latency needs at least one repeat")
     model = model.to(device).eval()
-    zf = torch.randn(batch_size, *shape, dtype=torch.complex64)
-    mask = torch.ones(shape)
-    kspace = None
-    if is_multicoil_model(model):
-        kspace = torch.randn(batch_size, coils or EXAMPLE_COILS, *shape, dtype=torch.complex64)
-    batch = make_batch(zf, mask, None, device, complex=getattr(model, "complex", False),
-                       kspace=kspace)
+    batch = example_batch(model, shape, device, batch_size=batch_size, coils=coils)
     times = []
     for i in range(repeats + 3):
         if device.type == "cuda":

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from kdmri.batch import Batch, forward, make_batch
+from kdmri.batch import Batch, coil_arrays, forward, make_batch
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.learnt import BUILDERS
 from kdmri.distill.pairs import fsp_paths, pair_paths
@@ -94,9 +94,9 @@ def term_options(options: dict, names: list[str], stage: str) -> dict[str, dict]
 def probe_batch(data: Mapping[str, torch.Tensor], device: torch.device, complex: bool) -> Batch:
     """The first two training slices as a batch without targets: what one forward of a
     network is run on before training (to check a user's network, to size the adapters);
-    of multi-coil data, their coil k-space."""
+    of multi-coil data, their coil arrays."""
     return make_batch(data["zf"][:2], data["mask"], None, device, complex=complex,
-                      kspace=data["kspace"][:2] if "kspace" in data else None)
+                      **coil_arrays(data, slice(0, 2)))
 
 
 class StagePlan:
@@ -236,7 +236,11 @@ class StagePlan:
 
     def branch_outputs(self, teacher_images: list[torch.Tensor],
                        batch: Batch) -> list[torch.Tensor]:
-        """The SFT branches on the network's hooked images (gradients reach both)."""
+        """The SFT branches on the network's hooked images (gradients reach both); not
+        on multi-coil data (their data consistency is single-coil)."""
+        if batch.maps is not None:
+            raise KdmriError("the student-friendly teacher's branches run single-coil data "
+                             "consistency; multi-coil data (SENSE) are not supported")
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             outputs = self.branches(teacher_images, batch.kspace, batch.mask)
         return [output.float() for output in outputs]

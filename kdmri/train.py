@@ -59,6 +59,7 @@ from tqdm import tqdm
 from kdmri.batch import (
     Batch,
     check_complex,
+    coil_arrays,
     forward,
     input_keys,
     make_batch,
@@ -72,14 +73,14 @@ from kdmri.checkpoints import (
     training_state,
     write_model_file,
 )
-from kdmri.data.store import SliceDataset
+from kdmri.data.store import SliceDataset, is_complex_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
 from kdmri.masks import recorded_settings
 from kdmri.methods import STAGES
 from kdmri.metrics import psnr
-from kdmri.models import build_model, count_parameters, is_multicoil_model, place_model
+from kdmri.models import build_model, count_parameters, place_model
 from kdmri.models.python_family import check_forward, is_user_network, source_record
 from kdmri.optim import build_optimizer
 from kdmri.plan import StagePlan, Step, probe_batch
@@ -140,7 +141,8 @@ class Trainer:
         self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
         self._place_data()
         self.model = self._network(train_store, init)
-        self.complex = self.model.complex
+        self.complex = self.model.complex  # its input; its output is of the targets' kind:
+        self.complex_output = is_complex_store(train_store)  # real RSS of multi-coil data
         self.params = count_parameters(self.model)
         self.plan.build(self.model, self.train_data, self.device, self.amp)
         self.select, self.outputs = self._selection()
@@ -164,8 +166,7 @@ class Trainer:
         weights of ``init`` (a ``model.pt``) where there is one."""
         torch.manual_seed(self.spec["seed"])
         model = place_model(build_model(self.spec["net"]), self.device)
-        check_complex(train_store, model, f"the {self.spec['model']} network",
-                      multicoil=is_multicoil_model(model))
+        check_complex(train_store, model, f"the {self.spec['model']} network")
         if is_user_network(model):
             first = probe_batch(self.train_data, self.device, model.complex)
             check_forward(model, first.image, first.kspace, first.mask)
@@ -225,7 +226,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _data(self, store, cache_dir, split) -> dict[str, torch.Tensor]:
-        keys = input_keys(store)  # zf, and the coil k-space of multi-coil data
+        keys = input_keys(store, self.spec["net"])  # zf, and the coil arrays of multi-coil data
         dataset = SliceDataset(store, keys=[*keys, "target"], extra=["mask"])
         if not dataset.in_memory:
             raise KdmriError(f"{store}: split too large to hold in memory for training")
@@ -258,11 +259,10 @@ class Trainer:
     # ------------------------------------------------------------------ losses
     def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
         batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device,
-                           complex=self.complex,
-                           kspace=data["kspace"][idx] if "kspace" in data else None)
+                           complex=self.complex, **coil_arrays(data, idx))
         extra = {k: data[k][idx].to(self.device) for k in ("teacher_output", "attention") if k in data}
         if "teacher_output" in extra:
-            extra["teacher_output"] = network_image(extra["teacher_output"], self.complex)
+            extra["teacher_output"] = network_image(extra["teacher_output"], self.complex_output)
         return batch, extra
 
     def losses(self, batch: Batch, extra: dict, hooks: FeatureHooks | None):
@@ -403,7 +403,7 @@ class Trainer:
                 sums["loss"] += total.item() * len(idx)
                 for name, value in terms.items():
                     sums[name] += value.item() * len(idx)
-                outputs.append(stored_image(prediction, self.complex).cpu())
+                outputs.append(stored_image(prediction, self.complex_output).cpu())
         prediction = torch.cat(outputs).numpy()
         target = data["target"].cpu().numpy()
         volumes = data["volume"].cpu().numpy()

@@ -32,6 +32,7 @@ from kdmri.data.store import (
 from kdmri.errors import KdmriError
 from kdmri.keys import SPLITS
 from kdmri.masks import MASK_ATTR, create_mask_func
+from kdmri.models import build_model
 from kdmri.mri import undersample, zero_filled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,10 +250,12 @@ def test_a_multicoil_input_store_goes_to_multicoil_networks_only(demo_stores, st
                                          r"the network takes single-coil images"):
         check_complex(demo_stores.inputs, SimpleNamespace(complex=False))
     check_complex(single, SimpleNamespace(complex=False))  # as before
-    check_complex(demo_stores.inputs, SimpleNamespace(complex=False), multicoil=True)
+    varnet = build_model({"family": "varnet", "cascades": 1, "chans": 2, "pools": 1,
+                          "sens_chans": 2, "sens_pools": 1})
+    check_complex(demo_stores.inputs, varnet)
     with pytest.raises(KdmriError, match=r"train.h5: single-coil inputs .*the network "
                                          r"reconstructs multi-coil k-space"):
-        check_complex(single, SimpleNamespace(complex=False), multicoil=True)
+        check_complex(single, varnet)
 
 
 # ------------------------------------------------------------------ the config
@@ -290,9 +293,11 @@ def test_multicoil_datasets_are_known_and_the_option_is_checked():
     with pytest.raises(KdmriError, match=r"'datasets.d.noise': 0.05 with simulated_coils"):
         check({"d": {"format": "demo", "noise": 0.05, "simulated_coils": coils}})
     check({"d": {"format": "demo", "noise": 0.05, "simulated_coils": {"count": 0}}})  # off
-    with pytest.raises(KdmriError, match=r"'tasks.recon.datasets.0': dataset 'd' is multi-coil"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'd' "
+                                         r"\(tasks.recon.datasets.0\) is multi-coil"):
         check({"d": {"format": "demo", "simulated_coils": coils}}, {"recon": {"datasets": ["d"]}})
-    with pytest.raises(KdmriError, match=r"'tasks.recon.evaluate_on.0': dataset 'm' is multi-coil"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'm' "
+                                         r"\(tasks.recon.evaluate_on.0\) is multi-coil"):
         check({"d": {"format": "demo"}, "m": {"format": "demo", "simulated_coils": coils}},
               {"recon": {"datasets": ["d"], "evaluate_on": ["m"]}})
     with pytest.raises(KdmriError, match=r"simulated_coils.*snr_db"):
@@ -315,14 +320,20 @@ def test_multicoil_data_and_multicoil_networks_go_together():
     config = check(**nets)
     assert config["tasks"]["recon"]["teacher"]["complex"] is False
     check(**nets, compression={"students": {"s": {"net": {**VARNET, "chans": 3}}}})
-    # a single-coil network on multi-coil data, named by its key
-    with pytest.raises(KdmriError, match=r"'tasks.recon.datasets.0': dataset 'm' is multi-coil "
-                                         r"\(simulated_coils\), which tasks.recon.student "
-                                         r"\(family dccnn\) does not take"):
+    # a single-coil network on multi-coil data without the options it takes them with,
+    # named by its key (DC-CNN and the U-Net: tests/test_multicoil_sense.py)
+    with pytest.raises(KdmriError, match=r"'tasks.recon.student.complex': dataset 'm' "
+                                         r"\(tasks.recon.datasets.0\) is multi-coil "
+                                         r"\(simulated_coils\); family dccnn takes it with "
+                                         r"complex: true"):
         check(teacher=VARNET)
-    with pytest.raises(KdmriError, match=r"which tasks.recon.compression.students.s.net "
-                                         r"\(family unet\)"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.compression.students.s.net.dc': .*"
+                                         r"family unet takes it with dc: false"):
         check(**nets, compression={"students": {"s": {"net": {"family": "unet"}}}})
+    with pytest.raises(KdmriError, match=r"which tasks.recon.compression.students.s.net "
+                                         r"\(family python\) does not take"):
+        check(**nets, compression={"students": {"s": {"net": {"family": "python",
+                                                               "target": "m:C"}}}})
     # E2E-VarNet on single-coil data; a fastmri k-space dataset is left to its stores
     with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.family': family varnet "
                                          r"reconstructs multi-coil k-space, and dataset 'd' "

@@ -1,7 +1,9 @@
-"""A whole multi-coil study through the DAG (config/test.yaml with the demo's simulated
-coils and tiny E2E-VarNet teacher and student): every model is trained, predicted and
-evaluated, and the zero-filled row is the RSS of the zero-filled coil images against the
-RSS target, computed here from the input store."""
+"""Whole multi-coil studies through the DAG (config/test.yaml with the demo's simulated
+coils): tiny E2E-VarNet teacher and student, and tiny DC-CNN teacher and student on the
+SENSE coil-combined image (the dataset's ESPIRiT maps); every model is trained,
+predicted and evaluated, the KD student from the teacher cache of magnitude outputs and
+attention maps, and the zero-filled row is the RSS of the zero-filled coil images against
+the RSS target, computed here from the input store."""
 
 from __future__ import annotations
 
@@ -20,17 +22,20 @@ COILS = 4
 TEACHER = {"family": "varnet", "cascades": 2, "chans": 4, "pools": 2, "sens_chans": 2,
            "sens_pools": 1}
 STUDENT = {**TEACHER, "chans": 2}
+#: DC-CNN on the SENSE coil-combined image: complex, with the dataset's ESPIRiT maps
+DCCNN_TEACHER = {"family": "dccnn", "cascades": 2, "convs": 4, "channels": 6, "complex": True}
+DCCNN_STUDENT = {**DCCNN_TEACHER, "convs": 3, "channels": 3}
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("multicoil_study")
+def run_study(workdir, teacher: dict, student: dict, pairs: list, **dataset):
+    """config/test.yaml's recon task on the demo with simulated coils (and ``dataset``'s
+    keys), the given networks and pairs, models zf, teacher, student and kd, run by
+    Snakemake in ``workdir``."""
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     config["datasets"]["demo"].update(simulated_coils={"count": COILS, "snr_db": 30},
-                                      max_slices=12)
+                                      max_slices=12, **dataset)
     del config["tasks"]["sr"]  # super-resolution takes no multi-coil data
-    # the pairs of a task are at one size: the U-Nets' bottlenecks (8 x 8 at 32 x 32)
-    config["tasks"]["recon"].update(teacher=TEACHER, student=STUDENT, pairs=[[3, 3]])
+    config["tasks"]["recon"].update(teacher=teacher, student=student, pairs=pairs)
     config["models"] = ["zf", "teacher", "student", "kd"]
     path = workdir / "study.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -38,7 +43,21 @@ def study(tmp_path_factory):
     return workdir
 
 
-def test_every_model_of_a_multicoil_study_is_evaluated(study):
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    # the pairs of a task are at one size: the U-Nets' bottlenecks (8 x 8 at 32 x 32)
+    return run_study(tmp_path_factory.mktemp("multicoil_study"), TEACHER, STUDENT, [[3, 3]])
+
+
+@pytest.fixture(scope="module")
+def dccnn_study(tmp_path_factory):
+    return run_study(tmp_path_factory.mktemp("multicoil_dccnn_study"), DCCNN_TEACHER,
+                     DCCNN_STUDENT, [[3, 2]], sensitivity_maps={"kind": "espirit"})
+
+
+@pytest.mark.parametrize("name", ["study", "dccnn_study"])
+def test_every_model_of_a_multicoil_study_is_evaluated(name, request):
+    study = request.getfixturevalue(name)
     summary = pd.read_csv(study / "results" / "test" / "tables" / "summary.csv")
     rows = summary.set_index("model")
     assert sorted(rows.index) == ["kd", "student", "teacher", "zf"]
@@ -47,6 +66,27 @@ def test_every_model_of_a_multicoil_study_is_evaluated(study):
     assert rows.loc["teacher", "params"] > rows.loc["student", "params"] == rows.loc["kd", "params"]
     assert rows.loc["teacher", "flops"] > rows.loc["kd", "flops"] > 0
     assert (rows.loc[["teacher", "student", "kd"], "latency_ms"] > 0).all()
+    assert np.isfinite(rows.psnr_mean).all()
+
+
+def test_a_multicoil_dccnn_is_distilled_from_magnitude_outputs(dccnn_study):
+    """The DC-CNN teacher's cache holds float32 magnitude outputs (its predictions, the
+    RSS estimate) and one attention map per cascade; the predictions of every model are
+    float32 images of the RSS target's shape."""
+    recon = dccnn_study / "results" / "test" / "recon"
+    (inputs,) = recon.glob("demo/acc*/inputs/seed0")
+    target = read_store(inputs / "train.h5", ["target", "maps"])["target"]
+    (cache,) = recon.glob("demo/acc*/teacher/seed0/cache/train.h5")
+    cached = read_store(cache, ["output", "attention"])
+    assert cached["output"].dtype == np.float32 and cached["output"].shape == target.shape
+    assert cached["attention"].shape[:2] == (len(target), DCCNN_TEACHER["cascades"])
+    target = read_store(inputs / "test.h5", ["target"])["target"]
+    predictions = sorted(recon.glob("demo/acc*/**/test_pred.h5"))
+    assert len(predictions) == 4  # zf, teacher, student, kd
+    for path in predictions:
+        output = read_store(path, ["output"])["output"]
+        assert output.dtype == np.float32 and output.shape == target.shape
+        assert np.isfinite(output).all()
 
 
 def test_zero_filled_psnr_is_that_of_the_rss_zero_filled_images(study):

@@ -60,7 +60,7 @@ _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 #: The dataset settings each format reads (the others do not change its data).
 FORMAT_KEYS = {
     "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise",
-             "simulated_coils"),
+             "simulated_coils", "sensitivity_maps"),
     "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),

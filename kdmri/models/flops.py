@@ -20,6 +20,8 @@ slice for every network, and a network of a multi-coil family (E2E-VarNet), run 
 coil k-space of one slice, ``model(kspace, mask)`` with ``kspace`` ``(1, coils, H, W)``,
 runs its sensitivity U-Net on a batch of one image per coil, so its count grows with the
 coil count (the store's, where there is one; else :data:`kdmri.models.EXAMPLE_COILS`).
+DC-CNN and the U-Net on multi-coil data run their layers on one image per slice (the
+SENSE-combined or the RSS image): their count does not depend on the coils.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdmri.batch import Batch, forward
+from kdmri.batch import example_batch, forward
 
 
 def _conv_flops(module: nn.Conv2d, inputs, output: torch.Tensor) -> int:
@@ -55,22 +57,17 @@ COUNTED = ((nn.ConvTranspose2d, _transpose_flops), (nn.Conv2d, _conv_flops),
 @torch.no_grad()
 def flops_per_slice(model: nn.Module, height: int, width: int, coils: int | None = None) -> int:
     """FLOPs of ``model(image, kspace, mask)`` on one ``height x width`` slice (see the
-    module's docstring for what is counted); for a multi-coil family, of
-    ``model(kspace, mask)`` on ``coils`` coils (None or 0:
-    :data:`kdmri.models.EXAMPLE_COILS`; ignored for other families). The model is run
+    module's docstring for what is counted); on the multi-coil input of ``coils`` coils
+    where given, and always for a multi-coil family, ``model(kspace, mask)`` (None or 0:
+    :data:`kdmri.models.EXAMPLE_COILS`) (:func:`kdmri.batch.example_batch`). The model is run
     once, in eval mode, on the device and in the dtype of its parameters, and left in the
     mode it was in."""
-    from kdmri.models import EXAMPLE_COILS, is_multicoil_model
-
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    channels = 2 if getattr(model, "complex", False) else 1
-    multicoil = is_multicoil_model(model)
-    image = torch.zeros(1, channels, height, width, device=device, dtype=dtype)
-    kspace = torch.zeros(1, (coils or EXAMPLE_COILS) if multicoil else 1, height, width,
-                         device=device, dtype=torch.complex64)
-    mask = torch.ones(height, width, device=device)
+    batch = example_batch(model, (height, width), device, coils=coils)
+    if batch.image is not None:
+        batch.image = batch.image.to(dtype)
     total = [0]
     handles = []
     for module in model.modules():
@@ -82,7 +79,7 @@ def flops_per_slice(model: nn.Module, height: int, width: int, coils: int | None
     training = model.training
     try:
         model.eval()
-        forward(model, Batch(image=None if multicoil else image, kspace=kspace, mask=mask))
+        forward(model, batch)
     finally:
         model.train(training)
         for handle in handles:
