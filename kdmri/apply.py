@@ -165,7 +165,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     from tqdm import tqdm
 
     from kdmri.batch import forward, make_batch
-    from kdmri.checkpoints import load_model
+    from kdmri.checkpoints import check_single_coil, load_model
     from kdmri.data.sources import normalize_volume
     from kdmri.masks import load_mask, mask_from_settings
     from kdmri.models import family_of, is_multicoil_model, place_model
@@ -178,6 +178,7 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     if is_multicoil_model(model):
         raise KdmriError(f"{model_path}: family {family_of(model)} reconstructs multi-coil "
                          "k-space; kdmri apply reads single-coil images and does not apply it")
+    check_single_coil(model_path, ckpt, "kdmri apply")
     task = ckpt["spec"]["task"]  # recon or sr, as the model was trained (any family)
     volume = read_volume(input_path, axis)
     _check_slices(input_path, volume.slices)

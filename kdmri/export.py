@@ -345,7 +345,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path,
     ``out.json``; return the sidecar's content. ``trust_code``: the user's consent to build
     a ``family: python`` network (:func:`kdmri.checkpoints.load_model`)."""
     from kdmri import __version__
-    from kdmri.checkpoints import load_model
+    from kdmri.checkpoints import check_single_coil, load_model
     from kdmri.io import atomic_path, write_json
 
     model_path, out = Path(model_path), Path(out)
@@ -357,6 +357,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path,
     if fmt == "onnx":
         _onnx_modules()
     model, ckpt = load_model(model_path, trust_code=trust_code)
+    check_single_coil(model_path, ckpt, "kdmri export")
     model = model.eval()
     net = ckpt["net"]
     extra: dict = {}

@@ -73,7 +73,7 @@ from kdmri.checkpoints import (
     training_state,
     write_model_file,
 )
-from kdmri.data.store import SliceDataset, is_complex_store
+from kdmri.data.store import SliceDataset, coil_count, is_complex_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
@@ -139,6 +139,7 @@ class Trainer:
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
         self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
+        self.coils = coil_count(train_store)  # model.pt's "coils" where > 0 (apply refuses)
         self._place_data()
         self.model = self._network(train_store, init)
         self.complex = self.model.complex  # its input; its output is of the targets' kind:
@@ -490,6 +491,8 @@ class Trainer:
 
     def _write_outputs(self) -> None:
         mask = {"mask": self.mask_settings} if self.mask_settings else {}
+        if self.coils:  # trained on multi-coil data
+            mask["coils"] = self.coils
         for name, file in self.outputs.items():  # the stage's outputs, of the best epoch
             net, module = self.plan.outputs()[name]
             write_model_file(self.out_dir / file, self.spec, self.best["outputs"][name], net=net,

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from kdmri.apply import apply_model
 from kdmri.batch import check_complex, forward, input_keys, make_batch
+from kdmri.checkpoints import write_model_file
 from kdmri.config import validate
 from kdmri.data.prepare import prepare_dataset, undersample_store
 from kdmri.data.store import SliceDataset, read_store
 from kdmri.errors import KdmriError
+from kdmri.export import export_model
 from kdmri.inference import run_model
 from kdmri.masks import create_mask_func
 from kdmri.models import DCCNN, build_model, coil_input, flops_per_slice
@@ -115,6 +118,22 @@ def test_the_coil_input_follows_the_options():
 def test_a_dccnn_counts_the_same_flops_on_multicoil_data():
     model = build_model(DCCNN_NET)
     assert flops_per_slice(model, 16, 16, coils=4) == flops_per_slice(model, 16, 16) > 0
+
+
+def test_apply_and_export_refuse_a_network_trained_on_multicoil_data(tmp_path):
+    """Their inputs and data consistency are single-coil: a model file recording the
+    coils of its training data is refused, one without them is not."""
+    model = build_model(DCCNN_NET)
+    spec = {"net": DCCNN_NET, "task": "recon", "model": "teacher"}
+    write_model_file(tmp_path / "mc.pt", spec, model.state_dict(), coils=COILS)
+    with pytest.raises(KdmriError, match=r"mc.pt: trained on multi-coil data \(4 coils\); "
+                                         r"kdmri apply gives networks single-coil images"):
+        apply_model(tmp_path / "mc.pt", tmp_path / "volume.nii.gz")
+    with pytest.raises(KdmriError, match=r"mc.pt: trained on multi-coil data \(4 coils\); "
+                                         r"kdmri export"):
+        export_model(tmp_path / "mc.pt", "torchscript", tmp_path / "mc.torchscript")
+    write_model_file(tmp_path / "single.pt", spec, model.state_dict())
+    export_model(tmp_path / "single.pt", "torchscript", tmp_path / "single.torchscript")
 
 
 # ------------------------------------------------------------------ the demo's stores

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from kdmri.data.store import read_store
@@ -81,6 +82,9 @@ def test_a_multicoil_dccnn_is_distilled_from_magnitude_outputs(dccnn_study):
     assert cached["output"].dtype == np.float32 and cached["output"].shape == target.shape
     assert cached["attention"].shape[:2] == (len(target), DCCNN_TEACHER["cascades"])
     target = read_store(inputs / "test.h5", ["target"])["target"]
+    for model in ("teacher", "student", "kd"):  # kdmri apply and export refuse them
+        (path,) = recon.glob(f"demo/acc*/{model}/seed0/model.pt")
+        assert torch.load(path, weights_only=False)["coils"] == COILS
     predictions = sorted(recon.glob("demo/acc*/**/test_pred.h5"))
     assert len(predictions) == 4  # zf, teacher, student, kd
     for path in predictions:
