@@ -80,7 +80,7 @@ MODEL_FAMILIES: dict[str, Family] = {
     "unet": Family("kdmri.models.unet:UNet", tasks=("recon", "sr")),
     # E2E-VarNet on multi-coil k-space (multicoil)
     "varnet": Family("kdmri.models.varnet:VarNet", tasks=("recon",), cascades=True,
-                     multicoil=True),
+                     exports=("torchscript",), multicoil=True),
     # the user's own class (kdmri.models.python_family)
     "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),
                      numbered=False),
