@@ -9,20 +9,27 @@ format          what the file is
                 ``(N, 1, H, W)``, mask float32 0/1 broadcastable to ``(H, W)`` (``(H, W)``,
                 ``(1, W)``, ``(W,)`` or ``(N, 1, H, W)``); VDSR ignores kspace and mask.
                 Any N, H and W, odd sizes too (the data consistency branches at run time).
+                E2E-VarNet (a multi-coil family) is traced instead (``torch.jit.trace``,
+                :func:`trace_multicoil`; scripting fails on its U-Net and FFT helpers) and
+                called ``model(kspace, mask)``: coil k-space complex64 ``(N, C, H, W)``,
+                mask float32 0/1 exactly ``(H, W)``; it returns the RSS image
+                ``(N, 1, H, W)``. Traced at the training size: any N and coil count, and
+                H and W divisible by ``2**pools`` (where the traced size is), run as the
+                eager network (checked within :data:`MULTICOIL_TOLERANCE`).
 ``onnx``        an ONNX graph (``torch.onnx.export(..., dynamo=True)``, run by onnxruntime).
                 ONNX has no complex type: k-space enters as float32 ``(N, 1, H, W, 2)``
                 (real, imaginary: ``torch.view_as_real``), the mask as ``(H, W)``, and the
                 data consistency runs on ONNX's ``DFT`` op. Dynamic N, H and W. VDSR's graph
-                takes ``image`` only.
+                takes ``image`` only. Refused for E2E-VarNet (complex coil k-space).
 ==============  ==========================================================================
 
-Both hold a copy of the network built here from plain operators (``nn.Conv2d``, ReLU, the
-FFTs), with the trained weights: the same arithmetic as :class:`kdmri.models.DCCNN` and
-:class:`kdmri.models.VDSR` (tests/test_export.py compares them within 1e-5), the data
-consistency being the eager networks' own (:func:`kdmri.mri.prepare_dc` and
-:func:`kdmri.mri.apply_dc`, which TorchScript compiles into the file), without the
-CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`, so the file runs on any
-device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
+DC-CNN's and VDSR's files hold a copy of the network built here from plain operators
+(``nn.Conv2d``, ReLU, the FFTs), with the trained weights: the same arithmetic as
+:class:`kdmri.models.DCCNN` and :class:`kdmri.models.VDSR` (tests/test_export.py compares
+them within 1e-5), the data consistency being the eager networks' own
+(:func:`kdmri.mri.prepare_dc` and :func:`kdmri.mri.apply_dc`, which TorchScript compiles
+into the file), without the CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`,
+so the file runs on any device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
 source model's sha256 and the check made after writing it (the reloaded file against the
 eager network on random inputs).
 
@@ -248,24 +255,36 @@ def _run_exported(fmt: str, exported, image, kspace, mask) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {n: feeds[n] for n in names})[0])
 
 
-def _check(fmt: str, path: Path, model: nn.Module, exported) -> dict:
-    """What was exported (``exported``: the saved TorchScript module, or the ONNX file at
-    ``path``) against the eager network at two sizes (one of them odd)."""
-    sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
+def _worst_difference(path: Path, outputs, tolerance: float) -> float:
+    """The largest difference over ``outputs``, pairs ``(eager output, exported file's
+    output)``; an error naming ``path`` for an output of another shape, or a difference
+    above ``tolerance``."""
     worst = 0.0
-    for i, (height, width) in enumerate(sizes):
-        channels = 2 if getattr(model, "complex", False) else 1
-        image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
-        with torch.no_grad():
-            expected = model(image, kspace, mask)
-        got = _run_exported(fmt, exported, image, kspace, mask)
+    for expected, got in outputs:
         if got.shape != expected.shape:
             raise KdmriError(f"{path}: the exported file returned shape {tuple(got.shape)}, "
                              f"expected {tuple(expected.shape)}")
         worst = max(worst, float((got - expected).abs().max()))
-    if not worst <= CHECK_TOLERANCE:
+    if not worst <= tolerance:
         raise KdmriError(f"{path}: the exported file differs from the network by {worst:.3g} "
-                         f"(more than {CHECK_TOLERANCE:g}); nothing written")
+                         f"(more than {tolerance:g}); nothing written")
+    return worst
+
+
+def _check(fmt: str, path: Path, model: nn.Module, exported) -> dict:
+    """What was exported (``exported``: the saved TorchScript module, or the ONNX file at
+    ``path``) against the eager network at two sizes (one of them odd)."""
+    sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
+    channels = 2 if getattr(model, "complex", False) else 1
+
+    def outputs():
+        for i, (height, width) in enumerate(sizes):
+            image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
+            with torch.no_grad():
+                expected = model(image, kspace, mask)
+            yield expected, _run_exported(fmt, exported, image, kspace, mask)
+
+    worst = _worst_difference(path, outputs(), CHECK_TOLERANCE)
     return {"sizes": [list(s) for s in sizes], "max_abs_diff": worst,
             "runtime": "the saved TorchScript module" if fmt == "torchscript" else "onnxruntime"}
 
@@ -344,18 +363,14 @@ def _check_multicoil(path: Path, model: nn.Module, exported, shape: tuple[int, i
     sizes = _check_sizes(shape, size_step(model))
     runs = [(shape, *TRACE_COILS), (shape, *CHECK_COILS)]
     runs += [(size, *CHECK_COILS) for size in sizes[1:]]
-    worst = 0.0
-    for seed, ((height, width), coils, batch) in enumerate(runs, start=1):
-        kspace, mask = multicoil_inputs(height, width, coils, batch, seed=seed)
-        with torch.no_grad():
-            expected, got = model(kspace, mask), exported(kspace, mask)
-        if got.shape != expected.shape:
-            raise KdmriError(f"{path}: the exported file returned shape {tuple(got.shape)}, "
-                             f"expected {tuple(expected.shape)}")
-        worst = max(worst, float((got - expected).abs().max()))
-    if not worst <= MULTICOIL_TOLERANCE:
-        raise KdmriError(f"{path}: the traced network differs from the eager one by "
-                         f"{worst:.3g} (more than {MULTICOIL_TOLERANCE:g}); nothing written")
+
+    def outputs():
+        for seed, ((height, width), coils, batch) in enumerate(runs, start=1):
+            kspace, mask = multicoil_inputs(height, width, coils, batch, seed=seed)
+            with torch.no_grad():
+                yield model(kspace, mask), exported(kspace, mask)
+
+    worst = _worst_difference(path, outputs(), MULTICOIL_TOLERANCE)
     return {"sizes": [list(s) for s in sizes], "coils": sorted({TRACE_COILS[0], CHECK_COILS[0]}),
             "traced": {"size": list(shape), "coils": TRACE_COILS[0], "batch": TRACE_COILS[1]},
             "size_step": size_step(model), "max_abs_diff": worst,
