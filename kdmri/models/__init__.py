@@ -114,7 +114,7 @@ MODEL_FAMILIES: dict[str, Family] = {
                    coil_options=(("dc", False),)),
     # E2E-VarNet on multi-coil k-space (multicoil)
     "varnet": Family("kdmri.models.varnet:VarNet", tasks=("recon",), cascades=True,
-                     multicoil=True),
+                     exports=("torchscript",), multicoil=True),
     # the user's own class (kdmri.models.python_family)
     "python": Family("kdmri.models.python_family:UserNetwork", tasks=("recon", "sr"),
                      numbered=False),
