@@ -143,6 +143,7 @@ def test_a_sweep_through_the_workflow(tmp_path):
     sweep = pd.read_csv(tables / "sweep.csv", dtype={"setting": str})
     assert list(sweep["setting"]) == ["0.2", "0.5"]
     assert list(sweep["candidate"]) == ["kd~alpha~0.2", "kd"]  # 0.5 is kd itself
+    assert list(sweep["keys"]) == ["kd.alpha", "kd.alpha"]  # the swept config keys
     assert sweep["chosen"].sum() == 1
     chosen = sweep.loc[sweep["chosen"], "candidate"].item()
     summary = pd.read_csv(tables / "summary.csv", keep_default_na=False)
