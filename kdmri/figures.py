@@ -329,9 +329,10 @@ def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> 
 # ---------------------------------------------------------------------- sweeps
 def sweep_figure(table_path: str | Path, out: str | Path, title: str = "") -> None:
     """Validation PSNR (mean over seeds, with the standard deviation as a bar) of each
-    setting of each sweep (``sweep.csv`` of :mod:`kdmri.sweeps`), one panel per sweep and
-    one curve per model and cell; a sweep of one numeric key on a numeric axis, others by
-    setting; the chosen candidate circled."""
+    setting of each sweep (``sweep.csv`` of :mod:`kdmri.sweeps`): one row of panels per
+    sweep, one panel per cell (task, dataset, acceleration) on its own PSNR axis, one curve
+    per model; a sweep of one numeric key on a numeric axis, others by setting; the chosen
+    candidate circled."""
     from kdmri.sweeps import COLUMNS, OWN
 
     table, _ = _comparison_cells(table_path, COLUMNS, "sweep", "no candidate")
@@ -339,29 +340,36 @@ def sweep_figure(table_path: str | Path, out: str | Path, title: str = "") -> No
     sweeps = list(dict.fromkeys(table["sweep"]))
     if not sweeps:
         raise KdmriError(f"{table_path}: no sweep setting")
+    cell = ["task", "dataset", "acceleration"]
+    width = max(table[table["sweep"] == sweep][cell].drop_duplicates().shape[0]
+                for sweep in sweeps)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.4 * len(sweeps), 4.2), squeeze=False,
-                             layout="constrained")
-    for ax, sweep in zip(axes[0], sweeps, strict=True):
+    fig, axes = plt.subplots(len(sweeps), width, figsize=(4.6 * width, 3.8 * len(sweeps)),
+                             squeeze=False, layout="constrained")
+    for row_axes, sweep in zip(axes, sweeps, strict=True):
         rows = table[table["sweep"] == sweep]
         labels = list(dict.fromkeys(rows["setting"].astype(str)))
         numeric = all(_is_number(text) for text in labels)
         position = {text: (float(text) if numeric else i) for i, text in enumerate(labels)}
-        for (task, dataset, acc, model), curve in rows.groupby(
-                ["task", "dataset", "acceleration", "model"], sort=False):
-            x = [position[str(s)] for s in curve["setting"]]
-            line = ax.errorbar(x, curve["val_psnr_mean"], yerr=curve["val_psnr_std"].fillna(0),
-                               marker="o", capsize=2,
-                               label=f"{model} {task} {dataset} {acc:g}x")
-            chosen = curve["chosen"].to_numpy(dtype=bool)
-            ax.plot(np.asarray(x)[chosen], curve["val_psnr_mean"].to_numpy()[chosen], "o",
-                    markersize=12, markerfacecolor="none", color=line[0].get_color())
-        if not numeric:
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        ax.set(xlabel=", ".join(dict.fromkeys(rows["keys"].astype(str))),
-               ylabel="validation PSNR (dB)", title=f"sweep {sweep}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        cells = list(rows.groupby(cell, sort=False))
+        for ax in row_axes[len(cells):]:
+            ax.set_visible(False)
+        for ax, ((task, dataset, acc), panel) in zip(row_axes, cells):
+            for model, curve in panel.groupby("model", sort=False):
+                x = [position[str(s)] for s in curve["setting"]]
+                line = ax.errorbar(x, curve["val_psnr_mean"],
+                                   yerr=curve["val_psnr_std"].fillna(0), marker="o",
+                                   capsize=2, label=model)
+                chosen = curve["chosen"].to_numpy(dtype=bool)
+                ax.plot(np.asarray(x)[chosen], curve["val_psnr_mean"].to_numpy()[chosen], "o",
+                        markersize=12, markerfacecolor="none", color=line[0].get_color())
+            if not numeric:
+                ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+            ax.set(xlabel=", ".join(dict.fromkeys(rows["keys"].astype(str))),
+                   ylabel="validation PSNR (dB)",
+                   title=f"sweep {sweep}: {task} {dataset} {acc:g}x")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     _save(fig, out)

@@ -126,6 +126,25 @@ def test_the_tables_show_the_chosen_candidate_under_the_models_name_only():
         ("kd", 26.0, OWN), ("student", 25.0, "")]
 
 
+def test_the_sweep_figure_has_a_panel_per_cell_on_its_own_axis(tmp_path, monkeypatch):
+    from kdmri import figures
+
+    plan = PLAN + [{**e, "acceleration": 8.0} for e in PLAN]
+    val = {f"{c}/{s}": v for c, v in (("kd~alpha~0.2", 30.0), ("kd", 30.5),
+                                      ("kd~alpha~0.8", 30.2)) for s in (0, 1)}
+    choose(plan, val).to_csv(tmp_path / "sweep.csv", index=False)
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: drawn.append(fig))
+    figures.sweep_figure(tmp_path / "sweep.csv", tmp_path / "sweep.png")
+    axes = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["sweep alpha: recon demo 4x",
+                                               "sweep alpha: recon demo 8x"]
+    assert all(ax.get_xlabel() == "kd.alpha" for ax in axes)
+    # every panel holds only its cell's curve: 3 settings, chosen 0.5 circled
+    x, y = axes[1].lines[0].get_data()
+    assert list(x) == [0.2, 0.5, 0.8] and list(y) == [30.0, 30.5, 30.2]
+
+
 # ---------------------------------------------------------------------- the workflow
 CELL = "results/test/recon/demo/acc4"
 
@@ -143,6 +162,7 @@ def test_a_sweep_through_the_workflow(tmp_path):
     sweep = pd.read_csv(tables / "sweep.csv", dtype={"setting": str})
     assert list(sweep["setting"]) == ["0.2", "0.5"]
     assert list(sweep["candidate"]) == ["kd~alpha~0.2", "kd"]  # 0.5 is kd itself
+    assert list(sweep["keys"]) == ["kd.alpha", "kd.alpha"]  # the swept config keys
     assert sweep["chosen"].sum() == 1
     chosen = sweep.loc[sweep["chosen"], "candidate"].item()
     summary = pd.read_csv(tables / "summary.csv", keep_default_na=False)

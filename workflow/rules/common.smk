@@ -429,11 +429,11 @@ def sweep_plan():
             if model not in {c for *_, c in rows}:
                 rows.append(("", "", OWN, model))
             for sweep, keys, label, job in rows:
-                keys = []
+                seed_files = []
                 for s in config["seeds"]:
                     key = str(len(files))
                     files[key] = f"{model_dir(t, trained_on(d), a, job, s)}/model.pt"
-                    keys.append(key)
+                    seed_files.append(key)
                 plan.append(
                     {
                         "task": t,
@@ -444,7 +444,7 @@ def sweep_plan():
                         "keys": keys,
                         "setting": label,
                         "candidate": job,
-                        "seeds": keys,
+                        "seeds": seed_files,
                     }
                 )
     return plan, files
