@@ -318,7 +318,8 @@ def _varnet_file(tmp_path, mask: dict | None = None):
             param.add_(torch.randn_like(param) * 0.05)
     record = {**MASK_SETTINGS, "seed": MASK_SEED, "shape": list(TRAINED)} if mask is None else mask
     path = tmp_path / "varnet.pt"
-    write_model_file(path, {"task": "recon", "net": VARNET}, model.state_dict(), mask=record)
+    write_model_file(path, {"task": "recon", "net": VARNET}, model.state_dict(), mask=record,
+                     coils=4)  # as training records it
     return path, load_model(path)[0].eval()
 
 

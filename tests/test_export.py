@@ -158,7 +158,7 @@ def _varnet_file(tmp_path, shape=(32, 24)) -> tuple:
     spec = {"task": "recon", "model": "student", "stage": "student", "net": VARNET}
     write_model_file(path, spec, model.state_dict(), epoch=1, params=7,
                      mask={"kind": "random", "acceleration": 4, "center_fraction": 0.1,
-                           "seed": 0, "shape": list(shape)})
+                           "seed": 0, "shape": list(shape)}, coils=4)  # as training records it
     return path, load_model(path)[0].eval()
 
 
