@@ -223,7 +223,7 @@ def _check_multicoil(config: dict, source: str) -> None:
                 raise KdmriError(
                     f"{source}: key '{where}.family': family {net['family']} reconstructs "
                     f"multi-coil k-space in task(s) {', '.join(entry.tasks)}, not in {task!r}")
-            if entry.multicoil and net.get("complex"):
+            if entry.multicoil and net["complex"]:
                 raise KdmriError(
                     f"{source}: key '{where}.complex': family {net['family']} reconstructs "
                     "multi-coil k-space to the RSS magnitude image; complex must be false")
