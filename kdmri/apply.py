@@ -6,7 +6,7 @@ Inputs (by what ``--input`` is)
   nifti reader's ``axis``);
 * a fastMRI HDF5 file (``.h5``, ``.hdf5``): the image ``reconstruction_esc`` (else
   ``reconstruction_rss``), slices along its first dim, as the fastmri reader; its k-space
-  is not used;
+  is not used (for a multi-coil network it is: "Multi-coil k-space" below);
 * a DICOM series (a folder holding one series, or one DICOM file):
   :func:`kdmri.data.dicom.read_dicom_volume`.
 
@@ -35,6 +35,46 @@ What runs (the steps of ``kdmri prepare``, ``undersample`` and ``predict`` for o
    sizes), the slices put back across ``--axis``; DICOM: the affine of
    :func:`~kdmri.data.dicom.read_dicom_volume`, data ``(columns, rows, slices)``; HDF5:
    the identity affine (fastMRI files carry no geometry), data ``(columns, rows, slices)``.
+
+A fastMRI multi-coil file holding no image (fastMRI's test and challenge files) is refused
+for these networks in one line; one with ``reconstruction_rss`` gives that image, as above.
+
+Multi-coil k-space (a network of a multi-coil family, E2E-VarNet: ``model(kspace, mask)``)
+
+The input must be a fastMRI multi-coil HDF5 file: ``kspace`` of (slices, coils, H, W),
+H the readout (frequency-encoding) direction, W the phase-encoding one, whose columns a
+mask samples. Anything else (a NIfTI or DICOM image, a single-coil file) is refused in one
+line naming the file and the key. The network was trained on coil images brought to the
+size ``(h, w)`` of its training mask (``model.pt``'s ``mask`` shape; without one, the
+shape of ``--mask``, else 320 x 320, the fastMRI reader's size without ``size``), and apply
+brings the file to it as preparation does (:func:`kdmri.data.readers.fastmri_coil_images`:
+each slice's k-space through the centred inverse FFT, centre-cropped or zero-padded in image
+space; :func:`kdmri.data.prepare.multicoil_volume`: divided by the maximum of the volume's
+root-sum-of-squares image). Where the mask comes from decides the rest:
+
+* the file's own ``mask`` (W,) (fastMRI's test and challenge files, whose ``kspace`` is
+  already undersampled with it; a mask of another length is refused naming the key): the
+  measured k-space is used as it is, never re-sampled, and ``--mask`` is refused. Only the
+  readout is fitted to ``h``: a crop (or pad) in image space along H acts on each k-space
+  column alone, so the sampled columns stay exactly those of the mask (the unsampled ones
+  are zeroed again after the transforms, removing rounding). A crop along W would mix
+  sampled and unsampled columns (every column of the cropped grid is a sinc-weighted sum
+  of all the file's columns), so W is kept: the network, fully convolutional, runs at
+  ``h`` x the file's W with the file's mask, and its RSS output is then centre-cropped (or
+  zero-padded) to ``h`` x ``w`` in image space, as fastMRI crops its reconstructions.
+  The scale is the maximum of the RSS of the zero-filled coil images (the fully sampled
+  ones are not in the file); E2E-VarNet is scale-equivariant (its U-Nets normalise each
+  input, its maps are normalised, its data consistency is linear), so the scale changes
+  the output by rounding only;
+* otherwise the file is fully sampled: its coil images are fitted to ``h`` x ``w`` and
+  normalised exactly as preparation does, then undersampled with ``--mask`` (shape
+  ``(h, w)``; another shape is refused) or the mask of the model's settings made at that
+  size (written beside the output, :func:`made_mask_path`): ``k_c = m * fft2c(coil_c)``,
+  what training inputs are (:func:`kdmri.data.prepare.undersample_multicoil_store`).
+
+The network gets the coil k-space and the mask (:func:`kdmri.batch.make_batch` with
+``kspace``) in batches, with a progress bar; its RSS image, multiplied by the scale, is
+written as for an HDF5 input above (identity affine, ``(columns, rows, slices)``).
 """
 
 from __future__ import annotations
@@ -52,7 +92,8 @@ APPLY_BATCH = 16
 
 @dataclass
 class Volume:
-    """Slices ``(S, H, W)`` float32, and how to write an output of the same shape back."""
+    """Slices ``(S, H, W)`` float32, and how to write an output of the same shape back (for
+    a multi-coil file: the RSS of its coil images as read, fully sampled or zero-filled)."""
 
     slices: np.ndarray
     kind: str  # nifti | hdf5 | dicom
@@ -109,8 +150,14 @@ def _read_nifti(path: Path, axis: int) -> Volume:
 
 
 def _read_hdf5(path: Path) -> Volume:
-    from kdmri.data.readers import _load_fastmri
+    from kdmri.data.readers import FASTMRI_KEYS, _load_fastmri, fastmri_layout
 
+    kspace, images = fastmri_layout(path)
+    if kspace is not None and len(kspace) == 4 and not images:
+        keys = " or ".join(repr(key) for key in FASTMRI_KEYS)
+        raise KdmriError(f"{path}: multi-coil k-space (key 'kspace' of shape {kspace}) and no "
+                         f"image (key {keys}); a single-coil network reads the image, a "
+                         "network of a multi-coil family (varnet) reconstructs the k-space")
     _, slices = next(_load_fastmri(path, {"target_key": "auto", "source": "image"}))
     return Volume(np.ascontiguousarray(slices), "hdf5", np.eye(4),
                   note="HDF5 has no geometry: identity affine (1 mm voxels)")
@@ -152,6 +199,26 @@ def made_mask_path(out: str | Path) -> Path:
     return out.with_name(f"{name}_mask.npy")
 
 
+def _run_network(model, count: int, batch_of, stored, desc: str, progress: bool,
+                 batch_size: int) -> np.ndarray:
+    """The network on ``count`` slices in batches of ``batch_size`` with a progress bar on
+    stderr: ``batch_of(indices)`` gives the :class:`~kdmri.batch.Batch` of those slices,
+    ``stored(output)`` the images ``(N, H, W)`` (a tensor) of the network's output."""
+    import torch
+    from tqdm import tqdm
+
+    from kdmri.batch import forward
+
+    outputs = []
+    batches = np.array_split(np.arange(count), -(-count // batch_size))
+    bar = tqdm(total=count, desc=desc, unit="slice", disable=not progress, file=sys.stderr)
+    with torch.no_grad(), bar:
+        for idx in batches:
+            outputs.append(stored(forward(model, batch_of(idx)).float()).cpu().numpy())
+            bar.update(len(idx))
+    return np.concatenate(outputs).astype(np.float32)
+
+
 def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str | Path | None = None,
                 axis: int = 2, device=None, progress: bool = True,
                 batch_size: int = APPLY_BATCH, trust_code: bool = False) -> Result:
@@ -159,19 +226,23 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
     ``trust_code``: the user's consent to build a ``family: python`` network
     (:func:`kdmri.checkpoints.load_model`)."""
     import torch
-    from tqdm import tqdm
 
     from kdmri.batch import make_batch
-    from kdmri.checkpoints import load_model
+    from kdmri.checkpoints import check_single_coil, load_model
     from kdmri.data.sources import normalize_volume
     from kdmri.masks import load_mask, mask_from_settings
-    from kdmri.models import place_model
+    from kdmri.models import is_multicoil_model, place_model
     from kdmri.mri import real_image, undersample, zero_filled
 
     model_path, input_path = Path(model_path), Path(input_path)
     if not model_path.is_file():
         raise KdmriError(f"{model_path}: model file not found (--model)")
     model, ckpt = load_model(model_path, trust_code=trust_code)
+    device = torch.device(device or "cpu")
+    if is_multicoil_model(model):
+        return _apply_multicoil(model, ckpt, model_path, input_path, mask_path, device,
+                                progress, batch_size)
+    check_single_coil(model_path, ckpt, "kdmri apply")
     task = ckpt["spec"]["task"]  # recon or sr, as the model was trained (any family)
     volume = read_volume(input_path, axis)
     _check_slices(input_path, volume.slices)
@@ -191,33 +262,120 @@ def apply_model(model_path: str | Path, input_path: str | Path, mask_path: str |
         mask = torch.from_numpy(mask_from_settings(made, shape, str(model_path)))
     scale = float(volume.slices.max())
     normalised = normalize_volume(volume.slices, {"kind": "max"}, where=str(input_path))
-    device = torch.device(device or "cpu")
     complex_net = bool(getattr(model, "complex", False))
     model = place_model(model, device).eval()
     options = {"complex": True} if complex_net else {}
-    outputs = []
-    batches = np.array_split(np.arange(len(normalised)), -(-len(normalised) // batch_size))
-    bar = tqdm(total=len(normalised), desc=f"apply {input_path.name}", unit="slice",
-               disable=not progress, file=sys.stderr)
-    with torch.no_grad(), bar:
-        for idx in batches:
-            images = torch.from_numpy(normalised[idx])
-            if mask is not None:
-                zf = zero_filled(undersample(images, mask))
-                used = mask
-            else:  # super-resolution input as it is; DC is not part of VDSR
-                zf = images.to(torch.complex64)
-                used = torch.ones(shape)
-            batch = make_batch(zf, used, None, device, **options)
-            out = model(batch.image, batch.kspace, batch.mask).float()
-            if complex_net:  # two channels (real, imaginary): write the magnitude
-                out = torch.complex(out[:, 0], out[:, 1]).abs()
-            else:
-                out = real_image(out[:, 0])
-            outputs.append(out.cpu().numpy())
-            bar.update(len(idx))
-    output = np.concatenate(outputs).astype(np.float32) * np.float32(scale)
+
+    def batch_of(idx):
+        images = torch.from_numpy(normalised[idx])
+        if mask is not None:
+            return make_batch(zero_filled(undersample(images, mask)), mask, None, device,
+                              **options)
+        # super-resolution input as it is; DC is not part of VDSR
+        return make_batch(images.to(torch.complex64), torch.ones(shape), None, device, **options)
+
+    def stored(out):
+        if complex_net:  # two channels (real, imaginary): write the magnitude
+            return torch.complex(out[:, 0], out[:, 1]).abs()
+        return real_image(out[:, 0])
+
+    output = _run_network(model, len(normalised), batch_of, stored, f"apply {input_path.name}",
+                          progress, batch_size) * np.float32(scale)
     return Result(output, scale, task, volume, None if mask is None else mask.numpy(), made)
+
+
+#: How ``kdmri apply`` scales a volume (prepare's default ``normalization``).
+NORMALISATION = {"kind": "max"}
+
+
+def _trained_shape(ckpt: dict) -> tuple[int, int] | None:
+    """The slices' size the network was trained on: the shape of the mask its training
+    inputs were undersampled with (model.pt's ``mask``), where recorded."""
+    recorded = ckpt.get("mask") or {}
+    shape = recorded.get("shape") if isinstance(recorded, dict) else None
+    return (int(shape[0]), int(shape[1])) if shape and len(shape) == 2 else None
+
+
+def _apply_multicoil(model, ckpt: dict, model_path: Path, input_path: Path,
+                     mask_path: str | Path | None, device, progress: bool,
+                     batch_size: int) -> Result:
+    """A multi-coil network (``model(kspace, mask)``) on a fastMRI multi-coil file (see the
+    module docstring, "Multi-coil k-space")."""
+    import torch
+
+    from kdmri.batch import make_batch
+    from kdmri.data.prepare import multicoil_volume
+    from kdmri.data.readers import (
+        DEFAULT_SIZE,
+        fastmri_coil_images,
+        fastmri_file_mask,
+        fastmri_layout,
+    )
+    from kdmri.data.sources import fit_size
+    from kdmri.masks import load_mask, mask_from_settings
+    from kdmri.models import family_of, place_model
+    from kdmri.mri import undersample
+
+    name = family_of(model)
+    if not input_path.exists():
+        raise KdmriError(f"{input_path}: input not found (--input)")
+    if not (input_path.is_file() and _suffix(input_path) in (".h5", ".hdf5")):
+        raise KdmriError(f"{input_path}: family {name} ({model_path}) reconstructs multi-coil "
+                         "k-space; expected a fastMRI multi-coil .h5 file (key 'kspace' of "
+                         "(slices, coils, H, W))")
+    kspace_shape, _ = fastmri_layout(input_path)
+    if kspace_shape is None or len(kspace_shape) != 4:
+        found = "no key 'kspace'" if kspace_shape is None else \
+            f"key 'kspace' of shape {kspace_shape} (single-coil: slices, H, W)"
+        raise KdmriError(f"{input_path}: {found}; family {name} ({model_path}) reconstructs "
+                         "multi-coil k-space: expected key 'kspace' of 4 dims (slices, coils, "
+                         "H, W)")
+    width = kspace_shape[-1]
+    own = fastmri_file_mask(input_path, width)
+    trained = _trained_shape(ckpt)
+    made = None
+    if own is not None:  # measured undersampled: its own columns, the readout fitted only
+        if mask_path is not None:
+            raise KdmriError(f"{input_path}: holds its own sampling mask (key 'mask') and the "
+                             f"k-space measured with it; --mask {mask_path} cannot apply (leave "
+                             "it out)")
+        grid = trained or (DEFAULT_SIZE["fastmri"],) * 2
+        read = (grid[0], width)
+        mask = np.ascontiguousarray(np.broadcast_to(own, read))
+        how = (f"the file's own mask (key 'mask', {int(own.sum())} of {width} columns): "
+               f"reconstructed at {read[0]} x {width}, the output cropped to "
+               f"{grid[0]} x {grid[1]}")
+    elif mask_path is not None:
+        mask = load_mask(mask_path)
+        if trained is not None and mask.shape != trained:
+            raise KdmriError(f"{mask_path}: mask shape {mask.shape}; expected {trained}: the "
+                             f"network was trained on slices of {trained} ({model_path}'s "
+                             f"mask), the size the coil images of {input_path} are brought to")
+        grid = read = tuple(mask.shape)
+        how = f"coil images fitted to {grid[0]} x {grid[1]}, mask {mask_path}"
+    else:
+        made = ckpt.get("mask")
+        grid = read = trained or (DEFAULT_SIZE["fastmri"],) * 2
+        if not made:
+            raise KdmriError(f"{model_path}: records no mask settings; {input_path} is fully "
+                             "sampled (no key 'mask'), so the network needs --mask, shape "
+                             f"{grid}")
+        mask = mask_from_settings(made, grid, str(model_path))
+        how = f"coil images fitted to {grid[0]} x {grid[1]}"
+    images, coils, scale = multicoil_volume(fastmri_coil_images(input_path, read), NORMALISATION,
+                                            where=str(input_path))
+    model = place_model(model, device).eval()
+    m = torch.from_numpy(mask)
+
+    def batch_of(idx):
+        return make_batch(None, m, None, device, kspace=undersample(torch.from_numpy(coils[idx]), m))
+
+    output = _run_network(model, len(coils), batch_of, lambda out: out[:, 0],
+                          f"apply {input_path.name}", progress, batch_size)
+    output = fit_size(output, grid) * np.float32(scale)
+    volume = Volume(images * np.float32(scale), "hdf5", np.eye(4),
+                    note=f"{how}; HDF5 has no geometry: identity affine (1 mm voxels)")
+    return Result(output, scale, ckpt["spec"]["task"], volume, mask, made)
 
 
 def write_output(result: Result, out: str | Path) -> Path:

@@ -88,6 +88,16 @@ def write_model_file(path: str | Path, spec: dict, state_dict: dict, net: dict |
     }, path)
 
 
+def check_single_coil(model_path: str | Path, ckpt: dict, command: str) -> None:
+    """Refuse, for ``command`` (``kdmri apply``, ``kdmri export``, which give a network
+    single-coil images and single-coil data consistency), the model file of a network
+    trained on multi-coil data: its ``coils``, the number of coils of its training data
+    (recorded by :class:`kdmri.train.Trainer` where there are any)."""
+    if ckpt.get("coils"):
+        raise KdmriError(f"{model_path}: trained on multi-coil data ({ckpt['coils']} coils); "
+                         f"{command} gives networks single-coil images and does not take it")
+
+
 def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """The keys (dotted) where two specs differ, as ``key: old -> new``."""
     diffs = []

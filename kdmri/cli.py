@@ -213,7 +213,7 @@ def cmd_predict(args) -> int:
     import torch
 
     from kdmri.checkpoints import load_model
-    from kdmri.data.store import write_store
+    from kdmri.data.store import coil_count, write_store
     from kdmri.device import select_device
     from kdmri.inference import latency_ms, run_model, zero_filled_output
     from kdmri.io import write_json
@@ -230,9 +230,12 @@ def cmd_predict(args) -> int:
             model, ckpt = load_model(args.model, trust_code=args.trust_code)
             result = run_model(model, args.inputs, device)
             shape = result["output"].shape[1:]
-            info.update(params=count_parameters(model), flops=flops_per_slice(model, *shape),
+            coils = coil_count(args.inputs)  # a multi-coil network's input: the store's coils
+            info.update(params=count_parameters(model),
+                        flops=flops_per_slice(model, *shape, coils=coils),
                         device=str(device),
-                        latency_ms=latency_ms(model, shape, device, repeats=args.repeats),
+                        latency_ms=latency_ms(model, shape, device, repeats=args.repeats,
+                                              coils=coils),
                         trained_on=ckpt.get("device"), best_epoch=ckpt.get("epoch"))
         finally:
             if slot is not None:

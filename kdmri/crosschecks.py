@@ -2,10 +2,12 @@
 
 :func:`check_study` runs them on a validated config with its defaults filled
 (:func:`kdmri.config.validate` calls it): the study's methods extend the shipped table
-soundly, every dataset a task names exists, no network needs multi-coil k-space and no
-task names a multi-coil dataset (no task feeds them yet), the demo's simulated coils are
-set where they apply, complex networks go with complex data, the layer pairs fit the networks,
-and a student-friendly teacher has cascades to branch at.
+soundly, every dataset a task names exists, multi-coil data go to networks that take
+them (a multi-coil family, E2E-VarNet; DC-CNN by SENSE, with the dataset's sensitivity
+maps; the U-Net without DC by RSS) in the reconstruction task and a multi-coil family to
+nothing else, the demo's simulated coils are set where they apply, complex networks go
+with complex data, the layer pairs fit the networks, and a student-friendly teacher has DC-CNN
+cascades to branch at.
 Each raises :class:`KdmriError` with one line naming the key, what was expected and what
 was found. What a network family can do is read from its registry entry
 (:data:`kdmri.models.MODEL_FAMILIES`), never from its name.
@@ -18,7 +20,7 @@ from kdmri.data.sensitivity import maps_settings
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
-from kdmri.models import MODEL_FAMILIES, family
+from kdmri.models import COIL_INPUTS, MODEL_FAMILIES, coil_input, coil_requirements, family
 from kdmri.specs import _spec_keys, canonical
 from kdmri.sweeps import candidate, settings
 
@@ -34,8 +36,8 @@ def check_study(config: dict, source: str) -> None:
                     f"{source}: key 'tasks.{task}.datasets': unknown dataset {name!r}; "
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
-    _check_multicoil(config, source)
     _check_evaluate_on(config, source)
+    _check_multicoil(config, source)
     _check_simulated_coils(config, source)
     _check_complex(config, source)
     _check_pairs(config, source)
@@ -156,19 +158,95 @@ def _check_methods(config: dict, source: str) -> None:
                              f"student's method, one of {students}, found {method!r}")
 
 
+def _task_nets(task: str, settings: dict) -> dict[str, dict]:
+    """A task's networks by their key: teacher, student and the compression students."""
+    nets = {f"tasks.{task}.{role}": settings[role] for role in ("teacher", "student")}
+    nets |= {f"tasks.{task}.compression.students.{name}.net": student["net"]
+             for name, student in settings["compression"]["students"].items()}
+    return nets
+
+
+def _single_coil(dataset: dict) -> bool:
+    """Whether a dataset is known from its config to give single-coil data: any but the
+    demo with ``simulated_coils`` and fastmri with ``source: kspace`` (multi-coil where its
+    files are, which only reading them tells)."""
+    return not is_multicoil(dataset) and not (dataset["format"] == "fastmri"
+                                              and is_complex(dataset))
+
+
+def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
+                    source: str) -> None:
+    """The network ``net`` (at key ``where``) takes the multi-coil dataset ``name`` (at key
+    ``at``): it has a coil input (:func:`kdmri.models.coil_input`; else the first option
+    it lacks is named, or the families that take multi-coil data), and the dataset has the
+    keys that input reads (SENSE: sensitivity maps)."""
+    kind = coil_input(net)
+    if kind is None:
+        needed = coil_requirements(net)
+        if needed:
+            key, value = next((k, v) for k, v in needed if net.get(k) != v)
+            entry = family(net)
+            raise KdmriError(
+                f"{source}: key '{where}.{key}': dataset {name!r} ({at}) is multi-coil "
+                f"(simulated_coils); family {net['family']} takes it with {key}: "
+                f"{str(value).lower()} ({COIL_INPUTS[entry.coil_input].description}), "
+                f"found {str(net.get(key)).lower()}")
+        takers = [n for n, e in MODEL_FAMILIES.items() if e.multicoil or e.coil_input]
+        raise KdmriError(
+            f"{source}: key '{at}': dataset {name!r} is multi-coil (simulated_coils), which "
+            f"{where} (family {net['family']}) does not take: it reconstructs single-coil "
+            f"images; use family {' or '.join(takers)}")
+    if "maps" in COIL_INPUTS[kind].keys and maps_settings(dataset) is None:
+        raise KdmriError(
+            f"{source}: key 'datasets.{name}.sensitivity_maps': {where} (family "
+            f"{net['family']}) takes {COIL_INPUTS[kind].description}, which needs the "
+            f"dataset's sensitivity maps; set sensitivity_maps: {{kind: espirit}} on "
+            f"dataset {name!r}")
+
+
 def _check_multicoil(config: dict, source: str) -> None:
-    """A family that reconstructs multi-coil k-space (``multicoil`` in its registry entry:
-    E2E-VarNet) is not taken by any task yet: the tasks feed networks single-coil data."""
+    """Multi-coil data and the networks that take them go together: a multi-coil family
+    (``multicoil`` in the registry entry: E2E-VarNet, fed the coil k-space and the mask)
+    serves its tasks only (reconstruction), returns the RSS magnitude image (``complex:
+    false``) and takes no dataset known to be single-coil; a multi-coil dataset (the demo
+    with ``simulated_coils``) goes to a task that multi-coil families serve, and each of
+    its networks takes it (:func:`_check_coil_net`: DC-CNN with ``complex: true`` by SENSE,
+    the U-Net with ``dc: false`` by RSS)."""
+    coil_families = [n for n, e in MODEL_FAMILIES.items() if e.multicoil]
+    single_families = [n for n, e in MODEL_FAMILIES.items() if not e.multicoil]
+    coil_tasks = sorted({t for n in coil_families for t in MODEL_FAMILIES[n].tasks})
     for task, settings in config["tasks"].items():
-        nets = {f"tasks.{task}.{role}": settings[role] for role in ("teacher", "student")}
-        nets |= {f"tasks.{task}.compression.students.{name}.net": student["net"]
-                 for name, student in settings["compression"]["students"].items()}
+        nets = _task_nets(task, settings)
         for where, net in nets.items():
-            if family(net).multicoil:
+            entry = family(net)
+            if entry.multicoil and task not in entry.tasks:
                 raise KdmriError(
                     f"{source}: key '{where}.family': family {net['family']} reconstructs "
-                    f"multi-coil k-space, which no task feeds networks yet; use a single-coil "
-                    f"family ({', '.join(n for n, e in MODEL_FAMILIES.items() if not e.multicoil)})")
+                    f"multi-coil k-space in task(s) {', '.join(entry.tasks)}, not in {task!r}")
+            if entry.multicoil and net["complex"]:
+                raise KdmriError(
+                    f"{source}: key '{where}.complex': family {net['family']} reconstructs "
+                    "multi-coil k-space to the RSS magnitude image; complex must be false")
+        for key in ("datasets", "evaluate_on"):
+            for i, name in enumerate(settings[key]):
+                dataset, at = config["datasets"][name], f"tasks.{task}.{key}.{i}"
+                if is_multicoil(dataset):
+                    if task not in coil_tasks:
+                        raise KdmriError(
+                            f"{source}: key '{at}': dataset {name!r} is multi-coil "
+                            f"(simulated_coils), which task {task!r} does not take (multi-coil "
+                            f"data are reconstructed: task(s) {', '.join(coil_tasks)})")
+                    for where, net in nets.items():
+                        _check_coil_net(where, net, name, dataset, at, source)
+                elif _single_coil(dataset):
+                    for where, net in nets.items():
+                        if family(net).multicoil:
+                            raise KdmriError(
+                                f"{source}: key '{where}.family': family {net['family']} "
+                                f"reconstructs multi-coil k-space, and dataset {name!r} "
+                                f"({at}) is single-coil; set simulated_coils on a demo "
+                                f"dataset, or use a single-coil family "
+                                f"({', '.join(single_families)})")
 
 
 def _check_sft(config: dict, source: str) -> None:
@@ -187,6 +265,23 @@ def _check_sft(config: dict, source: str) -> None:
         if not uses:
             continue
         teacher, student = settings["teacher"], settings["student"]
+        coil = [role for role in ("teacher", "student") if family(settings[role]).multicoil]
+        if coil:
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.{coil[0]}.family': {uses[0]} needs the "
+                f"student-friendly teacher, whose branches run DC-CNN cascades on images; "
+                f"family {settings[coil[0]]['family']} reconstructs multi-coil k-space and "
+                "is not supported")
+        coil_data = [(key, i, name) for key in ("datasets", "evaluate_on")
+                     for i, name in enumerate(settings[key])
+                     if is_multicoil(config["datasets"][name])]
+        if coil_data:
+            key, i, name = coil_data[0]
+            raise KdmriError(
+                f"{source}: key 'tasks.{task}.{key}.{i}': {uses[0]} needs the "
+                f"student-friendly teacher, whose branches run single-coil data "
+                f"consistency; dataset {name!r} is multi-coil (simulated_coils), which it "
+                "does not support")
         if not (family(teacher).cascades and family(student).cascades):
             without = [name for name, entry in MODEL_FAMILIES.items() if not entry.cascades]
             raise KdmriError(
@@ -281,8 +376,8 @@ def is_multicoil(dataset: dict) -> bool:
 
 
 def _check_simulated_coils(config: dict, source: str) -> None:
-    """``simulated_coils`` is a demo option that replaces the demo's magnitude noise, and
-    no task takes a multi-coil dataset yet: the tasks feed networks single-coil images."""
+    """``simulated_coils`` is a demo option that replaces the demo's magnitude noise (which
+    tasks and networks take a multi-coil dataset: :func:`_check_multicoil`)."""
     for name, dataset in config["datasets"].items():
         coils = coil_settings(dataset)
         if coils is None:
@@ -296,19 +391,15 @@ def _check_simulated_coils(config: dict, source: str) -> None:
                 f"{source}: key 'datasets.{name}.noise': {dataset['noise']} with "
                 f"simulated_coils; the coils' noise is set by simulated_coils.snr_db "
                 f"({coils['snr_db']} dB), so noise must be 0")
-    for task, entry in config["tasks"].items():
-        for key in ("datasets", "evaluate_on"):
-            for i, name in enumerate(entry[key]):
-                if is_multicoil(config["datasets"][name]):
-                    raise KdmriError(
-                        f"{source}: key 'tasks.{task}.{key}.{i}': dataset {name!r} is "
-                        "multi-coil (simulated_coils), which no task feeds networks yet; "
-                        "prepare and undersample it with kdmri prepare and kdmri undersample")
 
 
 def _check_complex(config: dict, source: str) -> None:
-    """``source: kspace`` is a fastmri option, and a task's networks are complex exactly
-    when its datasets are (one task cannot mix complex and magnitude datasets)."""
+    """``source: kspace`` is a fastmri option, sensitivity maps one of multi-coil data,
+    and a task's networks are complex exactly when its datasets are (one task cannot mix
+    complex and magnitude datasets); a multi-coil family's networks are never complex:
+    they take the coil k-space of a dataset prepared from k-space and return the RSS
+    magnitude image, its target. On a multi-coil demo dataset the coil input decides
+    (:func:`_check_coil_net`: DC-CNN is complex, on the SENSE-combined image)."""
     for name, dataset in config["datasets"].items():
         if is_complex(dataset) and dataset["format"] != "fastmri":
             raise KdmriError(
@@ -316,17 +407,22 @@ def _check_complex(config: dict, source: str) -> None:
                 f"fastmri, found format {dataset['format']!r}"
             )
         maps = maps_settings(dataset)
-        if maps is not None and not is_complex(dataset):
+        if maps is not None and not (is_complex(dataset) or is_multicoil(dataset)):
             raise KdmriError(
                 f"{source}: key 'datasets.{name}.sensitivity_maps': {maps['kind']} maps are computed "
-                "from multi-coil k-space, an option of format fastmri with source kspace; found "
-                f"format {dataset['format']!r} with source {dataset['source']!r}"
+                "from multi-coil k-space, an option of format fastmri with source kspace or of "
+                f"the demo with simulated_coils; found format {dataset['format']!r} with source "
+                f"{dataset['source']!r}"
             )
     for task, settings in config["tasks"].items():
         for name in settings["datasets"]:
+            if is_multicoil(config["datasets"][name]):
+                continue  # a network's complex on multi-coil data: _check_coil_net
             data = "complex (source: kspace)" if is_complex(config["datasets"][name]) \
                 else "magnitude"
             for role in ("teacher", "student"):
+                if family(settings[role]).multicoil:
+                    continue
                 if settings[role]["complex"] != is_complex(config["datasets"][name]):
                     raise KdmriError(
                         f"{source}: key 'tasks.{task}.{role}.complex': dataset {name!r} is "

@@ -9,20 +9,27 @@ format          what the file is
                 ``(N, 1, H, W)``, mask float32 0/1 broadcastable to ``(H, W)`` (``(H, W)``,
                 ``(1, W)``, ``(W,)`` or ``(N, 1, H, W)``); VDSR ignores kspace and mask.
                 Any N, H and W, odd sizes too (the data consistency branches at run time).
+                E2E-VarNet (a multi-coil family) is traced instead (``torch.jit.trace``,
+                :func:`trace_multicoil`; scripting fails on its U-Net and FFT helpers) and
+                called ``model(kspace, mask)``: coil k-space complex64 ``(N, C, H, W)``,
+                mask float32 0/1 exactly ``(H, W)``; it returns the RSS image
+                ``(N, 1, H, W)``. Traced at the training size: any N and coil count, and
+                H and W divisible by ``2**pools`` (where the traced size is), run as the
+                eager network (checked within :data:`MULTICOIL_TOLERANCE`).
 ``onnx``        an ONNX graph (``torch.onnx.export(..., dynamo=True)``, run by onnxruntime).
                 ONNX has no complex type: k-space enters as float32 ``(N, 1, H, W, 2)``
                 (real, imaginary: ``torch.view_as_real``), the mask as ``(H, W)``, and the
                 data consistency runs on ONNX's ``DFT`` op. Dynamic N, H and W. VDSR's graph
-                takes ``image`` only.
+                takes ``image`` only. Refused for E2E-VarNet (complex coil k-space).
 ==============  ==========================================================================
 
-Both hold a copy of the network built here from plain operators (``nn.Conv2d``, ReLU, the
-FFTs), with the trained weights: the same arithmetic as :class:`kdmri.models.DCCNN` and
-:class:`kdmri.models.VDSR` (tests/test_export.py compares them within 1e-5), the data
-consistency being the eager networks' own (:func:`kdmri.mri.prepare_dc` and
-:func:`kdmri.mri.apply_dc`, which TorchScript compiles into the file), without the
-CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`, so the file runs on any
-device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
+DC-CNN's and VDSR's files hold a copy of the network built here from plain operators
+(``nn.Conv2d``, ReLU, the FFTs), with the trained weights: the same arithmetic as
+:class:`kdmri.models.DCCNN` and :class:`kdmri.models.VDSR` (tests/test_export.py compares
+them within 1e-5), the data consistency being the eager networks' own
+(:func:`kdmri.mri.prepare_dc` and :func:`kdmri.mri.apply_dc`, which TorchScript compiles
+into the file), without the CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`,
+so the file runs on any device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
 source model's sha256 and the check made after writing it (the reloaded file against the
 eager network on random inputs).
 
@@ -48,8 +55,8 @@ import torch
 from torch import nn
 
 from kdmri.errors import KdmriError
-from kdmri.models import family
-from kdmri.mri import apply_dc, prepare_dc
+from kdmri.models import family, is_multicoil_model
+from kdmri.mri import apply_dc, fft2c, prepare_dc
 
 EXPORT_FORMAT = "kdmri-export/1"
 FORMATS = ("torchscript", "onnx")
@@ -148,8 +155,10 @@ def exportable(model: nn.Module, fmt: str = "torchscript") -> nn.Module:
         raise KdmriError("--format onnx: networks with complex: true (two image channels) are "
                          "exported as torchscript only; use --format torchscript")
     name = family_of(model)
-    if name is None or fmt not in MODEL_FAMILIES[name].exports:
-        raise KdmriError(f"cannot export a network of type {type(model).__name__}")
+    if name is None or fmt not in MODEL_FAMILIES[name].exports or name not in PLAIN_COPIES:
+        raise KdmriError(f"cannot export a network of type {type(model).__name__} as a "
+                         "plain-operator copy (a multi-coil network is traced: "
+                         "trace_multicoil)")
     return PLAIN_COPIES[name](model, fmt, complex_net).eval()
 
 
@@ -246,26 +255,150 @@ def _run_exported(fmt: str, exported, image, kspace, mask) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {n: feeds[n] for n in names})[0])
 
 
-def _check(fmt: str, path: Path, model: nn.Module, exported) -> dict:
-    """What was exported (``exported``: the saved TorchScript module, or the ONNX file at
-    ``path``) against the eager network at two sizes (one of them odd)."""
-    sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
+def _worst_difference(path: Path, outputs, tolerance: float) -> float:
+    """The largest difference over ``outputs``, pairs ``(eager output, exported file's
+    output)``; an error naming ``path`` for an output of another shape, or a difference
+    above ``tolerance``."""
     worst = 0.0
-    for i, (height, width) in enumerate(sizes):
-        channels = 2 if getattr(model, "complex", False) else 1
-        image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
-        with torch.no_grad():
-            expected = model(image, kspace, mask)
-        got = _run_exported(fmt, exported, image, kspace, mask)
+    for expected, got in outputs:
         if got.shape != expected.shape:
             raise KdmriError(f"{path}: the exported file returned shape {tuple(got.shape)}, "
                              f"expected {tuple(expected.shape)}")
         worst = max(worst, float((got - expected).abs().max()))
-    if not worst <= CHECK_TOLERANCE:
+    if not worst <= tolerance:
         raise KdmriError(f"{path}: the exported file differs from the network by {worst:.3g} "
-                         f"(more than {CHECK_TOLERANCE:g}); nothing written")
+                         f"(more than {tolerance:g}); nothing written")
+    return worst
+
+
+def _check(fmt: str, path: Path, model: nn.Module, exported) -> dict:
+    """What was exported (``exported``: the saved TorchScript module, or the ONNX file at
+    ``path``) against the eager network at two sizes (one of them odd)."""
+    sizes = [EXAMPLE_SIZE, (EXAMPLE_SIZE[0] + 9, EXAMPLE_SIZE[1] - 3)]
+    channels = 2 if getattr(model, "complex", False) else 1
+
+    def outputs():
+        for i, (height, width) in enumerate(sizes):
+            image, kspace, mask = example_inputs(height, width, seed=i, channels=channels)
+            with torch.no_grad():
+                expected = model(image, kspace, mask)
+            yield expected, _run_exported(fmt, exported, image, kspace, mask)
+
+    worst = _worst_difference(path, outputs(), CHECK_TOLERANCE)
     return {"sizes": [list(s) for s in sizes], "max_abs_diff": worst,
             "runtime": "the saved TorchScript module" if fmt == "torchscript" else "onnxruntime"}
+
+
+# ------------------------------------------------------------------ multi-coil networks
+#: Largest difference allowed between a traced multi-coil network and the eager one.
+MULTICOIL_TOLERANCE = 1e-5
+#: Coil counts and batch sizes of the trace's example input and of the checks after it.
+TRACE_COILS, CHECK_COILS = (4, 2), (3, 1)
+MULTICOIL_NORMALISATION = ("coil images divided by the maximum of the volume's root-sum-of-"
+                           "squares image (kdmri prepare's 'max'); multiply the output by it")
+
+
+def size_step(model: nn.Module) -> int:
+    """``2**pools`` of a multi-coil network's deepest U-Net: a traced module's U-Nets pad
+    no level at a size divisible by it, as at the traced size (see :func:`trace_multicoil`)."""
+    pools = [m.num_pool_layers for m in model.modules() if hasattr(m, "num_pool_layers")]
+    return 2 ** max(pools, default=0)
+
+
+def trace_shape(model: nn.Module, ckpt: dict) -> tuple[int, int]:
+    """The ``(H, W)`` a multi-coil network is traced at: its training size (the shape of
+    its training mask, model.pt's ``mask``), else the smallest square of at least
+    :data:`EXAMPLE_SIZE` divisible by :func:`size_step` (twice it: the U-Nets' bottleneck
+    is 2 x 2 at least)."""
+    recorded = ckpt.get("mask") or {}
+    shape = recorded.get("shape") if isinstance(recorded, dict) else None
+    if shape and len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    side = max(EXAMPLE_SIZE[0], 2 * size_step(model))
+    return side, side
+
+
+def multicoil_inputs(height: int, width: int, coils: int, batch: int = 2, seed: int = 0):
+    """Random inputs of a multi-coil network's contract: measured coil k-space complex64
+    ``(batch, coils, H, W)`` (the k-space of random coil images whose RSS has maximum 1,
+    as normalised data, zero where not sampled) and a 0/1 column mask ``(H, W)`` float32
+    (the central 8 columns, the ACS lines, and about a third of the others)."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = torch.randn(2, batch, coils, height, width, generator=generator)
+    images = torch.complex(parts[0], parts[1])
+    images = images / torch.sqrt((images.abs() ** 2).sum(1)).max()
+    columns = (torch.rand(width, generator=generator) < 0.33).to(torch.float32)
+    columns[width // 2 - 4: width // 2 + 4] = 1.0
+    mask = columns.expand(height, width).contiguous()
+    return (fft2c(images) * mask).to(torch.complex64), mask
+
+
+def trace_multicoil(model: nn.Module, shape: tuple[int, int]) -> torch.jit.ScriptModule:
+    """The TorchScript module of a multi-coil network (E2E-VarNet), by ``torch.jit.trace``
+    on an example input of ``shape`` (scripting fails: the U-Net's forward and the centred
+    FFT helpers do not compile). Tracing records the operations one call made, so what the
+    Python code decided is fixed: the mask's form (exactly 2-D ``(H, W)``) and the U-Nets'
+    one-pixel pads (none at a size divisible by :func:`size_step`); sizes read from the
+    tensors stay dynamic, so N, the coil count and, within that divisibility, H and W
+    may differ from the traced ones (:func:`_check_multicoil` checks it)."""
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    coils, batch = TRACE_COILS
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(model, multicoil_inputs(*shape, coils, batch), check_trace=False)
+
+
+def _check_sizes(shape: tuple[int, int], step: int) -> list[tuple[int, int]]:
+    """The traced size, and one other ``step`` larger each side where the traced size is
+    divisible by ``step`` (the sizes the module holds at)."""
+    if shape[0] % step or shape[1] % step:
+        return [shape]
+    return [shape, (shape[0] + step, shape[1] + step)]
+
+
+def _check_multicoil(path: Path, model: nn.Module, exported, shape: tuple[int, int]) -> dict:
+    """The traced module against the eager network at the traced size and coil count, and
+    at another batch size and coil count (and another size where :func:`_check_sizes` gives
+    one), each within :data:`MULTICOIL_TOLERANCE`."""
+    sizes = _check_sizes(shape, size_step(model))
+    runs = [(shape, *TRACE_COILS), (shape, *CHECK_COILS)]
+    runs += [(size, *CHECK_COILS) for size in sizes[1:]]
+
+    def outputs():
+        for seed, ((height, width), coils, batch) in enumerate(runs, start=1):
+            kspace, mask = multicoil_inputs(height, width, coils, batch, seed=seed)
+            with torch.no_grad():
+                yield model(kspace, mask), exported(kspace, mask)
+
+    worst = _worst_difference(path, outputs(), MULTICOIL_TOLERANCE)
+    return {"sizes": [list(s) for s in sizes], "coils": sorted({TRACE_COILS[0], CHECK_COILS[0]}),
+            "traced": {"size": list(shape), "coils": TRACE_COILS[0], "batch": TRACE_COILS[1]},
+            "size_step": size_step(model), "max_abs_diff": worst,
+            "runtime": "the saved TorchScript module (traced)"}
+
+
+def multicoil_contract(check: dict) -> dict:
+    """The input and output contract of a traced multi-coil network, for the sidecar."""
+    height, width = check["traced"]["size"]
+    step = check["size_step"]
+    return {
+        "inputs": [
+            {"name": "kspace", "dtype": "complex64", "shape": ["N", "C", "H", "W"],
+             "meaning": "measured centred coil k-space (zero where not sampled), H the "
+                        "readout, W the phase encoding"},
+            {"name": "mask", "dtype": "float32", "shape": ["H", "W"],
+             "meaning": "0/1 sampling mask, exactly 2-D (a column mask (W,) expanded to "
+                        "(H, W)); its contiguous sampled columns around W // 2 are the ACS lines"},
+        ],
+        "outputs": [{"name": "output", "dtype": "float32", "shape": ["N", 1, "H", "W"],
+                     "meaning": "the root-sum-of-squares image on the input's scale"}],
+        "size": f"traced at {height} x {width} with {check['traced']['coils']} coils: any N and "
+                "coil count; " + (
+                    f"H and W divisible by {step}, at least {2 * step} (the U-Nets then pad "
+                    "no level, as at the traced size)" if len(check["sizes"]) > 1 else
+                    f"H and W as traced (at a size not divisible by {step} the U-Nets' "
+                    "one-pixel pads are fixed in the trace)"),
+    }
 
 
 # ------------------------------------------------------------------ writing
@@ -345,7 +478,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path,
     ``out.json``; return the sidecar's content. ``trust_code``: the user's consent to build
     a ``family: python`` network (:func:`kdmri.checkpoints.load_model`)."""
     from kdmri import __version__
-    from kdmri.checkpoints import load_model
+    from kdmri.checkpoints import check_single_coil, load_model
     from kdmri.io import atomic_path, write_json
 
     model_path, out = Path(model_path), Path(out)
@@ -354,21 +487,33 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path,
     if not model_path.is_file():
         raise KdmriError(f"{model_path}: model file not found (--model)")
     _check_out(out)
-    if fmt == "onnx":
-        _onnx_modules()
     model, ckpt = load_model(model_path, trust_code=trust_code)
     model = model.eval()
     net = ckpt["net"]
+    multicoil = is_multicoil_model(model)
+    if not multicoil:  # a multi-coil family is traced on coil k-space below
+        check_single_coil(model_path, ckpt, "kdmri export")
+    if multicoil and fmt not in family(net).exports:
+        raise KdmriError(f"--format {fmt}: family {net['family']} takes complex coil k-space, "
+                         "which ONNX has no type for; use --format torchscript")
+    if fmt == "onnx":
+        _onnx_modules()
     extra: dict = {}
     with atomic_path(out, suffix=f".{fmt}.tmp") as tmp, warnings.catch_warnings():
         # torch 2.13 marks TorchScript deprecated (in favour of torch.export); it works
         warnings.simplefilter("ignore", DeprecationWarning)
-        if fmt == "torchscript":
-            exported = script(model)
+        if multicoil:
+            shape = trace_shape(model, ckpt)
+            exported = trace_multicoil(model, shape)
             torch.jit.save(exported, str(tmp))
+            check = _check_multicoil(tmp, model, exported, shape)
         else:
-            extra, exported = _export_onnx(model, net, tmp), tmp
-        check = _check(fmt, tmp, model, exported)
+            if fmt == "torchscript":
+                exported = script(model)
+                torch.jit.save(exported, str(tmp))
+            else:
+                extra, exported = _export_onnx(model, net, tmp), tmp
+            check = _check(fmt, tmp, model, exported)
     trained = ckpt.get("spec") or {}  # the job spec the model file records
     info = {
         "format": EXPORT_FORMAT,
@@ -390,9 +535,10 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path,
             "val_psnr": ckpt.get("val_psnr"),
             "spec_digest": ckpt.get("spec_digest"),
         },
-        "normalisation": "each volume divided by its maximum before the network (kdmri "
+        "normalisation": MULTICOIL_NORMALISATION if multicoil else
+                         "each volume divided by its maximum before the network (kdmri "
                          "prepare's 'max'); multiply the output by it",
-        **contract(fmt, net, model.complex),
+        **(multicoil_contract(check) if multicoil else contract(fmt, net, model.complex)),
         "check": check,
         "exported_with": {"kdmri": __version__, "torch": torch.__version__, **extra},
     }

@@ -291,10 +291,13 @@ class MulticoilDataConsistency:
     mask (``(H, W)``, ``(1, W)``, ``(W,)`` or per sample ``(..., 1, H, W)``). The k-space
     replacement is the single-coil core's (:func:`prepare_dc` once here, :func:`apply_dc`
     per call, on every coil at once); the image and the result are complex64, computed in
-    float32 also under mixed precision.
+    float32 also under mixed precision. With ``channels=True`` they are the complex image
+    as two real channels ``(..., 2, H, W)`` (:func:`to_channels`) instead, as a complex
+    network takes and returns it (DC-CNN on multi-coil data).
     """
 
-    def __init__(self, measured: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, measured: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor,
+                 channels: bool = False):
         _check_coils(measured, maps, "measured k-space")
         if not measured.is_complex():
             measured = measured.to(torch.complex64)
@@ -303,14 +306,19 @@ class MulticoilDataConsistency:
         self._kept, self._free, self._shifted = prepare_dc(
             torch.view_as_real(measured.unsqueeze(-3)), mask)
         self.maps = maps
+        self.channels = channels
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """DC of a complex image ``(..., 1, H, W)``; the result has its shape."""
-        _check_coils(image, self.maps, "image")
+        """DC of a complex image ``(..., 1, H, W)`` (two channels ``(..., 2, H, W)`` with
+        ``channels``); the result has its shape."""
         with torch.autocast(device_type=image.device.type, enabled=False):
+            if self.channels:
+                image = from_channels(image)
+            _check_coils(image, self.maps, "image")
             coils = to_channels((self.maps * image).unsqueeze(-3))  # (..., C, 2, H, W)
             coils = apply_dc(coils, self._kept, self._free, self._shifted, True)
-            return coil_combine(from_channels(coils).squeeze(-3), self.maps)
+            combined = coil_combine(from_channels(coils).squeeze(-3), self.maps)
+            return to_channels(combined) if self.channels else combined
 
 
 def multicoil_data_consistency(image: torch.Tensor, measured: torch.Tensor, maps: torch.Tensor,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from kdmri.batch import Batch, make_batch
+from kdmri.batch import Batch, coil_arrays, forward, make_batch
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.distill.learnt import BUILDERS
 from kdmri.distill.pairs import fsp_paths, pair_paths
@@ -93,8 +93,10 @@ def term_options(options: dict, names: list[str], stage: str) -> dict[str, dict]
 
 def probe_batch(data: Mapping[str, torch.Tensor], device: torch.device, complex: bool) -> Batch:
     """The first two training slices as a batch without targets: what one forward of a
-    network is run on before training (to check a user's network, to size the adapters)."""
-    return make_batch(data["zf"][:2], data["mask"], None, device, complex=complex)
+    network is run on before training (to check a user's network, to size the adapters);
+    of multi-coil data, their coil arrays."""
+    return make_batch(data["zf"][:2], data["mask"], None, device, complex=complex,
+                      **coil_arrays(data, slice(0, 2)))
 
 
 class StagePlan:
@@ -210,7 +212,7 @@ class StagePlan:
         sized by one forward of both networks on ``probe`` at the layer pairs."""
         model.eval()
         with torch.no_grad(), FeatureHooks(model, self.hooks["student_features"]) as hooks:
-            model(probe.image, probe.kspace, probe.mask)
+            forward(model, probe)
             student = hooks.pop()
         teacher = self.teacher.features(probe)["teacher_features"]
         return {name: place_model(BUILDERS[name](student, teacher), self.device)
@@ -234,7 +236,11 @@ class StagePlan:
 
     def branch_outputs(self, teacher_images: list[torch.Tensor],
                        batch: Batch) -> list[torch.Tensor]:
-        """The SFT branches on the network's hooked images (gradients reach both)."""
+        """The SFT branches on the network's hooked images (gradients reach both); not
+        on multi-coil data (their data consistency is single-coil)."""
+        if batch.maps is not None:
+            raise KdmriError("the student-friendly teacher's branches run single-coil data "
+                             "consistency; multi-coil data (SENSE) are not supported")
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             outputs = self.branches(teacher_images, batch.kspace, batch.mask)
         return [output.float() for output in outputs]

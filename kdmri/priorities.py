@@ -31,7 +31,9 @@ size is counted, since the number of slices is known only once the data is prepa
 
 with F the FLOPs of one forward pass on one slice (:func:`kdmri.models.flops_per_slice`)
 at the dataset's size (``size``, else its format's default, else
-:data:`REFERENCE_SIZE`). A training step is a forward and a backward pass, about
+:data:`REFERENCE_SIZE`); a network of a multi-coil family (E2E-VarNet) on as many coils as
+the dataset's ``simulated_coils``, else :data:`kdmri.models.EXAMPLE_COILS` (a fastMRI
+file's coil count is known once it is read). A training step is a forward and a backward pass, about
 :data:`STEP_PASSES` forward passes; the frozen teacher runs forward only, where the
 method reads its weights (the feature terms); the student-friendly teacher's branches run
 (K-1)K/2 student cascades of the K per step (:mod:`kdmri.distill.sft`), i.e. (K-1)/2
@@ -98,16 +100,17 @@ def _integer(gflop: float) -> int:
 
 
 @cache
-def _forward_gflop(net_json: str, size: int) -> float:
+def _forward_gflop(net_json: str, size: int, coils: int | None) -> float:
     from kdmri.models import build_model, flops_per_slice
 
-    return flops_per_slice(build_model(json.loads(net_json)), size, size) / 1e9
+    return flops_per_slice(build_model(json.loads(net_json)), size, size, coils=coils) / 1e9
 
 
-def forward_gflop(net: dict, size: int) -> float:
+def forward_gflop(net: dict, size: int, coils: int | None = None) -> float:
     """GFLOP of one forward pass of the network ``net`` (a net spec) on one size x size
-    slice (built once per spec and size)."""
-    return _forward_gflop(json.dumps(net, sort_keys=True), size)
+    slice (built once per spec and size); a multi-coil family's on ``coils`` coils (None:
+    :data:`kdmri.models.EXAMPLE_COILS`)."""
+    return _forward_gflop(json.dumps(net, sort_keys=True), size, coils)
 
 
 def dataset_size(dataset: dict) -> int:
@@ -117,15 +120,27 @@ def dataset_size(dataset: dict) -> int:
     return dataset["size"] or DEFAULT_SIZE[dataset["format"]] or REFERENCE_SIZE
 
 
+def dataset_coils(dataset: dict) -> int | None:
+    """The coil count a multi-coil network is counted with on a dataset: its
+    ``simulated_coils`` count, None where the config does not give one (module docstring)."""
+    from kdmri.data.coils import coil_settings
+
+    settings = coil_settings(dataset)
+    return settings["count"] if settings else None
+
+
 def training_cost(config: dict, task: str, dataset: str, model: str) -> float:
     """GFLOP per training slice of training ``model`` in a cell of ``task`` on ``dataset``
     (module docstring)."""
     spec = model_spec(config, task, model, seed=0)
     size = dataset_size(config["datasets"][dataset])
-    trained = forward_gflop(spec["net"], size)
+    coils = dataset_coils(config["datasets"][dataset])
+    trained = forward_gflop(spec["net"], size, coils)
     if "student_net" in spec:  # the student-friendly teacher's branches
-        trained += (spec["student_net"]["cascades"] - 1) / 2 * forward_gflop(spec["student_net"], size)
-    frozen = forward_gflop(spec["teacher_net"], size) if "weights" in teacher_sources(config, model) else 0.0
+        trained += (spec["student_net"]["cascades"] - 1) / 2 * forward_gflop(
+            spec["student_net"], size, coils)
+    frozen = (forward_gflop(spec["teacher_net"], size, coils)
+              if "weights" in teacher_sources(config, model) else 0.0)
     return spec["train"]["epochs"] * (STEP_PASSES * trained + frozen)
 
 
@@ -152,7 +167,8 @@ def cell_graph(config: dict, task: str, dataset: str) -> tuple[dict, dict]:
         if "cache" in sources:
             cache = ("cache", made.teacher)
             spec = model_spec(config, task, made.teacher, seed=0)
-            cost[cache] = forward_gflop(spec["net"], dataset_size(config["datasets"][dataset]))
+            data = config["datasets"][dataset]
+            cost[cache] = forward_gflop(spec["net"], dataset_size(data), dataset_coils(data))
             waiting.setdefault(("train", made.teacher), set()).add(cache)
             waiting.setdefault(cache, set()).add(node)
             waiting[("inputs",)].add(cache)

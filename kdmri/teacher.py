@@ -2,8 +2,10 @@
 
 **The cache** (written once per task by ``kdmri cache-teacher``,
 :func:`kdmri.inference.cache_teacher`) is one store per split, ``<cache>/<split>.h5``,
-with the frozen teacher's ``output`` ``(N, H, W)`` and its per-sample normalised attention
-maps ``attention`` ``(N, P, H*W)`` at the P teacher layers of the pairs; attributes
+with the frozen teacher's ``output`` ``(N, H, W)`` (of multi-coil data, a multi-coil
+teacher's RSS image, float32) and its per-sample normalised attention maps ``attention``
+``(N, P, H*W)`` at the P teacher layers of the pairs (E2E-VarNet: one per cascade, each
+of its feature layer's size); attributes
 ``teacher_net`` (the digest of the teacher's architecture) and ``pairs``. A stage reads
 only the keys its terms take (:data:`CACHE_KEYS`) and refuses a cache of another teacher
 architecture, of other teacher layers, or of another number of slices.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmri.batch import Batch
+from kdmri.batch import Batch, forward
 from kdmri.checkpoints import load_model
 from kdmri.data.store import SliceDataset, store_info
 from kdmri.distill.hooks import FeatureHooks
@@ -101,7 +103,7 @@ class LiveTeacher:
         ``teacher_feature_pairs``: ``(F1, F2)`` at each FSP pair (float32, no gradient)."""
         with torch.autocast(device_type=self.device.type, dtype=torch.float16,
                             enabled=self.amp):
-            self.model(batch.image, batch.kspace, batch.mask)
+            forward(self.model, batch)
         features = [f.float() for f in self.hooks.pop()]
         pairs = features[self.n_features:]
         return {"teacher_features": features[:self.n_features],

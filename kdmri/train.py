@@ -56,7 +56,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from kdmri.batch import Batch, check_complex, make_batch, network_image, stored_image
+from kdmri.batch import (
+    Batch,
+    check_complex,
+    coil_arrays,
+    forward,
+    input_keys,
+    make_batch,
+    network_image,
+    stored_image,
+)
 from kdmri.checkpoints import (
     load_model,
     restore_rng,
@@ -64,7 +73,7 @@ from kdmri.checkpoints import (
     training_state,
     write_model_file,
 )
-from kdmri.data.store import SliceDataset
+from kdmri.data.store import SliceDataset, coil_count, is_complex_store
 from kdmri.distill.hooks import FeatureHooks
 from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, save_torch
@@ -130,9 +139,11 @@ class Trainer:
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
         self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
+        self.coils = coil_count(train_store)  # model.pt's "coils" where > 0 (apply refuses)
         self._place_data()
         self.model = self._network(train_store, init)
-        self.complex = self.model.complex
+        self.complex = self.model.complex  # its input; its output is of the targets' kind:
+        self.complex_output = is_complex_store(train_store)  # real RSS of multi-coil data
         self.params = count_parameters(self.model)
         self.plan.build(self.model, self.train_data, self.device, self.amp)
         self.select, self.outputs = self._selection()
@@ -216,12 +227,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _data(self, store, cache_dir, split) -> dict[str, torch.Tensor]:
-        dataset = SliceDataset(store, keys=["zf", "target"], extra=["mask"])
+        keys = input_keys(store, self.spec["net"])  # zf, and the coil arrays of multi-coil data
+        dataset = SliceDataset(store, keys=[*keys, "target"], extra=["mask"])
         if not dataset.in_memory:
             raise KdmriError(f"{store}: split too large to hold in memory for training")
         batch = dataset.batch(np.arange(len(dataset)))
         data = {
-            "zf": batch["zf"],
+            **{key: batch[key] for key in keys},
             "target": batch["target"],
             "mask": dataset.extra["mask"],
             "volume": torch.from_numpy(dataset.volume.astype(np.int64)),
@@ -248,16 +260,16 @@ class Trainer:
     # ------------------------------------------------------------------ losses
     def _batch(self, data: dict, idx: torch.Tensor) -> tuple[Batch, dict]:
         batch = make_batch(data["zf"][idx], data["mask"], data["target"][idx], self.device,
-                           complex=self.complex)
+                           complex=self.complex, **coil_arrays(data, idx))
         extra = {k: data[k][idx].to(self.device) for k in ("teacher_output", "attention") if k in data}
         if "teacher_output" in extra:
-            extra["teacher_output"] = network_image(extra["teacher_output"], self.complex)
+            extra["teacher_output"] = network_image(extra["teacher_output"], self.complex_output)
         return batch, extra
 
     def losses(self, batch: Batch, extra: dict, hooks: FeatureHooks | None):
         """Named loss terms and their weighted total for one batch."""
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            prediction = self.model(batch.image, batch.kspace, batch.mask)
+            prediction = forward(self.model, batch)
         prediction = prediction.float()
         total, terms = self.plan.losses(Step(self.plan, prediction, batch, extra, hooks))
         return total, terms, prediction
@@ -392,7 +404,7 @@ class Trainer:
                 sums["loss"] += total.item() * len(idx)
                 for name, value in terms.items():
                     sums[name] += value.item() * len(idx)
-                outputs.append(stored_image(prediction, self.complex).cpu())
+                outputs.append(stored_image(prediction, self.complex_output).cpu())
         prediction = torch.cat(outputs).numpy()
         target = data["target"].cpu().numpy()
         volumes = data["volume"].cpu().numpy()
@@ -479,6 +491,8 @@ class Trainer:
 
     def _write_outputs(self) -> None:
         mask = {"mask": self.mask_settings} if self.mask_settings else {}
+        if self.coils:  # trained on multi-coil data
+            mask["coils"] = self.coils
         for name, file in self.outputs.items():  # the stage's outputs, of the best epoch
             net, module = self.plan.outputs()[name]
             write_model_file(self.out_dir / file, self.spec, self.best["outputs"][name], net=net,

@@ -298,3 +298,189 @@ def test_mask_settings_that_make_no_mask_are_one_line_errors(tmp_path, capsys, s
                            "--out", str(tmp_path / "o.nii")])
     assert str(path) in line and all(word in line for word in words), line
     assert not (tmp_path / "o.nii").exists()
+
+
+# ---------------------------------------------------------------------- multi-coil k-space
+#: A tiny E2E-VarNet; its U-Nets pool twice, so it runs at any size divisible by 4.
+VARNET = {"family": "varnet", "cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4,
+          "sens_pools": 2}
+#: fastMRI's layout: kspace (slices, coils, H, W), H the readout; the model trained at 32 x 32.
+FILE_SHAPE, COILS, TRAINED = (2, 3, 48, 40), 3, (32, 32)
+
+
+def _varnet_file(tmp_path, mask: dict | None = None):
+    """A tiny VarNet with non-trivial weights saved as a model.pt, with the mask settings
+    ``mask`` (default: the random 4x mask recorded at 32 x 32, as training records it)."""
+    torch.manual_seed(2)
+    model = build_model(VARNET)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    record = {**MASK_SETTINGS, "seed": MASK_SEED, "shape": list(TRAINED)} if mask is None else mask
+    path = tmp_path / "varnet.pt"
+    write_model_file(path, {"task": "recon", "net": VARNET}, model.state_dict(), mask=record,
+                     coils=4)  # as training records it
+    return path, load_model(path)[0].eval()
+
+
+def _coil_kspace(seed: int = 0, scale: float = 3e-4) -> np.ndarray:
+    """Fully sampled coil k-space (slices, coils, H, W) complex64 of a known smooth image
+    (an ellipse with a slow phase) seen by known smooth complex coil maps, on the tiny
+    numbers of fastMRI's raw data (``scale``)."""
+    slices, coils, height, width = FILE_SHAPE
+    y, x = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    rng = np.random.default_rng(seed)
+    images = []
+    for s in range(slices):
+        a, b = rng.uniform(0.4, 0.7, 2)
+        inside = ((x / a) ** 2 + (y / b) ** 2 < 1) * (1 + 0.5 * np.cos(3 * x + s))
+        images.append(inside * np.exp(1j * (0.8 * x - 0.5 * y + s)))
+    image = np.stack(images)[:, None]
+    centres = [(-1.2, 0.0), (1.2, 0.3), (0.0, -1.2)]
+    maps = np.stack([np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 1.5) * np.exp(1j * (cx * y - cy * x))
+                     for cx, cy in centres[:coils]])
+    return (np_fft2c(scale * maps[None] * image)).astype(np.complex64)
+
+
+def _fastmri_file(path, kspace: np.ndarray, own_mask: np.ndarray | None = None) -> None:
+    """A fastMRI multi-coil file: its k-space; with ``own_mask`` (W,) a test file, whose
+    k-space is undersampled with it and which has the mask and fastMRI's attributes."""
+    with h5py.File(path, "w") as handle:
+        if own_mask is None:
+            handle["kspace"] = kspace
+            handle["reconstruction_rss"] = np.sqrt((np.abs(np_ifft2c(kspace)) ** 2).sum(1))
+        else:
+            handle["kspace"] = (kspace * own_mask).astype(np.complex64)
+            handle["mask"] = own_mask.astype(bool)
+            handle.attrs["acceleration"] = int(round(len(own_mask) / own_mask.sum()))
+            handle.attrs["num_low_frequency"] = 8
+
+
+def _own_mask(width: int = FILE_SHAPE[3]) -> np.ndarray:
+    mask = np.zeros(width)
+    mask[::3] = 1
+    mask[width // 2 - 4: width // 2 + 4] = 1
+    return mask
+
+
+def _crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    h0, w0 = (array.shape[-2] - height) // 2, (array.shape[-1] - width) // 2
+    return array[..., h0:h0 + height, w0:w0 + width]
+
+
+def _varnet_expected(model, coil_images: np.ndarray, mask: np.ndarray,
+                     out_shape: tuple[int, int]) -> np.ndarray:
+    """The eager network on coil images (slices, coils, h, w) in NumPy's terms: divided by
+    the maximum of their RSS, k-space ``mask * fft2c``, the RSS output cropped to
+    ``out_shape`` and scaled back."""
+    scale = np.sqrt((np.abs(coil_images) ** 2).sum(1)).max()
+    kspace = np_fft2c(coil_images / scale) * mask
+    with torch.no_grad():
+        out = model(torch.from_numpy(kspace.astype(np.complex64)),
+                    torch.from_numpy(mask.astype(np.float32)))[:, 0].numpy()
+    return _crop(out, *out_shape) * scale
+
+
+def _written(out) -> np.ndarray:
+    return np.asanyarray(nib.load(out).dataobj).transpose(2, 1, 0)  # (slices, rows, columns)
+
+
+def test_multicoil_file_with_its_own_mask_is_reconstructed_from_its_own_kspace(tmp_path, capsys):
+    """A fastMRI test file: its undersampled k-space and its own mask (not the model's),
+    the readout cropped to the trained 32 in image space, the 40 phase-encoding columns
+    kept, the RSS output cropped to 32 x 32."""
+    path, model = _varnet_file(tmp_path)
+    full, own = _coil_kspace(), _own_mask()
+    _fastmri_file(tmp_path / "file_test.h5", full, own)
+    out = tmp_path / "out" / "recon.nii.gz"
+    assert main(["apply", "--model", str(path), "--input", str(tmp_path / "file_test.h5"),
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert not (tmp_path / "out" / "recon_mask.npy").exists()  # no mask was made
+    assert "the file's own mask (key 'mask'" in capsys.readouterr().err
+    written = _written(out)
+    assert written.shape == (FILE_SHAPE[0], *TRAINED)
+    np.testing.assert_allclose(nib.load(out).affine, np.eye(4))
+    height, width = TRAINED[0], FILE_SHAPE[3]
+    zero_filled = _crop(np_ifft2c(full * own), height, width)  # the readout cropped only
+    mask = np.broadcast_to(own, (height, width))
+    expected = _varnet_expected(model, zero_filled, mask, TRAINED)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(written, expected, atol=1e-5 * scale, rtol=0)
+    # the model's own mask (at the file's width) gives another reconstruction
+    from kdmri.masks import mask_from_settings
+
+    models_mask = mask_from_settings({**MASK_SETTINGS, "seed": MASK_SEED}, (height, width), "m")
+    assert not np.array_equal(models_mask, mask)
+    other = _varnet_expected(model, _crop(np_ifft2c(full * models_mask[0]), height, width),
+                             models_mask, TRAINED)
+    assert np.abs(written - other).max() > 100 * 1e-5 * scale
+
+
+def test_fully_sampled_multicoil_file_is_undersampled_as_training_inputs_are(tmp_path, capsys):
+    """No mask in the file: the coil images cropped to the trained 32 x 32 and normalised
+    as prepare does, undersampled with the model's own mask made at that size (written
+    beside the output), or with --mask."""
+    from kdmri.masks import mask_from_settings
+
+    path, model = _varnet_file(tmp_path)
+    full = _coil_kspace(seed=1)
+    _fastmri_file(tmp_path / "file_train.h5", full)
+    coil_images = _crop(np_ifft2c(full), *TRAINED)
+    out = tmp_path / "recon.nii"
+    assert main(["apply", "--model", str(path), "--input", str(tmp_path / "file_train.h5"),
+                 "--out", str(out), "--quiet"]) == 0
+    made = np.load(tmp_path / "recon_mask.npy")
+    np.testing.assert_array_equal(made, mask_from_settings(
+        {**MASK_SETTINGS, "seed": MASK_SEED}, TRAINED, "m"))
+    assert "no --mask: made the model's random mask" in capsys.readouterr().err
+    expected = _varnet_expected(model, coil_images, made, TRAINED)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(_written(out), expected, atol=1e-5 * scale, rtol=0)
+    given = np.broadcast_to(_own_mask(TRAINED[1]), TRAINED).astype(np.float32)
+    np.save(tmp_path / "given.npy", given)
+    out = tmp_path / "given.nii"
+    assert main(["apply", "--model", str(path), "--input", str(tmp_path / "file_train.h5"),
+                 "--mask", str(tmp_path / "given.npy"), "--out", str(out), "--quiet"]) == 0
+    assert not (tmp_path / "given_mask.npy").exists()
+    np.testing.assert_allclose(_written(out), _varnet_expected(model, coil_images, given, TRAINED),
+                               atol=1e-5 * scale, rtol=0)
+
+
+def test_multicoil_refusals_name_the_file_and_the_key(tmp_path, capsys):
+    varnet, _ = _varnet_file(tmp_path)
+    dccnn, _ = _model_file(tmp_path, "dccnn")
+    full = _coil_kspace()
+    _fastmri_file(tmp_path / "test.h5", full, _own_mask())
+    _fastmri_file(tmp_path / "train.h5", full)
+    with h5py.File(tmp_path / "single.h5", "w") as handle:
+        handle["kspace"] = full[:, 0]
+    with h5py.File(tmp_path / "narrow.h5", "w") as handle:
+        handle["kspace"] = full
+        handle["mask"] = _own_mask(FILE_SHAPE[3] - 2)
+    nib.save(nib.Nifti1Image(_volume((32, 32, 2)), np.eye(4)), tmp_path / "in.nii")
+    np.save(tmp_path / "wide.npy", np.ones((32, 40), np.float32))
+    np.save(tmp_path / "mask.npy", np.ones(TRAINED, np.float32))
+
+    def error(model, name, *extra):
+        return _error(capsys, ["apply", "--model", str(model), "--input", str(tmp_path / name),
+                               "--out", str(tmp_path / "o.nii"), *extra])
+
+    line = error(varnet, "single.h5")
+    assert "single.h5" in line and "key 'kspace' of shape (2, 48, 40)" in line
+    assert "family varnet" in line and "(slices, coils, H, W)" in line
+    line = error(varnet, "in.nii")
+    assert "in.nii" in line and "fastMRI multi-coil .h5" in line
+    line = error(varnet, "narrow.h5")
+    assert "narrow.h5: key 'mask' has shape (38,); expected (40,)" in line
+    line = error(varnet, "train.h5", "--mask", str(tmp_path / "wide.npy"))
+    assert "wide.npy: mask shape (32, 40); expected (32, 32)" in line and "train.h5" in line
+    line = error(varnet, "test.h5", "--mask", str(tmp_path / "mask.npy"))
+    assert "test.h5: holds its own sampling mask (key 'mask')" in line
+    line = error(dccnn, "test.h5")  # a test file: coil k-space and no image
+    assert "test.h5: multi-coil k-space (key 'kspace' of shape (2, 3, 48, 40))" in line
+    assert "varnet" in line
+    (tmp_path / "nomask").mkdir()
+    nomask, _ = _varnet_file(tmp_path / "nomask", mask={})  # no size recorded: fastMRI's 320
+    line = error(nomask, "train.h5")
+    assert "records no mask settings" in line and "needs --mask, shape (320, 320)" in line
+    assert not (tmp_path / "o.nii").exists()

@@ -1,5 +1,6 @@
 """The CUDA paths: device choice and GPU slot, training with the splits kept on the GPU,
-the deferred loss/gradient checks, mixed precision, and the teacher cache.
+the deferred loss/gradient checks, mixed precision, the teacher cache, and a multi-coil
+network (E2E-VarNet: coil k-space, sensitivity maps, FFTs) trained on the GPU.
 
 Skipped (with the reason) where PyTorch sees no CUDA device, as in CI; run them on a GPU
 machine with ``python -m pytest tests/test_cuda.py``. CPU and GPU results are compared with
@@ -21,6 +22,7 @@ from kdmri.data.store import read_store
 from kdmri.device import select_device
 from kdmri.inference import cache_teacher
 from tests.test_train import PAIRS, TEACHER_NET, assert_nan_loss_stops_training, spec, train
+from tests.test_varnet import coil_stores, coil_study  # noqa: F401 (coil_stores: a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device visible to PyTorch")
@@ -108,3 +110,41 @@ def test_cli_trains_on_the_gpu(stores, tmp_path):
     assert "gpu slot: claimed slot" in out.stderr
     model = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in model["state_dict"].values())
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_a_multicoil_training_step_on_the_gpu(coil_stores, tmp_path, amp):  # noqa: F811
+    """A tiny VarNet teacher's epoch (two steps) on multi-coil input stores: the coil
+    k-space, the mask, the sensitivity maps and the network's output on the GPU, under the
+    trainer's AMP setting; in float32 the losses match the CPU's."""
+    from kdmri.specs import model_spec
+    from kdmri.train import Trainer
+
+    def trainer(device, out):
+        job = model_spec(coil_study(), "recon", "teacher", 0)
+        job["train"].update(amp=amp)
+        return Trainer(job, coil_stores / "train.h5", coil_stores / "val.h5", out,
+                       device=device, log=lambda message: None, progress=False)
+
+    gpu = trainer(GPU, tmp_path / "gpu")
+    assert gpu.amp == amp and gpu.scaler.is_enabled() == amp
+    assert all(t.device.type == "cuda" for t in gpu.train_data.values())
+    batch, _ = gpu._batch(gpu.train_data, torch.tensor([0, 1], device=GPU))
+    assert batch.image is None and batch.kspace.is_cuda and batch.mask.is_cuda
+    assert batch.kspace.dtype == torch.complex64 and batch.target.is_cuda
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        maps = gpu.model.sensitivity_maps(batch.kspace, batch.mask)
+        output = gpu.model(batch.kspace, batch.mask)
+    assert maps.is_cuda and maps.dtype == torch.complex64 and torch.isfinite(maps).all()
+    assert output.is_cuda and output.shape == batch.target.shape
+    assert torch.isfinite(output).all()
+    result = gpu.run()
+    history = pd.read_csv(tmp_path / "gpu" / "history.csv")
+    assert np.isfinite(history["train_loss"]).all() and np.isfinite(result["best"]["val_psnr"])
+    weights = torch.load(tmp_path / "gpu" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in weights["state_dict"].values())
+    if not amp:  # float32 on both: the same losses, up to the FFTs' and convolutions' rounding
+        trainer(CPU, tmp_path / "cpu").run()
+        cpu = pd.read_csv(tmp_path / "cpu" / "history.csv")
+        np.testing.assert_allclose(history["train_loss"], cpu["train_loss"], rtol=1e-3)
+        np.testing.assert_allclose(history["val_psnr"], cpu["val_psnr"], atol=0.05)

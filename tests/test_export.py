@@ -140,3 +140,60 @@ def test_errors_are_one_line(tmp_path, capsys):
                            str(tmp_path / "x.pt")])
     assert "junk.pt" in line
     assert not (tmp_path / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------- E2E-VarNet (traced)
+VARNET = {"family": "varnet", "cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4,
+          "sens_pools": 2}
+
+
+def _varnet_file(tmp_path, shape=(32, 24)) -> tuple:
+    """A tiny VarNet with perturbed weights, saved with the shape of its training mask."""
+    torch.manual_seed(0)
+    model = build_model(VARNET)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    path = tmp_path / "varnet" / "model.pt"
+    spec = {"task": "recon", "model": "student", "stage": "student", "net": VARNET}
+    write_model_file(path, spec, model.state_dict(), epoch=1, params=7,
+                     mask={"kind": "random", "acceleration": 4, "center_fraction": 0.1,
+                           "seed": 0, "shape": list(shape)}, coils=4)  # as training records it
+    return path, load_model(path)[0].eval()
+
+
+def test_torchscript_varnet_is_traced_and_matches_the_eager_network(tmp_path):
+    from kdmri.export import multicoil_inputs
+
+    path, model = _varnet_file(tmp_path)
+    out = tmp_path / "varnet.ts"
+    assert main(["export", "--model", str(path), "--format", "torchscript", "--out", str(out)]) == 0
+    loaded = torch.jit.load(str(out))
+    # the training size (traced there with 4 coils), other batch sizes and coil counts, and
+    # another size divisible by 2**pools: within 1e-5
+    for seed, (height, width, coils, batch) in enumerate([(32, 24, 4, 2), (32, 24, 2, 1),
+                                                          (32, 24, 6, 3), (40, 36, 3, 2)]):
+        kspace, mask = multicoil_inputs(height, width, coils, batch, seed=seed + 20)
+        with torch.no_grad():
+            expected, got = model(kspace, mask), loaded(kspace, mask)
+        assert got.shape == expected.shape == (batch, 1, height, width)
+        assert (got - expected).abs().max() <= 1e-5, (height, width, coils)
+    info = json.loads((tmp_path / "varnet.ts.json").read_text())
+    assert [i["name"] for i in info["inputs"]] == ["kspace", "mask"]
+    assert info["inputs"][0] == {**info["inputs"][0], "dtype": "complex64",
+                                 "shape": ["N", "C", "H", "W"]}
+    assert info["inputs"][1]["shape"] == ["H", "W"]
+    assert info["outputs"][0]["shape"] == ["N", 1, "H", "W"]
+    assert info["check"]["traced"] == {"size": [32, 24], "coils": 4, "batch": 2}
+    assert info["check"]["sizes"] == [[32, 24], [36, 28]] and info["check"]["size_step"] == 4
+    assert info["check"]["max_abs_diff"] <= 1e-5
+    assert "divisible by 4" in info["size"] and info["kind"] == "reconstruction"
+    assert info["file_sha256"] == sha256(out)
+
+
+def test_varnet_to_onnx_is_refused_in_one_line(tmp_path, capsys):
+    path, _ = _varnet_file(tmp_path)
+    line = _error(capsys, ["export", "--model", str(path), "--format", "onnx", "--out",
+                           str(tmp_path / "v.onnx")])
+    assert "--format onnx: family varnet takes complex coil k-space" in line
+    assert "--format torchscript" in line and not (tmp_path / "v.onnx").exists()

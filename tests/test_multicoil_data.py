@@ -1,7 +1,8 @@
 """Multi-coil data: the demo's simulated coil arrays (normalised birdcage maps, noise at
 the stated SNR, the stores of a multi-coil file, seeded), the input stores of multi-coil
 data against NumPy (the coil k-space under the mask, the RSS zero-filled image), single-
-coil undersampling unchanged, and the config: specs unchanged, the option checked."""
+coil undersampling unchanged, and the config: specs unchanged, the option checked, multi-coil
+data going to multi-coil networks (E2E-VarNet) only, in the reconstruction task."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from kdmri.data.store import (
 from kdmri.errors import KdmriError
 from kdmri.keys import SPLITS
 from kdmri.masks import MASK_ATTR, create_mask_func
+from kdmri.models import build_model
 from kdmri.mri import undersample, zero_filled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,10 +244,18 @@ def test_single_coil_undersampling_is_unchanged(tmp_path, complex_target):
     assert set(store_info(tmp_path / "in.h5")["keys"]) == {"zf", "target", "mask", "volume", "slice"}
 
 
-def test_no_network_is_fed_a_multicoil_input_store(demo_stores, stores):
-    with pytest.raises(KdmriError, match=r"in.h5: multi-coil inputs \(4 coils, key 'kspace'\)"):
+def test_a_multicoil_input_store_goes_to_multicoil_networks_only(demo_stores, stores):
+    single = stores.inputs_dir / "train.h5"
+    with pytest.raises(KdmriError, match=r"in.h5: multi-coil inputs \(4 coils, key 'kspace'\); "
+                                         r"the network takes single-coil images"):
         check_complex(demo_stores.inputs, SimpleNamespace(complex=False))
-    check_complex(stores.inputs_dir / "train.h5", SimpleNamespace(complex=False))  # as before
+    check_complex(single, SimpleNamespace(complex=False))  # as before
+    varnet = build_model({"family": "varnet", "cascades": 1, "chans": 2, "pools": 1,
+                          "sens_chans": 2, "sens_pools": 1})
+    check_complex(demo_stores.inputs, varnet)
+    with pytest.raises(KdmriError, match=r"train.h5: single-coil inputs .*the network "
+                                         r"reconstructs multi-coil k-space"):
+        check_complex(single, varnet)
 
 
 # ------------------------------------------------------------------ the config
@@ -283,10 +293,66 @@ def test_multicoil_datasets_are_known_and_the_option_is_checked():
     with pytest.raises(KdmriError, match=r"'datasets.d.noise': 0.05 with simulated_coils"):
         check({"d": {"format": "demo", "noise": 0.05, "simulated_coils": coils}})
     check({"d": {"format": "demo", "noise": 0.05, "simulated_coils": {"count": 0}}})  # off
-    with pytest.raises(KdmriError, match=r"'tasks.recon.datasets.0': dataset 'd' is multi-coil"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'd' "
+                                         r"\(tasks.recon.datasets.0\) is multi-coil"):
         check({"d": {"format": "demo", "simulated_coils": coils}}, {"recon": {"datasets": ["d"]}})
-    with pytest.raises(KdmriError, match=r"'tasks.recon.evaluate_on.0': dataset 'm' is multi-coil"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'm' "
+                                         r"\(tasks.recon.evaluate_on.0\) is multi-coil"):
         check({"d": {"format": "demo"}, "m": {"format": "demo", "simulated_coils": coils}},
               {"recon": {"datasets": ["d"], "evaluate_on": ["m"]}})
     with pytest.raises(KdmriError, match=r"simulated_coils.*snr_db"):
         check({"d": {"format": "demo", "simulated_coils": {"snr_db": "high"}}})
+
+
+VARNET = {"family": "varnet", "cascades": 2, "chans": 4}
+
+
+def test_multicoil_data_and_multicoil_networks_go_together():
+    """A multi-coil dataset trains and evaluates E2E-VarNet in the reconstruction task;
+    every other pairing is refused in one line naming the key."""
+    def check(data: dict | None = None, models: list | None = None, **task) -> dict:
+        return validate({"datasets": data or {"m": {"format": "demo", "simulated_coils": {}}},
+                         "tasks": {"recon": {"datasets": ["m"], **task}} if "sr" not in task
+                         else {"sr": {"datasets": ["m"], **task["sr"]}},
+                         "models": models or ["zf", "teacher", "student", "kd", "kd_fitnets"]})
+
+    nets = {"teacher": VARNET, "student": {**VARNET, "chans": 2}, "pairs": [[3, 3]]}
+    config = check(**nets)
+    assert config["tasks"]["recon"]["teacher"]["complex"] is False
+    check(**nets, compression={"students": {"s": {"net": {**VARNET, "chans": 3}}}})
+    # a single-coil network on multi-coil data without the options it takes them with,
+    # named by its key (DC-CNN and the U-Net: tests/test_multicoil_sense.py)
+    with pytest.raises(KdmriError, match=r"'tasks.recon.student.complex': dataset 'm' "
+                                         r"\(tasks.recon.datasets.0\) is multi-coil "
+                                         r"\(simulated_coils\); family dccnn takes it with "
+                                         r"complex: true"):
+        check(teacher=VARNET)
+    with pytest.raises(KdmriError, match=r"'tasks.recon.compression.students.s.net.dc': .*"
+                                         r"family unet takes it with dc: false"):
+        check(**nets, compression={"students": {"s": {"net": {"family": "unet"}}}})
+    with pytest.raises(KdmriError, match=r"which tasks.recon.compression.students.s.net "
+                                         r"\(family python\) does not take"):
+        check(**nets, compression={"students": {"s": {"net": {"family": "python",
+                                                               "target": "m:C"}}}})
+    # E2E-VarNet on single-coil data; a fastmri k-space dataset is left to its stores
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.family': family varnet "
+                                         r"reconstructs multi-coil k-space, and dataset 'd' "
+                                         r"\(tasks.recon.datasets.0\) is single-coil"):
+        check({"d": {"format": "demo"}}, datasets=["d"], **nets)
+    fastmri = {"f": {"format": "fastmri", "path": "/x", "source": "kspace"}}
+    check(fastmri, datasets=["f"], **nets)
+    # super-resolution, complex networks and the student-friendly teacher
+    with pytest.raises(KdmriError, match=r"'tasks.sr.datasets.0': dataset 'm' is multi-coil "
+                                         r"\(simulated_coils\), which task 'sr' does not take"):
+        check(sr={})
+    with pytest.raises(KdmriError, match=r"'tasks.sr.teacher.family': family varnet "
+                                         r"reconstructs multi-coil k-space in task\(s\) recon, "
+                                         r"not in 'sr'"):
+        check(sr={"teacher": VARNET, "student": VARNET})
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': family varnet "
+                                         r".*complex must be false"):
+        check(**{**nets, "teacher": {**VARNET, "complex": True}})
+    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.family': kd_sft needs the "
+                                         r"student-friendly teacher.*family varnet reconstructs "
+                                         r"multi-coil k-space and is not supported"):
+        check(models=["zf", "kd_sft"], **nets)

@@ -1,7 +1,8 @@
 """Tests for the E2E-VarNet family (kdmri.models.varnet): parameter counts against the
 architecture's arithmetic, normalised sensitivity maps from the ACS lines, a cascade's
 data-consistency step against NumPy, the RSS output, gradients, scale equivariance, feature
-layers and tracing. Tiny networks: 2 coils, 32 x 32."""
+layers and tracing; trained on multi-coil input stores (the batch it is given, its loss, its
+teacher cache, its predictions, its FLOPs and latency). Tiny networks: 2 coils, 32 x 32."""
 
 from __future__ import annotations
 
@@ -266,3 +267,133 @@ def test_the_traced_network_reproduces_the_eager_one():
         other = measured(seed=4, mask=other_mask)
         torch.testing.assert_close(traced(other, other_mask), model(other, other_mask),
                                    rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 7. training and inference
+#: The nets of a tiny multi-coil study: teacher and student differ in their U-Nets' width
+#: only, and are paired at their bottlenecks (block 3 of 5, at a quarter of the size).
+TEACHER = {"family": "varnet", **TINY}
+STUDENT = {"family": "varnet", **TINY, "chans": 2}
+SPLIT_SLICES = {"train": 4, "val": 2}
+
+
+def coil_images(slices: int, seed: int) -> np.ndarray:
+    """Coil images (slices, C, H, W) complex64: a random smooth object seen by the two coils
+    of :func:`measured`, without the mask."""
+    kspace = torch.cat([measured(seed + i, mask=torch.ones(W)) for i in range(-(-slices // N))])
+    return np_ifft2c(kspace[:slices].numpy().astype(np.complex128)).astype(np.complex64)
+
+
+@pytest.fixture(scope="module")
+def coil_stores(tmp_path_factory):
+    """Multi-coil data stores written here (one volume per split, target = the RSS of the
+    coil images) and their input stores under a random 4x mask, as kdmri undersample
+    writes them."""
+    from kdmri.data.prepare import undersample_store
+    from kdmri.data.store import StoreWriter
+    from kdmri.masks import create_mask_func
+
+    root = tmp_path_factory.mktemp("coil_stores")
+    mask = create_mask_func("random", 4)((H, W), seed=0)
+    for i, (split, slices) in enumerate(SPLIT_SLICES.items()):
+        coils = coil_images(slices, seed=10 * i)
+        target = np.sqrt((np.abs(coils.astype(np.complex128)) ** 2).sum(1)).astype(np.float32)
+        with StoreWriter(root / "data" / f"{split}.h5", (H, W), coils=C) as writer:
+            writer.add_volume(f"{split}-0", target, coils=coils)
+        undersample_store(root / "data" / f"{split}.h5", mask, root / "inputs" / f"{split}.h5")
+    return root / "inputs"
+
+
+def coil_study() -> dict:
+    from kdmri.config import validate
+
+    return validate({
+        "datasets": {"mc": {"format": "demo", "size": H, "simulated_coils": {"count": C}}},
+        "tasks": {"recon": {"datasets": ["mc"], "teacher": TEACHER, "student": STUDENT,
+                            "pairs": [[3, 3]]}},
+        "train": {"epochs": 1, "batch_size": 2}})
+
+
+def trainer(inputs, out, model: str):
+    from kdmri.specs import model_spec
+    from kdmri.train import Trainer
+
+    return Trainer(model_spec(coil_study(), "recon", model, 0), inputs / "train.h5",
+                   inputs / "val.h5", out, log=lambda message: None, progress=False)
+
+
+def test_a_multicoil_batch_reaches_varnet_as_kspace_and_mask_and_its_loss_is_the_rss_l1(
+        coil_stores, tmp_path):
+    from kdmri.data.store import read_store
+
+    teacher = trainer(coil_stores, tmp_path, "teacher")
+    calls = []
+    teacher.model.register_forward_pre_hook(lambda module, args: calls.append(args))
+    rows = [3, 0]
+    batch, extra = teacher._batch(teacher.train_data, torch.tensor(rows))
+    teacher.model.eval()
+    with torch.no_grad():
+        total, terms, prediction = teacher.losses(batch, extra, None)
+    stored = read_store(coil_stores / "train.h5", ["kspace", "target", "mask"])
+    assert len(calls) == 1 and len(calls[0]) == 2  # model(kspace, mask), nothing else
+    kspace, mask = calls[0]
+    assert kspace.dtype == torch.complex64 and kspace.shape == (2, C, H, W)
+    np.testing.assert_array_equal(kspace.numpy(), stored["kspace"][rows])
+    np.testing.assert_array_equal(mask.numpy(), stored["mask"])
+    assert batch.image is None and prediction.shape == (2, 1, H, W)
+    # the RSS of the network's final coil images, here in NumPy, against the RSS target
+    with torch.no_grad():
+        final = teacher.model.kspace_forward(torch.from_numpy(stored["kspace"][rows]),
+                                             torch.from_numpy(stored["mask"])).numpy()
+    rss = np.sqrt((np.abs(np_ifft2c(final.astype(np.complex128))) ** 2).sum(1))
+    l1 = np.abs(rss - stored["target"][rows]).mean()
+    assert list(terms) == ["reconstruction"]
+    assert terms["reconstruction"].item() == pytest.approx(l1, rel=1e-5)
+    assert total.item() == pytest.approx(l1, rel=1e-5)
+
+
+def test_a_varnet_teacher_trains_and_its_cache_holds_its_rss_outputs(coil_stores, tmp_path):
+    from kdmri.checkpoints import load_model
+    from kdmri.data.store import read_store
+    from kdmri.distill import FeatureHooks, attention_map
+    from kdmri.inference import cache_teacher, run_model
+    from kdmri.specs import model_spec
+
+    history = trainer(coil_stores, tmp_path / "teacher", "teacher").run()
+    assert np.isfinite(history["best"]["val_psnr"])
+    spec = model_spec(coil_study(), "recon", "attention", 0)
+    stores = {split: coil_stores / f"{split}.h5" for split in SPLIT_SLICES}
+    cache_teacher(tmp_path / "teacher" / "model.pt", spec["teacher_net"], spec["pairs"], stores,
+                  tmp_path / "cache", torch.device("cpu"))
+    model, _ = load_model(tmp_path / "teacher" / "model.pt", expect_net=spec["teacher_net"])
+    model.eval()
+    paths = model.feature_paths(3)
+    for split, slices in SPLIT_SLICES.items():
+        cached = read_store(tmp_path / "cache" / f"{split}.h5", ["output", "attention"])
+        inputs = read_store(stores[split], ["kspace", "mask"])
+        with torch.no_grad(), FeatureHooks(model, paths) as hooks:
+            direct = model(torch.from_numpy(inputs["kspace"]), torch.from_numpy(inputs["mask"]))
+            maps = torch.stack([attention_map(f) for f in hooks.pop()], 1).numpy()
+        assert cached["output"].dtype == np.float32 and cached["output"].shape == (slices, H, W)
+        # (the cache ran the network in channels-last memory format, this in the plain one)
+        np.testing.assert_allclose(cached["output"], direct[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+        # one map per cascade at the bottleneck, a quarter of the size per side
+        assert cached["attention"].shape == (slices, TINY["cascades"], (H // 4) * (W // 4))
+        np.testing.assert_allclose(cached["attention"], maps, rtol=1e-4, atol=1e-5)
+    # what kdmri predict writes: the RSS prediction, float32 (N, H, W)
+    predicted = run_model(model, stores["val"], torch.device("cpu"))["output"]
+    assert predicted.dtype == np.float32
+    np.testing.assert_allclose(predicted, read_store(
+        tmp_path / "cache" / "val.h5", ["output"])["output"], rtol=1e-6, atol=1e-7)
+
+
+def test_flops_and_latency_of_varnet_count_the_coils():
+    from kdmri.inference import latency_ms
+    from kdmri.models import EXAMPLE_COILS, flops_per_slice
+
+    model = tiny()
+    counts = {coils: flops_per_slice(model, H, W, coils=coils) for coils in (2, 4, 6)}
+    # the sensitivity U-Net runs once per coil, the cascades once per slice
+    assert counts[4] - counts[2] == counts[6] - counts[4] > 0
+    assert flops_per_slice(model, H, W) == flops_per_slice(model, H, W, coils=EXAMPLE_COILS)
+    assert latency_ms(model, (H, W), torch.device("cpu"), repeats=1, coils=C) > 0

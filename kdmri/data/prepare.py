@@ -119,14 +119,15 @@ def _subsample_store(path: Path, max_slices: int, attrs: dict) -> None:
 
 
 def multicoil_volume(coil_images: np.ndarray, normalization: dict,
-                     where: str) -> tuple[np.ndarray, np.ndarray]:
+                     where: str) -> tuple[np.ndarray, np.ndarray, float]:
     """The target and the coil images of one multi-coil volume ``(S, C, H, W)``: the target
     is their root-sum-of-squares (:func:`kdmri.mri.rss`, fastMRI's convention) normalised
     by the dataset's rule, and the coil images are divided by the same scale, so the target
-    stays their RSS. Returns ``(target (S, H, W) float32, coil images complex64)``."""
+    stays their RSS. Returns ``(target (S, H, W) float32, coil images complex64, scale)``
+    (``kdmri apply`` multiplies its output by the scale)."""
     target = rss(torch.from_numpy(coil_images)).numpy()
     scale = volume_scale(target, normalization, where=where)
-    return scale_volume(target, scale), scale_volume(coil_images, scale)
+    return scale_volume(target, scale), scale_volume(coil_images, scale), scale
 
 
 def _add_maps(path: Path, settings: dict, where: str, progress: bool) -> None:
@@ -160,7 +161,8 @@ def _write_stores(name: str, cfg: dict, staging: Path, progress: bool) -> dict:
             where = f"dataset {name!r}, volume {volume_name!r}"
             coil_data = {}
             if volume.ndim == 4:  # the coil images of a multi-coil file
-                volume, coil_data["coils"] = multicoil_volume(volume, cfg["normalization"], where)
+                volume, coil_data["coils"], _ = multicoil_volume(volume, cfg["normalization"],
+                                                                 where)
             else:
                 volume = normalize_volume(volume, cfg["normalization"], where=where)
             if shape is None:

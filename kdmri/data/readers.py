@@ -51,6 +51,8 @@ DEFAULT_SIZE = {"demo": 64, "fastmri": 320, "nifti": None, "kdmri_h5": None, "di
 FASTMRI_KEYS = ("reconstruction_esc", "reconstruction_rss")
 #: fastMRI's acquired k-space (``source: kspace``).
 FASTMRI_KSPACE_KEY = "kspace"
+#: fastMRI's sampling mask of a file's undersampled ``kspace`` (test and challenge files).
+FASTMRI_MASK_KEY = "mask"
 KDMRI_H5_KEY = "volfs"
 
 Volume = tuple[str, str, np.ndarray]
@@ -60,7 +62,7 @@ _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 #: The dataset settings each format reads (the others do not change its data).
 FORMAT_KEYS = {
     "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise",
-             "simulated_coils"),
+             "simulated_coils", "sensitivity_maps"),
     "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
@@ -213,8 +215,9 @@ def _load_fastmri_kspace(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarra
     yield "", ifft2c(data)
 
 
-def _multicoil_images(dataset, path: Path, key: str, size: int) -> np.ndarray:
-    """The coil images ``(slices, coils, size, size)`` (complex64) of a multi-coil
+def _multicoil_images(dataset, path: Path, key: str, size: int | tuple[int, int]) -> np.ndarray:
+    """The coil images ``(slices, coils, size, size)`` (or ``(slices, coils, *size)``
+    given a pair) (complex64) of a multi-coil
     ``kspace`` dataset, read, transformed and cropped one slice at a time."""
     if 0 in dataset.shape:
         raise KdmriError(f"{path}: expected at least one slice, found shape {dataset.shape}")
@@ -230,6 +233,47 @@ def _multicoil_images(dataset, path: Path, key: str, size: int) -> np.ndarray:
             raise KdmriError(f"{path}: key {key!r} contains NaN or infinite values (slice {index})")
         slices.append(fit_size(ifft2c(data), size))
     return np.stack(slices)
+
+
+def fastmri_layout(path: Path) -> tuple[tuple[int, ...] | None, list[str]]:
+    """What a fastMRI file holds: the shape of its ``kspace`` (4 dims for a multi-coil
+    file, 3 for a single-coil one; None where it has none) and which of the magnitude
+    images :data:`FASTMRI_KEYS` it has (none in fastMRI's test and challenge files)."""
+    with _open_h5(path) as handle:
+        found = {key: tuple(handle[key].shape) for key in (FASTMRI_KSPACE_KEY, *FASTMRI_KEYS)
+                 if key in handle and hasattr(handle[key], "shape")}
+    return found.pop(FASTMRI_KSPACE_KEY, None), list(found)
+
+
+def fastmri_file_mask(path: Path, width: int) -> np.ndarray | None:
+    """A fastMRI file's own sampling mask (key ``mask``, which fastMRI's test and challenge
+    files hold beside their undersampled ``kspace``): 0/1 float32 of shape ``(width,)``, one
+    value per k-space column; None where the file has none. A mask of another shape or
+    with other values is refused naming the key."""
+    with _open_h5(path) as handle:
+        if FASTMRI_MASK_KEY not in handle:
+            return None
+        key, dataset = _h5_dataset(handle, path, (FASTMRI_MASK_KEY,))
+        data = _read_h5(dataset, path, key)
+    if data.shape != (width,):
+        raise KdmriError(f"{path}: key {key!r} has shape {data.shape}; expected ({width},), one "
+                         f"value per column of key {FASTMRI_KSPACE_KEY!r} (its width {width})")
+    if data.dtype.kind not in "biuf" or not np.isin(data, (0, 1)).all():
+        raise KdmriError(f"{path}: key {key!r} must hold 0 and 1 only (a sampling mask), found "
+                         f"dtype {data.dtype} with values {np.unique(data)[:4].tolist()}")
+    return data.astype(np.float32)
+
+
+def fastmri_coil_images(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The coil images ``(slices, coils, height, width)`` (complex64) of a multi-coil fastMRI
+    file, read as preparation reads them (each slice's ``kspace`` through the centred
+    inverse FFT and centre-cropped or zero-padded to ``size`` = ``(height, width)``)."""
+    with _open_h5(path) as handle:
+        key, dataset = _h5_dataset(handle, path, (FASTMRI_KSPACE_KEY,))
+        if dataset.ndim != 4:
+            raise KdmriError(f"{path}: key {key!r} has shape {dataset.shape}; expected multi-coil "
+                             "k-space of 4 dims (slices, coils, H, W)")
+        return _multicoil_images(dataset, path, key, size)
 
 
 def fastmri_volumes(cfg: dict, progress: bool = False) -> Iterator[Volume]:

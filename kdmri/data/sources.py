@@ -179,19 +179,20 @@ def _volume_names(root: Path, files: list[Path]) -> dict[Path, str]:
 
 
 # ------------------------------------------------------------------------- shared steps
-def fit_size(slices: np.ndarray, size: int | None) -> np.ndarray:
+def fit_size(slices: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
     """Centre-crop or zero-pad the in-plane dims (the last two) of ``(S, H, W)`` (or of
-    coil images ``(S, C, H, W)``) to ``size`` x ``size`` (a crop keeps the middle, starting
-    at ``(n - size) // 2``)."""
-    if size is None or slices.shape[-2:] == (size, size):
+    coil images ``(S, C, H, W)``) to ``size`` x ``size``, or to ``(height, width)`` given a
+    pair (a crop keeps the middle, starting at ``(n - size) // 2``)."""
+    shape = (size, size) if isinstance(size, int) else None if size is None else tuple(size)
+    if shape is None or slices.shape[-2:] == shape:
         return slices
     lead = slices.ndim - 2
     crop, pad = [slice(None)] * lead, [(0, 0)] * lead
-    for n in slices.shape[-2:]:
-        start = max(n - size, 0) // 2
-        crop.append(slice(start, start + min(n, size)))
-        before = max(size - n, 0) // 2
-        pad.append((before, max(size - n, 0) - before))
+    for n, want in zip(slices.shape[-2:], shape, strict=True):
+        start = max(n - want, 0) // 2
+        crop.append(slice(start, start + min(n, want)))
+        before = max(want - n, 0) // 2
+        pad.append((before, max(want - n, 0) - before))
     return np.ascontiguousarray(np.pad(slices[tuple(crop)], pad))
 
 

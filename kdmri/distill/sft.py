@@ -48,7 +48,15 @@ from kdmri.mri import DataConsistency
 def check_sft_networks(teacher: nn.Module, student: nn.Module) -> None:
     """Refuse, in one line, networks the branches cannot join: not both of a family with
     cascades (:data:`kdmri.models.MODEL_FAMILIES`), different or too few cascades, a
-    complex network with a magnitude one."""
+    complex network with a magnitude one, a network of a multi-coil family (E2E-VarNet's
+    cascades update coil k-space, not an image a branch can start from)."""
+    coil = next((net for net in (teacher, student)
+                 if family_of(net) and MODEL_FAMILIES[family_of(net)].multicoil), None)
+    if coil is not None:
+        raise KdmriError(
+            "the student-friendly teacher (sft) branches DC-CNN cascades on images; family "
+            f"{family_of(coil)} ({type(coil).__name__}) reconstructs multi-coil k-space and "
+            "is not supported")
     if not all(family_of(net) and MODEL_FAMILIES[family_of(net)].cascades
                for net in (teacher, student)):
         raise KdmriError(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdmri.errors import KdmriError
 from kdmri.models.blocks import activation_index, plain_cnn
-from kdmri.mri import DataConsistency
+from kdmri.mri import DataConsistency, MulticoilDataConsistency
 
 
 class Cascade(nn.Module):
@@ -14,7 +15,7 @@ class Cascade(nn.Module):
         super().__init__()
         self.cnn = plain_cnn(image_channels, image_channels, convs, channels)
 
-    def forward(self, image: torch.Tensor, dc: DataConsistency):
+    def forward(self, image: torch.Tensor, dc: DataConsistency | MulticoilDataConsistency):
         return dc(image + self.cnn(image))
 
 
@@ -29,6 +30,14 @@ class DCCNN(nn.Module):
     convolutions have two image channels (``18 * channels + 1`` more parameters per
     cascade: teacher 144,650, student 52,170), and data consistency keeps the complex
     result (:class:`~kdmri.mri.DataConsistency`).
+
+    Multi-coil data (``maps`` given, ``complex=True``): ``image`` is the SENSE
+    coil-combined zero-filled image ``A^H y = sum_c conj(S_c) F^H (m y_c)`` in two
+    channels, ``kspace`` the measured coil k-space ``y`` ``(N, C, H, W)`` and ``maps`` the
+    sensitivities ``S`` of its shape; each cascade's data consistency is then the
+    multi-coil one, ``x <- sum_c conj(S_c) F^H (m y_c + (1 - m) F(S_c x))``
+    (:class:`~kdmri.mri.MulticoilDataConsistency`), and the output is the complex image
+    in two channels (:func:`kdmri.batch.forward` takes its magnitude).
 
     The cascades can also run apart (the student-friendly teacher's branches,
     :mod:`kdmri.distill.sft`): :meth:`run_cascades` runs some of them from an image, and
@@ -49,11 +58,26 @@ class DCCNN(nn.Module):
         self.cascades = nn.ModuleList(
             Cascade(convs, channels, 2 if complex else 1) for _ in range(cascades))
 
-    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor):
-        dc = DataConsistency(kspace, mask, complex=self.complex)  # prepared once, applied by every cascade
-        return self.run_cascades(image, dc)
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,
+                maps: torch.Tensor | None = None):
+        # prepared once, applied by every cascade
+        return self.run_cascades(image, self.data_consistency(kspace, mask, maps))
 
-    def run_cascades(self, image: torch.Tensor, dc: DataConsistency, first: int = 0,
+    def data_consistency(self, kspace: torch.Tensor, mask: torch.Tensor,
+                         maps: torch.Tensor | None = None
+                         ) -> DataConsistency | MulticoilDataConsistency:
+        """The data consistency of every cascade against the measured ``kspace``:
+        single-coil, or with the sensitivity ``maps`` the multi-coil one (a complex
+        network only: its image is the SENSE-combined complex image)."""
+        if maps is None:
+            return DataConsistency(kspace, mask, complex=self.complex)
+        if not self.complex:
+            raise KdmriError("a DC-CNN on multi-coil data takes the complex SENSE-combined "
+                             "image; build it with complex: true")
+        return MulticoilDataConsistency(kspace, maps, mask, channels=True)
+
+    def run_cascades(self, image: torch.Tensor, dc: DataConsistency | MulticoilDataConsistency,
+                     first: int = 0,
                      stop: int | None = None) -> torch.Tensor:
         """Cascades ``first`` to ``stop - 1`` (0-based, as the slice ``first:stop``; all of
         them by default) on ``image``, each followed by the data consistency ``dc``."""
