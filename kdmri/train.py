@@ -139,7 +139,7 @@ class Trainer:
         if len(self.train_data["target"]) == 0:
             raise KdmriError(f"{train_store}: the training split has no slices")
         self.mask_settings = recorded_settings(train_store)  # model.pt's "mask" (kdmri apply)
-        self.coils = coil_count(train_store)  # model.pt's "coils" where > 0 (apply refuses)
+        self.coils = coil_count(train_store)  # model.pt's "coils" (> 0: multi-coil)
         self._place_data()
         self.model = self._network(train_store, init)
         self.complex = self.model.complex  # its input; its output is of the targets' kind:
