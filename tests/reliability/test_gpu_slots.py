@@ -17,14 +17,29 @@ import pytest
 from kdmri.device import claim_gpu_slot
 from tests.reliability.helpers import run_many, spec
 
-#: Child set-up: fake GPUs, a private lock folder, and a wall-clock stamp on every log line.
+#: Child set-up: fake GPUs, a private lock folder, a wall-clock stamp on every log line, a
+#: start barrier (every child waits until all have started, so that they really compete for
+#: the slots however slowly the machine starts processes) and a holder that keeps its slot
+#: a while before training (a tiny training alone can end before the other child asks).
 FAKE_GPUS = """
-import os, time
-import kdmri.cli
+import os, pathlib, time
+import kdmri.cli, kdmri.device
 os.environ["KDMRI_FAKE_GPUS"] = "{gpus}"
 os.environ["KDMRI_LOCK_DIR"] = {lock_dir!r}
 original = kdmri.cli._log
 kdmri.cli._log = lambda message: original(f"{{time.time():.6f}} {{message}}")
+claim = kdmri.device.claim_gpu_slot
+def held_claim(*args, **kwargs):
+    slot = claim(*args, **kwargs)
+    time.sleep(1.5)
+    return slot
+kdmri.device.claim_gpu_slot = held_claim
+barrier = pathlib.Path({barrier!r})
+barrier.mkdir(parents=True, exist_ok=True)
+(barrier / {name!r}).touch()
+deadline = time.time() + 120
+while len(list(barrier.iterdir())) < {count} and time.time() < deadline:
+    time.sleep(0.01)
 """
 
 
@@ -36,9 +51,11 @@ def _stamps(stderr: str, pattern: str) -> list[float]:
 def _trainings(stores, root, gpus: int, names: list[str]) -> dict:
     args = ["train", "--spec", json.dumps(spec()), "--inputs-dir", stores.inputs_dir,
             "--device", "auto", "--threads", "1"]
-    setup = FAKE_GPUS.format(gpus=gpus, lock_dir=str(root / "locks"))
+    setup = {name: FAKE_GPUS.format(gpus=gpus, lock_dir=str(root / "locks"), name=name,
+                                    barrier=str(root / "started"), count=len(names))
+             for name in names}
     return run_many({name: [*args, "--out-dir", root / name] for name in names}, root / "runs",
-                    setup=dict.fromkeys(names, setup), parallel=True)
+                    setup=setup, parallel=True)
 
 
 @pytest.fixture(scope="module")
