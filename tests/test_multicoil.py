@@ -354,6 +354,25 @@ def test_bad_multicoil_data_is_refused_in_one_line(tmp_path):
         list(fastmri_volumes(multicoil_dataset(tmp_path / "b")))
 
 
+@pytest.mark.parametrize("coils", [COILS, None])
+def test_undersampled_files_are_refused_as_a_source(tmp_path, coils):
+    """fastMRI's test and challenge files hold undersampled k-space beside its ``mask``: the
+    RSS of their coil images is aliased, not a target; preparation refuses them in one
+    line (multi-coil and single-coil), pointing to ``kdmri apply``."""
+    multicoil_files(tmp_path, n=2)
+    shape = (2, COILS, *FULL) if coils else (2, *FULL)
+    mask = np.zeros(FULL[1], dtype=np.float32)
+    mask[::4] = 1
+    with h5py.File(tmp_path / "file_test.h5", "w") as handle:
+        handle["kspace"] = (np.ones(shape) * mask).astype(np.complex64)
+        handle["mask"] = mask
+    cfg = multicoil_dataset(tmp_path)
+    with pytest.raises(KdmriError, match=r"file_test.h5: key 'kspace' is undersampled \(the "
+                       r"file has key 'mask'.*fully sampled.*'kdmri apply'") as caught:
+        prepare_dataset("mc", cfg, tmp_path / "out", progress=False)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_multicoil_store_is_undersampled_coil_by_coil(tmp_path):
     """The input store of a fastMRI multi-coil file: every coil's k-space under the one
     mask, and the RSS of the zero-filled coil images (tests/test_multicoil_data.py checks

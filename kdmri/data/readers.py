@@ -194,6 +194,12 @@ def _load_fastmri_kspace(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarra
     key = FASTMRI_KSPACE_KEY
     with _open_h5(path) as handle:
         key, dataset = _h5_dataset(handle, path, (key,))
+        if FASTMRI_MASK_KEY in handle:
+            raise KdmriError(
+                f"{path}: key {key!r} is undersampled (the file has key {FASTMRI_MASK_KEY!r}, as "
+                "fastMRI's test and challenge files); a dataset needs fully sampled k-space "
+                "(fastMRI's train and val files); reconstruct this file with 'kdmri apply'"
+            )
         if dataset.ndim == 4:
             yield "", _multicoil_images(dataset, path, key, cfg["size"] or DEFAULT_SIZE["fastmri"])
             return
