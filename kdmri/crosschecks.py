@@ -16,6 +16,7 @@ was found. What a network family can do is read from its registry entry
 from __future__ import annotations
 
 from kdmri.data.coils import coil_settings
+from kdmri.data.readers import fastmri_kspace_shape
 from kdmri.data.sensitivity import maps_settings
 from kdmri.distill.terms import TERMS
 from kdmri.errors import KdmriError
@@ -89,10 +90,12 @@ def _check_evaluate_on(config: dict, source: str) -> None:
                 raise KdmriError(f"{source}: key '{where}': {name!r} is a dataset the task "
                                  "trains on; its test split is evaluated already")
             for trained in settings["datasets"]:
-                if is_complex(config["datasets"][name]) != is_complex(config["datasets"][trained]):
+                kinds = data_kind(config["datasets"][name]), data_kind(config["datasets"][trained])
+                if kinds[0] != kinds[1]:
                     raise KdmriError(
-                        f"{source}: key '{where}': {name!r} and {trained!r} (trained on) must "
-                        "both be complex (source: kspace) or both magnitude")
+                        f"{source}: key '{where}': {name!r} is {kinds[0]} data and {trained!r} "
+                        f"(trained on) {kinds[1]}; a task's models are evaluated on data of "
+                        "the kind they were trained on (multi-coil, complex or magnitude)")
         for cell in evaluation_cells(config, task):
             if cell in config["datasets"]:
                 raise KdmriError(f"{source}: key 'tasks.{task}.evaluate_on': its cell {cell!r} "
@@ -167,11 +170,15 @@ def _task_nets(task: str, settings: dict) -> dict[str, dict]:
 
 
 def _single_coil(dataset: dict) -> bool:
-    """Whether a dataset is known from its config to give single-coil data: any but the
-    demo with ``simulated_coils`` and fastmri with ``source: kspace`` (multi-coil where its
-    files are, which only reading them tells)."""
-    return not is_multicoil(dataset) and not (dataset["format"] == "fastmri"
-                                              and is_complex(dataset))
+    """Whether a dataset is known before any job runs to give single-coil data: any but the
+    demo with ``simulated_coils`` and fastmri with ``source: kspace``, and the latter where
+    its first file's ``kspace`` has 3 dims (slices x H x W)."""
+    if is_multicoil(dataset):
+        return False
+    if dataset["format"] == "fastmri" and is_complex(dataset):
+        found = fastmri_kspace_shape(dataset)
+        return found is not None and len(found[1]) == 3
+    return True
 
 
 def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
@@ -188,12 +195,12 @@ def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
             entry = family(net)
             raise KdmriError(
                 f"{source}: key '{where}.{key}': dataset {name!r} ({at}) is multi-coil "
-                f"(simulated_coils); family {net['family']} takes it with {key}: "
+                f"({coil_source(dataset)}); family {net['family']} takes it with {key}: "
                 f"{str(value).lower()} ({COIL_INPUTS[entry.coil_input].description}), "
                 f"found {str(net.get(key)).lower()}")
         takers = [n for n, e in MODEL_FAMILIES.items() if e.multicoil or e.coil_input]
         raise KdmriError(
-            f"{source}: key '{at}': dataset {name!r} is multi-coil (simulated_coils), which "
+            f"{source}: key '{at}': dataset {name!r} is multi-coil ({coil_source(dataset)}), which "
             f"{where} (family {net['family']}) does not take: it reconstructs single-coil "
             f"images; use family {' or '.join(takers)}")
     if "maps" in COIL_INPUTS[kind].keys and maps_settings(dataset) is None:
@@ -234,7 +241,7 @@ def _check_multicoil(config: dict, source: str) -> None:
                     if task not in coil_tasks:
                         raise KdmriError(
                             f"{source}: key '{at}': dataset {name!r} is multi-coil "
-                            f"(simulated_coils), which task {task!r} does not take (multi-coil "
+                            f"({coil_source(dataset)}), which task {task!r} does not take (multi-coil "
                             f"data are reconstructed: task(s) {', '.join(coil_tasks)})")
                     for where, net in nets.items():
                         _check_coil_net(where, net, name, dataset, at, source)
@@ -280,7 +287,8 @@ def _check_sft(config: dict, source: str) -> None:
             raise KdmriError(
                 f"{source}: key 'tasks.{task}.{key}.{i}': {uses[0]} needs the "
                 f"student-friendly teacher, whose branches run single-coil data "
-                f"consistency; dataset {name!r} is multi-coil (simulated_coils), which it "
+                f"consistency; dataset {name!r} is multi-coil "
+                f"({coil_source(config['datasets'][name])}), which it "
                 "does not support")
         if not (family(teacher).cascades and family(student).cascades):
             without = [name for name, entry in MODEL_FAMILIES.items() if not entry.cascades]
@@ -367,12 +375,32 @@ def is_complex(dataset: dict) -> bool:
     return dataset["source"] == "kspace"
 
 
+def coil_source(dataset: dict) -> str | None:
+    """Why a dataset is known before any job runs to give multi-coil data (None where it is
+    not): the demo with ``simulated_coils`` (a count above 0), or a fastmri dataset with
+    ``source: kspace`` whose first file holds multi-coil ``kspace`` (slices x coils x H x
+    W; :func:`kdmri.data.readers.fastmri_kspace_shape` reads its shape, not its data)."""
+    if dataset["format"] == "demo" and coil_settings(dataset) is not None:
+        return "simulated_coils"
+    found = fastmri_kspace_shape(dataset)
+    if found is not None and len(found[1]) == 4:
+        return f"{found[0].name}: kspace of shape {found[1]}"
+    return None
+
+
 def is_multicoil(dataset: dict) -> bool:
-    """Whether a dataset is known from its config to give multi-coil data: the demo with
-    ``simulated_coils`` (a count above 0). A fastmri dataset with ``source: kspace`` is
-    multi-coil when its files are (slices x coils x H x W), which only reading them tells
-    (:func:`kdmri.data.store.coil_count` of the prepared stores); it is False here."""
-    return dataset["format"] == "demo" and coil_settings(dataset) is not None
+    """Whether a dataset is known before any job runs to give multi-coil data
+    (:func:`coil_source`). A fastmri k-space dataset whose files cannot be read yet is
+    not; the stages then check the prepared stores (:func:`kdmri.data.store.coil_count`)."""
+    return coil_source(dataset) is not None
+
+
+def data_kind(dataset: dict) -> str:
+    """What a dataset's models reconstruct: ``multi-coil`` data (:func:`is_multicoil`),
+    ``complex`` single-coil images (fastmri from k-space) or ``magnitude`` images."""
+    if is_multicoil(dataset):
+        return "multi-coil"
+    return "complex" if is_complex(dataset) else "magnitude"
 
 
 def _check_simulated_coils(config: dict, source: str) -> None:

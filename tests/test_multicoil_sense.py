@@ -33,6 +33,8 @@ DEMO = {"format": "demo", "size": SIZE, "subjects": {"train": 1, "val": 1, "test
         "sensitivity_maps": {"kind": "espirit"}}
 DCCNN_NET = {"family": "dccnn", "cascades": 2, "convs": 3, "channels": 4, "complex": True}
 UNET_NET = {"family": "unet", "chans": 2, "num_pool_layers": 2, "dc": False}
+VARNET_NET = {"family": "varnet", "cascades": 2, "chans": 2, "pools": 2, "sens_chans": 2,
+              "sens_pools": 1}
 
 
 def np_sense_adjoint(kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -248,3 +250,77 @@ def test_the_config_checks_take_dccnn_by_sense_and_the_unet_by_rss():
                                          r"single-coil data consistency; dataset 'm' is "
                                          r"multi-coil"):
         study(DCCNN_NET, models=["zf", "kd_sft"])
+
+
+def _fastmri_files(root, coils: int | None, n: int = 3) -> dict:
+    """fastMRI-layout files of ``coils`` coils (None: single-coil) under ``root``; the
+    dataset entry that reads their k-space."""
+    root.mkdir(parents=True, exist_ok=True)
+    shape = (2, coils, 2 * SIZE, SIZE) if coils else (2, 2 * SIZE, SIZE)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        with h5py.File(root / f"file{i}.h5", "w") as handle:
+            handle["kspace"] = (rng.standard_normal(shape)
+                                + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    return {"format": "fastmri", "path": str(root), "source": "kspace", "size": SIZE}
+
+
+def fastmri_study(dataset: dict, teacher: dict, evaluate_on: dict | None = None,
+                  maps: bool = False) -> dict:
+    dataset = {**dataset, **({"sensitivity_maps": {"kind": "espirit"}} if maps else {})}
+    datasets = {"f": dataset, **({"e": evaluate_on} if evaluate_on else {})}
+    return validate({"datasets": datasets,
+                     "tasks": {"recon": {"datasets": ["f"], "teacher": teacher, "student": teacher,
+                                         "evaluate_on": ["e"] if evaluate_on else []}},
+                     "models": ["zf", "teacher", "student", "kd"]})
+
+
+def test_fastmri_files_tell_the_config_checks_they_are_multicoil(tmp_path):
+    """A fastmri k-space dataset is multi-coil when its first file's ``kspace`` has 4 dims
+    (read from the metadata): it takes the U-Net by RSS (a magnitude network, though the
+    dataset is read from k-space), DC-CNN by SENSE only with maps (refused before any job
+    runs, naming the file and its shape), and E2E-VarNet; single-coil files refuse
+    E2E-VarNet; files that cannot be read yet refuse nothing (their stages check them)."""
+    multi = _fastmri_files(tmp_path / "multi", coils=4)
+    fastmri_study(multi, UNET_NET)
+    fastmri_study(multi, VARNET_NET)
+    fastmri_study(multi, DCCNN_NET, maps=True)
+    with pytest.raises(KdmriError, match=r"key 'datasets.f.sensitivity_maps': tasks.recon."
+                                         r"teacher \(family dccnn\) takes the SENSE"):
+        fastmri_study(multi, DCCNN_NET)
+    with pytest.raises(KdmriError, match=r"key 'tasks.recon.teacher.dc': dataset 'f' \(tasks."
+                                         r"recon.datasets.0\) is multi-coil \(file\d.h5: kspace "
+                                         r"of shape \(2, 4, 64, 32\)\); family unet takes it "
+                                         r"with dc: false"):
+        fastmri_study(multi, {**UNET_NET, "dc": True})
+    single = _fastmri_files(tmp_path / "single", coils=None)
+    with pytest.raises(KdmriError, match=r"key 'tasks.recon.teacher.family': family varnet "
+                                         r"reconstructs multi-coil k-space, and dataset 'f' .* "
+                                         r"is single-coil"):
+        fastmri_study(single, VARNET_NET)
+    fastmri_study(single, {**DCCNN_NET, "complex": True})
+    missing = {**multi, "path": str(tmp_path / "not_yet")}
+    fastmri_study(missing, VARNET_NET)
+    fastmri_study(missing, {**DCCNN_NET, "complex": True})
+
+
+def test_models_trained_on_simulated_coils_are_evaluated_on_fastmri_multicoil_files(tmp_path):
+    """``evaluate_on`` takes data of the kind the task trains on: the demo with simulated
+    coils and fastMRI multi-coil files are both multi-coil (another coil count and size is
+    the point of testing elsewhere); single-coil k-space or magnitude images are refused."""
+    demo = {k: v for k, v in DEMO.items() if k != "sensitivity_maps"}
+    multi = _fastmri_files(tmp_path / "multi", coils=6)
+    config = validate({"datasets": {"d": demo, "f": multi},
+                       "tasks": {"recon": {"datasets": ["d"], "evaluate_on": ["f"],
+                                           "teacher": VARNET_NET, "student": VARNET_NET}},
+                       "models": ["zf", "teacher", "student", "kd"]})
+    assert config["tasks"]["recon"]["evaluate_on"] == ["f"]
+    single = _fastmri_files(tmp_path / "single", coils=None)
+    for name, other, kind in [("single", single, "complex"),
+                              ("image", {"format": "demo", "size": SIZE}, "magnitude")]:
+        with pytest.raises(KdmriError, match=rf"key 'tasks.recon.evaluate_on.0': 'o' is {kind} "
+                                             r"data and 'd' \(trained on\) multi-coil"):
+            validate({"datasets": {"d": demo, "o": other},
+                      "tasks": {"recon": {"datasets": ["d"], "evaluate_on": ["o"],
+                                          "teacher": VARNET_NET, "student": VARNET_NET}},
+                      "models": ["zf", "teacher", "student", "kd"]})

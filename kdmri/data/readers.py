@@ -251,6 +251,21 @@ def fastmri_layout(path: Path) -> tuple[tuple[int, ...] | None, list[str]]:
     return found.pop(FASTMRI_KSPACE_KEY, None), list(found)
 
 
+def fastmri_kspace_shape(cfg: dict) -> tuple[Path, tuple[int, ...]] | None:
+    """The first file of a fastmri dataset with ``source: kspace`` and the shape of its
+    ``kspace`` (4 dims: multi-coil, 3: single-coil), read from the file's metadata
+    without its data; None where the dataset's files cannot be found or read yet (the
+    stage that reads them then says why)."""
+    if cfg["format"] != "fastmri" or cfg["source"] != "kspace":
+        return None
+    try:
+        sources = plan_sources(cfg)
+        kspace, _ = fastmri_layout(sources[0].path)
+    except (KdmriError, OSError, KeyError):
+        return None
+    return (sources[0].path, kspace) if kspace else None
+
+
 def fastmri_file_mask(path: Path, width: int) -> np.ndarray | None:
     """A fastMRI file's own sampling mask (key ``mask``, which fastMRI's test and challenge
     files hold beside their undersampled ``kspace``): 0/1 float32 of shape ``(width,)``, one
