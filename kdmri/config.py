@@ -179,10 +179,10 @@ def _check_sweep_values(config: dict, filled: dict, source: str) -> None:
 def _fill_student_pairs(config: dict) -> None:
     """The defaults the schema cannot give: a compression student's ``pairs`` and
     ``fsp_pairs`` default to its task's (filled in place)."""
-    for settings in config["tasks"].values():
-        for student in settings["compression"]["students"].values():
-            student.setdefault("pairs", copy.deepcopy(settings["pairs"]))
-            student.setdefault("fsp_pairs", copy.deepcopy(settings["fsp_pairs"]))
+    for task in config["tasks"].values():
+        for student in task["compression"]["students"].values():
+            student.setdefault("pairs", copy.deepcopy(task["pairs"]))
+            student.setdefault("fsp_pairs", copy.deepcopy(task["fsp_pairs"]))
 
 
 def fill_defaults(definition: str, instance: dict) -> dict:

@@ -23,7 +23,7 @@ from kdmri.errors import KdmriError
 from kdmri.methods import MODELS, STAGES, evaluated_models, methods, models_needed, recipe
 from kdmri.models import COIL_INPUTS, MODEL_FAMILIES, coil_input, coil_requirements, family
 from kdmri.specs import _spec_keys, canonical
-from kdmri.sweeps import candidate, settings
+from kdmri.sweeps import candidate
 
 
 def check_study(config: dict, source: str) -> None:

@@ -29,9 +29,9 @@ DC-CNN's and VDSR's files hold a copy of the network built here from plain opera
 them within 1e-5), the data consistency being the eager networks' own
 (:func:`kdmri.mri.prepare_dc` and :func:`kdmri.mri.apply_dc`, which TorchScript compiles
 into the file), without the CPU-only oneDNN call of :class:`kdmri.models.blocks.Conv3x3`,
-so the file runs on any device. A JSON sidecar ``FILE.json`` describes the file: network, task, input contract, the
-source model's sha256 and the check made after writing it (the reloaded file against the
-eager network on random inputs).
+so the file runs on any device. A JSON sidecar ``FILE.json`` describes the file: network,
+task, input contract, the source model's sha256 and the check made after writing it (the
+reloaded file against the eager network on random inputs).
 
 Reaching the ONNX graph took two changes to the module torch's exporter sees (torch 2.13,
 onnxscript 0.7): the k-space input must be real (a complex graph input fails in the

@@ -305,6 +305,10 @@ def methods_figure(table_path: str | Path, out: str | Path, title: str = "") -> 
                 continue
             row = cell.loc[method]
             gap = 100 * row["gap_closed"]
+            if not np.isfinite(gap):  # the teacher is not above the student: no gap
+                ax.annotate("no gap", (0, i), xytext=(3, -4), textcoords="offset points",
+                            fontsize="small")
+                continue
             low, high = 100 * row["gap_ci_low"], 100 * row["gap_ci_high"]
             interval = ([[max(0.0, gap - low)], [max(0.0, high - gap)]]
                         if np.isfinite([gap, low, high]).all() else None)
@@ -354,7 +358,7 @@ def sweep_figure(table_path: str | Path, out: str | Path, title: str = "") -> No
         cells = list(rows.groupby(cell, sort=False))
         for ax in row_axes[len(cells):]:
             ax.set_visible(False)
-        for ax, ((task, dataset, acc), panel) in zip(row_axes, cells):
+        for ax, ((task, dataset, acc), panel) in zip(row_axes, cells, strict=False):
             for model, curve in panel.groupby("model", sort=False):
                 x = [position[str(s)] for s in curve["setting"]]
                 line = ax.errorbar(x, curve["val_psnr_mean"],

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdmri.errors import KdmriError
-from kdmri.sweeps import SWEEP, candidates, setting_of, with_overrides
+from kdmri.sweeps import candidates, setting_of, with_overrides
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ slice) with the columns :data:`METRICS_COLUMNS` (``flops`` where present). On it
   :data:`VOLUME_COLUMNS` (fastMRI's leaderboard convention: one value per test volume
   and seed, the mean over them);
 * :func:`gap_closed`: the share of the teacher-student gap a distilled student closes,
-  ``(KD - S) / (T - S)``;
+  ``(KD - S) / (T - S)``, where there is one (``T > S``);
 * :func:`seed_spread` and :func:`bootstrap_interval`: over the seeds of a comparison (a
   model M against the student S, with the teacher T, slice by slice), the mean and
   standard deviation over seeds of the PSNR gain and of the gap closed, and their 95 %
@@ -158,11 +158,20 @@ def _volume_wise(group: pd.DataFrame, where: str) -> dict:
 def gap_closed(kd: float, student: float, teacher: float) -> float:
     """``(kd - student) / (teacher - student)``: the share of the teacher-student gap the
     distilled student closes (1: all of it, 0: none, < 0: worse than the student); NaN
-    when the teacher equals the student or either is not finite."""
+    where there is no gap to close: the teacher is not above the student (``teacher <=
+    student``; on data the models were not trained on it can be below), or either is not
+    finite. (A ratio there would read as a share: a KD student below a teacher that is
+    itself below the student would "close" more than all of a negative gap.)"""
     denominator = teacher - student
-    if denominator == 0 or not math.isfinite(denominator):
+    if not math.isfinite(denominator) or denominator <= 0:
         return math.nan
     return (kd - student) / denominator
+
+
+#: The level below which the teacher's paired Wilcoxon p against the student shows a
+#: teacher-student gap that is more than noise; a table gives the share of the gap a
+#: distilled student closes only there (:func:`kdmri.tables.kd_gain`).
+GAP_ALPHA = 0.05
 
 
 def seed_std(values: np.ndarray) -> float:

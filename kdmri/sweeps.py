@@ -65,11 +65,11 @@ def settings(sweep: dict, where: str = "sweeps") -> list[dict[str, Any]]:
         if len(lengths) > 1:
             raise KdmriError(
                 f"config: key '{where}.values': combine zip needs lists of one length, found "
-                + ", ".join(f"{k}: {len(v)}" for k, v in zip(keys, lists)))
-        rows = zip(*lists)
+                + ", ".join(f"{k}: {len(v)}" for k, v in zip(keys, lists, strict=True)))
+        rows = zip(*lists, strict=True)
     else:
         rows = itertools.product(*lists)
-    return [dict(zip(keys, row)) for row in rows]
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def setting_label(setting: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from kdmri.errors import KdmriError
 from kdmri.io import atomic_path, write_text
 from kdmri.notation import format_acceleration, format_params, latex_escape
 from kdmri.stats import (
+    GAP_ALPHA,
     GROUP,
     SUMMARY_COLUMNS,
     check_metrics,
@@ -62,7 +63,7 @@ from kdmri.stats import (
 KD_GAIN_COLUMNS = [
     "task", "dataset", "acceleration",
     "kd_minus_student_psnr", "kd_minus_student_ssim", "teacher_minus_student_psnr",
-    "gap_closed", "wilcoxon_p",
+    "gap_closed", "wilcoxon_p", "teacher_minus_student_p",
     "n_seeds", "gap_closed_seed_mean", "gap_closed_seed_std", "kd_minus_student_psnr_seed_std",
 ]
 TRIO = ("teacher", "student", "kd")
@@ -116,12 +117,18 @@ def kd_gain(frame: pd.DataFrame) -> pd.DataFrame:
     """How much KD helps, per (task, dataset, acceleration) having teacher, student and kd.
 
     On PSNR/SSIM means pooled over slices and seeds: ``kd_minus_student_*`` and
-    ``teacher_minus_student_psnr``; ``gap_closed = (KD - S) / (T - S)`` (NaN when T = S).
-    ``wilcoxon_p``: two-sided Wilcoxon signed-rank test of kd vs student per-slice PSNR,
-    pairs joined on (seed, volume, slice); NaN when every pair is equal. Per seed the same
-    gap is computed from that seed's means; ``gap_closed_seed_mean``/``_std`` and
-    ``kd_minus_student_psnr_seed_std`` summarise them (std with ``ddof=1``, or 0 for one
-    seed). Only seeds that all three models have are used.
+    ``teacher_minus_student_psnr``; ``wilcoxon_p``: two-sided Wilcoxon signed-rank test
+    of kd vs student per-slice PSNR, pairs joined on (seed, volume, slice); NaN when
+    every pair is equal; ``teacher_minus_student_p`` the same test of teacher vs student.
+    ``gap_closed = (KD - S) / (T - S)`` where there is a gap to close, the teacher above
+    the student with ``teacher_minus_student_p`` below :data:`kdmri.stats.GAP_ALPHA`;
+    NaN elsewhere (a share of a gap that is noise, or negative, would read as a result:
+    on data the models were not trained on the teacher can fall to the student or below).
+    Per seed the same gap is computed from that seed's means; ``gap_closed_seed_mean``/
+    ``_std`` (over the seeds whose teacher is above their student; NaN, like
+    ``gap_closed``, where the pooled gap is not real) and ``kd_minus_student_psnr_seed_std``
+    summarise them (std with ``ddof=1``, or 0 for one seed). Only seeds that all three
+    models have are used.
     """
     check_metrics(frame)
     rows = []
@@ -136,22 +143,27 @@ def kd_gain(frame: pd.DataFrame) -> pd.DataFrame:
         group = group[group["seed"].isin(seeds)]
         where = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key, strict=True))
         pairs = paired(group, where)
+        gap_pairs = paired(group, where, kd="teacher")
         means = group.groupby("model")[["psnr", "ssim"]].mean()
         by_seed = group.groupby(["seed", "model"])["psnr"].mean().unstack("model")
         seed_gain = (by_seed["kd"] - by_seed["student"]).to_numpy()
         seed_gap = np.array(
             [gap_closed(r["kd"], r["student"], r["teacher"]) for _, r in by_seed.iterrows()]
         )
-        finite_gap = seed_gap[np.isfinite(seed_gap)]
         t, s, k = (means.loc[m, "psnr"] for m in TRIO)
+        teacher_p = wilcoxon_p(gap_pairs["psnr_kd"].to_numpy(float),
+                               gap_pairs["psnr_student"].to_numpy(float))
+        real_gap = t > s and teacher_p < GAP_ALPHA
+        finite_gap = seed_gap[np.isfinite(seed_gap)] if real_gap else np.array([])
         rows.append({
             **dict(zip(GROUP, key, strict=True)),
             "kd_minus_student_psnr": float(k - s),
             "kd_minus_student_ssim": float(means.loc["kd", "ssim"] - means.loc["student", "ssim"]),
             "teacher_minus_student_psnr": float(t - s),
-            "gap_closed": gap_closed(k, s, t),
+            "gap_closed": gap_closed(k, s, t) if real_gap else math.nan,
             "wilcoxon_p": wilcoxon_p(pairs["psnr_kd"].to_numpy(float),
                                      pairs["psnr_student"].to_numpy(float)),
+            "teacher_minus_student_p": teacher_p,
             "n_seeds": len(seeds),
             "gap_closed_seed_mean": float(finite_gap.mean()) if finite_gap.size else math.nan,
             "gap_closed_seed_std": seed_std(finite_gap) if finite_gap.size else math.nan,

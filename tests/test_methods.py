@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -473,6 +474,14 @@ def test_kdmri_tables_writes_the_methods_table_only_for_two_or_more_methods(tmp_
     figure = tmp_path / "methods.png"
     methods_figure(out / "methods.csv", figure)
     assert figure.stat().st_size > 10_000
+    # a cell where the teacher is not above the student has no gap to close: its bars say so
+    no_gap = pd.read_csv(out / "methods.csv").assign(gap_closed=np.nan, gap_ci_low=np.nan,
+                                                     gap_ci_high=np.nan)
+    no_gap.to_csv(tmp_path / "no_gap.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        methods_figure(tmp_path / "no_gap.csv", tmp_path / "no_gap.png")
+    assert (tmp_path / "no_gap.png").stat().st_size > 10_000
     one = {"recon": {k: v for k, v in INFO.items() if k in ("teacher", "student", "kd")}}
     tables.write_tables(paths, out, one)
     assert not (out / "methods.csv").exists() and not (out / "methods.md").exists()

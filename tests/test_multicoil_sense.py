@@ -316,8 +316,7 @@ def test_models_trained_on_simulated_coils_are_evaluated_on_fastmri_multicoil_fi
                        "models": ["zf", "teacher", "student", "kd"]})
     assert config["tasks"]["recon"]["evaluate_on"] == ["f"]
     single = _fastmri_files(tmp_path / "single", coils=None)
-    for name, other, kind in [("single", single, "complex"),
-                              ("image", {"format": "demo", "size": SIZE}, "magnitude")]:
+    for other, kind in [(single, "complex"), ({"format": "demo", "size": SIZE}, "magnitude")]:
         with pytest.raises(KdmriError, match=rf"key 'tasks.recon.evaluate_on.0': 'o' is {kind} "
                                              r"data and 'd' \(trained on\) multi-coil"):
             validate({"datasets": {"d": demo, "o": other},

@@ -117,12 +117,12 @@ def test_the_tables_show_the_chosen_candidate_under_the_models_name_only():
             for m, p in (("student", 25.0), ("kd", 26.0), ("kd~alpha~0.2", 27.0),
                          ("kd~alpha~0.8", 28.0))]
     shown = apply_choice(pd.DataFrame(rows), table)
-    assert sorted(zip(shown["model"], shown["psnr"], shown["setting"])) == [
+    assert sorted(zip(shown["model"], shown["psnr"], shown["setting"], strict=True)) == [
         ("kd", 27.0, "alpha: 0.2"), ("student", 25.0, "")]
     own = choose(PLAN[:1] + [{**PLAN[1], "sweep": "", "keys": "", "setting": OWN}],
                  {"kd~alpha~0.2/0": 20.0, "kd~alpha~0.2/1": 20.0, "kd/0": 29.0, "kd/1": 29.0})
     shown = apply_choice(pd.DataFrame(rows[:3]), own)
-    assert sorted(zip(shown["model"], shown["psnr"], shown["setting"])) == [
+    assert sorted(zip(shown["model"], shown["psnr"], shown["setting"], strict=True)) == [
         ("kd", 26.0, OWN), ("student", 25.0, "")]
 
 

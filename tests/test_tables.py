@@ -148,8 +148,9 @@ def test_kd_gain_known_answer_and_wilcoxon() -> None:
     gain = tables.kd_gain(frame)
     assert list(gain.columns) == [
         "task", "dataset", "acceleration", "kd_minus_student_psnr", "kd_minus_student_ssim",
-        "teacher_minus_student_psnr", "gap_closed", "wilcoxon_p", "n_seeds",
-        "gap_closed_seed_mean", "gap_closed_seed_std", "kd_minus_student_psnr_seed_std",
+        "teacher_minus_student_psnr", "gap_closed", "wilcoxon_p", "teacher_minus_student_p",
+        "n_seeds", "gap_closed_seed_mean", "gap_closed_seed_std",
+        "kd_minus_student_psnr_seed_std",
     ]
     assert len(gain) == 2
     for _, row in gain.iterrows():
@@ -165,6 +166,9 @@ def test_kd_gain_known_answer_and_wilcoxon() -> None:
         expected_p = wilcoxon(kd["psnr"].to_numpy(), st["psnr"].to_numpy()).pvalue
         assert row["wilcoxon_p"] == pytest.approx(expected_p)
         assert row["wilcoxon_p"] < 0.05
+        te = sub[sub["model"] == "teacher"].sort_values(["seed", "volume", "slice"])
+        assert row["teacher_minus_student_p"] == pytest.approx(
+            wilcoxon(te["psnr"].to_numpy(), st["psnr"].to_numpy()).pvalue)
         seed_gaps = [
             kd.loc[kd["seed"] == s, "psnr"].mean() - st.loc[st["seed"] == s, "psnr"].mean()
             for s in (0, 1)
@@ -180,6 +184,30 @@ def test_gap_closed_exactly_half_single_seed() -> None:
     assert row["n_seeds"] == 1
     assert row["gap_closed_seed_std"] == 0 and row["kd_minus_student_psnr_seed_std"] == 0
     assert row["wilcoxon_p"] < 1e-4  # 30 equal positive differences
+
+
+def test_no_share_of_a_gap_where_the_teacher_is_not_above_the_student() -> None:
+    """On data the models were not trained on the teacher can fall below the student; a
+    KD student below both would then "close" more than all of a negative gap. There is
+    no gap to close: ``gap_closed`` is NaN (pooled and per seed) while the gains and
+    their tests stay; so where the teacher is above the student by noise only."""
+    offsets = {"teacher": -0.6, "kd": -0.7}  # the student is at 0
+    gain = tables.kd_gain(metrics_frame(offsets=offsets, noise={"kd": 0.1, "teacher": 0.1}))
+    for _, row in gain.iterrows():
+        assert row["teacher_minus_student_psnr"] == pytest.approx(-0.6, abs=0.05)
+        assert row["kd_minus_student_psnr"] == pytest.approx(-0.7, abs=0.05)
+        assert np.isnan(row["gap_closed"]) and np.isnan(row["gap_closed_seed_mean"])
+        assert row["teacher_minus_student_p"] < 0.05 and row["wilcoxon_p"] < 0.05
+    # a teacher above the student by noise only: no share either (its p is shown)
+    tiny = tables.kd_gain(metrics_frame(offsets={"teacher": 0.002, "kd": -0.1},
+                                        noise={"teacher": 0.5, "kd": 0.1}))
+    for _, row in tiny.iterrows():
+        assert 0 < row["teacher_minus_student_psnr"] < 0.1
+        assert row["teacher_minus_student_p"] >= stats.GAP_ALPHA
+        assert np.isnan(row["gap_closed"]) and np.isnan(row["gap_closed_seed_mean"])
+    assert np.isnan(stats.gap_closed(29.0, 30.0, 30.0))
+    assert np.isnan(stats.gap_closed(29.0, 30.0, 29.5))
+    assert stats.gap_closed(30.25, 30.0, 30.5) == pytest.approx(0.5)
 
 
 def test_kd_gain_needs_all_three_and_pairs_by_key() -> None:
