@@ -5,6 +5,7 @@ declaration, not the family's name."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,26 @@ def test_export_reads_the_declarations(monkeypatch):
     export.exportable(model, "torchscript")
     with pytest.raises(KdmriError, match="cannot export a network of type VDSR"):
         export.exportable(model, "onnx")
+
+
+#: For each family, an integer option of another family's that it does not take.
+FOREIGN = {"dccnn": "pools", "vdsr": "cascades", "unet": "sens_pools", "varnet": "convs"}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_an_option_of_another_family_is_refused_before_any_job_naming_the_key(name):
+    """The schema holds every family's options together; each network may use only its own
+    family's (its class's constructor arguments), said at validation with the key, not when
+    a job first builds the network."""
+    option = FOREIGN[name]
+    assert option not in inspect.signature(MODEL_FAMILIES[name].cls.__init__).parameters
+    task = MODEL_FAMILIES[name].tasks[0]
+    validate({"tasks": {task: {"teacher": {"family": name}}}})
+    with pytest.raises(KdmriError, match=rf"unknown key 'tasks.{task}.teacher.{option}': "
+                                         rf"family {name} has no option '{option}'; its "
+                                         r"options: \["):
+        validate({"tasks": {task: {"teacher": {"family": name, option: 2}}}})
+
+
+def test_every_family_but_python_is_covered_by_the_foreign_option_test():
+    assert sorted(FOREIGN) == sorted(n for n in MODEL_FAMILIES if n != "python")

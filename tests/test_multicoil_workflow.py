@@ -108,3 +108,45 @@ def test_zero_filled_psnr_is_that_of_the_rss_zero_filled_images(study):
     summary = pd.read_csv(study / "results" / "test" / "tables" / "summary.csv")
     assert summary.set_index("model").loc["zf", "psnr_mean"] == pytest.approx(np.mean(psnr),
                                                                               rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fastmri_study(tmp_path_factory):
+    """A study on fastMRI-layout multi-coil files (k-space of 4 coils at 64 x 40, cropped
+    to 32 x 32 in image space): the U-Net by RSS (a magnitude network on a dataset read
+    from k-space), its models also tested on the demo seen by 6 simulated coils."""
+    from tests.test_multicoil import make_multicoil_file
+
+    workdir = tmp_path_factory.mktemp("multicoil_fastmri_study")
+    for i in range(4):
+        make_multicoil_file(workdir / "knee" / f"file{i}.h5", slices=3, seed=10 * i,
+                            full=(64, 40))
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["datasets"]["demo"].update(simulated_coils={"count": 6, "snr_db": 30}, max_slices=6)
+    config["datasets"]["knee"] = {"format": "fastmri", "path": str(workdir / "knee"),
+                                  "source": "kspace", "size": 32}
+    del config["tasks"]["sr"]
+    unet = {"family": "unet", "dc": False, "chans": 4, "num_pool_layers": 2}
+    config["tasks"]["recon"].update(datasets=["knee"], evaluate_on=["demo"], teacher=unet,
+                                    student={**unet, "chans": 2}, pairs=[[1, 1]])
+    config["models"] = ["zf", "teacher", "student", "kd"]
+    path = workdir / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake(workdir, path)
+    return workdir
+
+
+def test_a_unet_by_rss_on_fastmri_multicoil_files_is_tested_on_other_coils(fastmri_study):
+    results = fastmri_study / "results" / "test"
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert sorted(set(summary["dataset"])) == ["demo_from_knee", "knee"]
+    for _, block in summary.groupby("dataset"):
+        assert sorted(block["model"]) == ["kd", "student", "teacher", "zf"]
+        assert np.isfinite(block["psnr_mean"]).all() and (block["n_slices"] > 0).all()
+    (train,) = results.glob("recon/knee/acc*/inputs/seed0/train.h5")
+    assert read_store(train, ["kspace"])["kspace"].shape[1:] == (4, 32, 32)
+    (other,) = results.glob("recon/demo_from_knee/acc*/inputs/seed0/test.h5")
+    store = read_store(other, ["kspace", "zf"])
+    assert store["kspace"].shape[1] == 6  # the unseen coil array
+    zf = np.sqrt((np.abs(np_ifft2c(store["kspace"].astype(np.complex128))) ** 2).sum(1))
+    np.testing.assert_allclose(store["zf"], zf, rtol=1e-5, atol=1e-6)

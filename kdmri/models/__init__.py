@@ -191,12 +191,17 @@ def coil_input(net: dict | nn.Module) -> str | None:
     return entry.coil_input
 
 
+def family_options(name: str) -> set[str]:
+    """The options a family's network takes: its class's constructor arguments."""
+    return set(inspect.signature(_entry(name).cls.__init__).parameters) - {"self"}
+
+
 def build_model(spec: dict) -> nn.Module:
     """Build a network from ``{"family": name, **constructor arguments}``."""
     spec = dict(spec)
     name = spec.pop("family", None)
     cls = _entry(name).cls
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    allowed = family_options(name)
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise KdmriError(
