@@ -27,7 +27,6 @@ from kdmri.models import (
     coil_input,
     coil_requirements,
     family,
-    family_options,
 )
 from kdmri.specs import _spec_keys, canonical
 from kdmri.sweeps import candidate
@@ -45,7 +44,6 @@ def check_study(config: dict, source: str) -> None:
                     f"defined datasets: {sorted(config['datasets'])}"
                 )
     _check_evaluate_on(config, source)
-    _check_net_options(config, source)
     _check_multicoil(config, source)
     _check_simulated_coils(config, source)
     _check_complex(config, source)
@@ -217,23 +215,6 @@ def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
             f"{net['family']}) takes {COIL_INPUTS[kind].description}, which needs the "
             f"dataset's sensitivity maps; set sensitivity_maps: {{kind: espirit}} on "
             f"dataset {name!r}")
-
-
-def _check_net_options(config: dict, source: str) -> None:
-    """Each network's options are ones its family takes (the schema knows every family's
-    options together; the class's constructor, :func:`kdmri.models.family_options`, says
-    which are this family's). A ``python`` network's options are its ``kwargs``, which
-    only its class knows."""
-    for task, settings in config["tasks"].items():
-        for where, net in _task_nets(task, settings).items():
-            if net["family"] == "python":
-                continue
-            allowed = family_options(net["family"])
-            unknown = sorted(set(net) - allowed - {"family"})
-            if unknown:
-                raise KdmriError(
-                    f"{source}: unknown key '{where}.{unknown[0]}': family {net['family']} "
-                    f"has no option {unknown[0]!r}; its options: {sorted(allowed)}")
 
 
 def _check_multicoil(config: dict, source: str) -> None:

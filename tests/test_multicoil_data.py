@@ -296,8 +296,8 @@ def test_multicoil_datasets_are_known_and_the_option_is_checked():
     with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'd' "
                                          r"\(tasks.recon.datasets.0\) is multi-coil"):
         check({"d": {"format": "demo", "simulated_coils": coils}}, {"recon": {"datasets": ["d"]}})
-    with pytest.raises(KdmriError, match=r"'tasks.recon.teacher.complex': dataset 'm' "
-                                         r"\(tasks.recon.evaluate_on.0\) is multi-coil"):
+    with pytest.raises(KdmriError, match=r"'tasks.recon.evaluate_on.0': 'm' is multi-coil "
+                                         r"data and 'd' \(trained on\) magnitude"):
         check({"d": {"format": "demo"}, "m": {"format": "demo", "simulated_coils": coils}},
               {"recon": {"datasets": ["d"], "evaluate_on": ["m"]}})
     with pytest.raises(KdmriError, match=r"simulated_coils.*snr_db"):
