@@ -440,6 +440,12 @@ def _check_complex(config: dict, source: str) -> None:
                 f"{source}: key 'datasets.{name}.source': kspace is an option of format "
                 f"fastmri, found format {dataset['format']!r}"
             )
+        if "coil_compression" in dataset and not (dataset["format"] == "fastmri"
+                                                  and is_complex(dataset)):
+            raise KdmriError(
+                f"{source}: key 'datasets.{name}.coil_compression': coil compression is an "
+                "option of format fastmri with source kspace (multi-coil files); found format "
+                f"{dataset['format']!r} with source {dataset['source']!r}")
         maps = maps_settings(dataset)
         if maps is not None and not (is_complex(dataset) or is_multicoil(dataset)):
             raise KdmriError(

@@ -339,6 +339,86 @@ def test_files_of_another_coil_count_are_refused_in_one_line(tmp_path, other):
     assert not (tmp_path / "out" / "train.h5").exists()
 
 
+def np_coil_compression(x: np.ndarray, count: int) -> tuple[np.ndarray, float]:
+    """The virtual coils of one volume (S, C, H, W) by the SVD of the coils-by-samples
+    matrix, float64: its leading left singular vectors ``U``, ``U^H X``, and the share of
+    the energy kept (the leading squared singular values over all of them)."""
+    matrix = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+    u, singular, _ = np.linalg.svd(matrix, full_matrices=False)
+    virtual = np.moveaxis((u[:, :count].conj().T @ matrix).reshape(count, x.shape[0],
+                                                                     *x.shape[2:]), 0, 1)
+    return virtual, float((singular[:count] ** 2).sum() / (singular ** 2).sum())
+
+
+@pytest.mark.parametrize("count", [1, 3, COILS + 2])
+def test_coil_compression_against_the_svd(count):
+    """Virtual coils ``U^H X`` with ``U`` the coil covariance's leading eigenvectors: the
+    projection ``U U^H X`` (unique, whatever each vector's phase) and each virtual coil's
+    energy equal those of the SVD computed here; the share of the energy kept too; with as
+    many virtual coils as coils the RSS image is the original's."""
+    from kdmri.data.coils import compress_coils
+
+    rng = np.random.default_rng(3)
+    x = (np.stack([smooth_maps(COILS + 2, (SIZE, SIZE), seed=s) for s in range(2)])
+         * phantom((SIZE, SIZE))[None, None]
+         + 0.01 * (rng.standard_normal((2, COILS + 2, SIZE, SIZE))
+                   + 1j * rng.standard_normal((2, COILS + 2, SIZE, SIZE))))
+    virtual, kept = compress_coils(x.astype(np.complex64), count)
+    expected, expected_kept = np_coil_compression(x, count)
+    assert virtual.shape == (2, count, SIZE, SIZE) and virtual.dtype == np.complex64
+    np.testing.assert_allclose((np.abs(virtual) ** 2).sum(axis=(0, 2, 3)),
+                               (np.abs(expected) ** 2).sum(axis=(0, 2, 3)), rtol=1e-4)
+    assert kept == pytest.approx(expected_kept, rel=1e-6)
+    assert kept == pytest.approx((np.abs(virtual) ** 2).sum() / (np.abs(x) ** 2).sum(), rel=1e-5)
+    rss = np.sqrt((np.abs(virtual) ** 2).sum(axis=1))
+    original = np.sqrt((np.abs(x) ** 2).sum(axis=1))
+    assert (rss <= original * (1 + 1e-5) + 1e-6).all()
+    if count == COILS + 2:
+        np.testing.assert_allclose(rss, original, rtol=1e-4, atol=1e-6)
+    with pytest.raises(KdmriError, match=r"coil compression to 7 coils needs 1 to 6"):
+        compress_coils(x.astype(np.complex64), COILS + 3)
+
+
+def test_coil_compression_makes_one_dataset_of_files_of_several_coil_arrays(tmp_path):
+    """Files of 4 and 6 coils, refused together as they are, make one dataset compressed
+    to 3 virtual coils: each volume's stored coils are the virtual coils of its own coil
+    images, and the target is their RSS; a file with fewer coils than asked is refused
+    naming it; the option is one of fastmri k-space datasets only."""
+    multicoil_files(tmp_path / "src", n=3)
+    make_multicoil_file(tmp_path / "src" / "zz_six.h5", coils=COILS + 2, seed=7)
+    cfg = multicoil_dataset(tmp_path / "src", coil_compression={"coils": 3})
+    assert dataset_spec(cfg)["coil_compression"] == {"coils": 3}
+    assert "coil_compression" not in dataset_spec(multicoil_dataset(tmp_path / "src"))
+    prepare_dataset("mc", cfg, tmp_path / "out", progress=False)
+    stored = {split: read_store(tmp_path / "out" / f"{split}.h5", ["coils", "target", "volume"])
+              for split in SPLITS}
+    volumes = {}
+    for split, data in stored.items():
+        assert data["coils"].shape[1] == 3
+        np.testing.assert_allclose(data["target"], np.sqrt((np.abs(data["coils"]) ** 2).sum(1)),
+                                   rtol=1e-4, atol=1e-6)
+        names = store_info(tmp_path / "out" / f"{split}.h5")["attrs"]["volume_names"]
+        for index in np.unique(data["volume"]):
+            volumes[names[index]] = data["coils"][data["volume"] == index]
+    assert sorted(volumes) == ["file0", "file1", "file2", "zz_six"]
+    for name, coils in volumes.items():  # the file's coil images, compressed, then scaled
+        source = tmp_path / "src" / f"{name}.h5"
+        with h5py.File(source) as handle:
+            images = centre_crop(np_ifft2c(handle["kspace"][()]), SIZE)
+        expected, _ = np_coil_compression(images, 3)
+        energy = (np.abs(expected) ** 2).sum(axis=(0, 2, 3))
+        scale = np.sqrt((np.abs(coils) ** 2).sum() / energy.sum())
+        np.testing.assert_allclose((np.abs(coils) ** 2).sum(axis=(0, 2, 3)),
+                                   energy * scale ** 2, rtol=1e-3)
+    few = multicoil_dataset(tmp_path / "src", coil_compression={"coils": COILS + 1})
+    with pytest.raises(KdmriError, match=r"file\d.h5: 4 coils, fewer than "
+                                         r"coil_compression.coils 5"):
+        prepare_dataset("mc", few, tmp_path / "out2", progress=False)
+    with pytest.raises(KdmriError, match=r"key 'datasets.d.coil_compression': coil compression "
+                                         r"is an option of format fastmri with source kspace"):
+        validate({"datasets": {"d": {"format": "demo", "coil_compression": {"coils": 2}}}})
+
+
 def test_bad_multicoil_data_is_refused_in_one_line(tmp_path):
     multicoil_files(tmp_path / "a", n=2)
     with h5py.File(tmp_path / "a" / "real.h5", "w") as handle:

@@ -63,6 +63,40 @@ def coil_settings(dataset: dict) -> dict | None:
     return None if settings["count"] == 0 else settings
 
 
+def compression_settings(dataset: dict) -> dict | None:
+    """A dataset's coil-compression settings (its ``coil_compression``), or None where it
+    asks for none (the key not set: it has no default, so the configs and data of studies
+    without it are unchanged)."""
+    if "coil_compression" not in dataset:  # not set: no compression (see the schema)
+        return None
+    return dataset["coil_compression"]
+
+
+def compress_coils(images: np.ndarray, count: int) -> tuple[np.ndarray, float]:
+    """SVD coil compression of one volume's coil images ``X`` (S, C, H, W) to ``count``
+    virtual coils (Buehrer et al., MRM 2007; Huang et al., MRI 2008): with the coil
+    covariance ``R = sum over slices and pixels of x x^H`` (C x C) and ``U`` its
+    ``count`` eigenvectors of largest eigenvalue (C x count, orthonormal columns), the
+    virtual coils are ``Y = U^H X`` (S, count, H, W), complex64. One ``U`` per volume, as
+    its slices share one coil array. ``U U^H`` is the orthogonal projection onto the
+    subspace keeping the most signal energy, so the RSS of ``Y`` is at most the RSS of
+    ``X`` and equals it when ``count`` = C. Returns ``(Y, kept)``, ``kept`` the share of
+    the volume's energy ``sum |Y|^2 / sum |X|^2`` (the top ``count`` eigenvalues over the
+    trace of ``R``)."""
+    coils = images.shape[1]
+    if not 1 <= count <= coils:
+        raise KdmriError(f"coil compression to {count} coils needs 1 to {coils} (the coils "
+                         "of the volume)")
+    x = images.astype(np.complex128)
+    covariance = np.einsum("schw,sdhw->cd", x, x.conj())
+    values, vectors = np.linalg.eigh(covariance)  # ascending
+    basis = vectors[:, ::-1][:, :count]
+    virtual = np.einsum("cn,schw->snhw", basis.conj(), x)
+    total = float(values.clip(min=0).sum())
+    kept = float(values[::-1][:count].clip(min=0).sum()) / total if total > 0 else 1.0
+    return virtual.astype(np.complex64), kept
+
+
 def birdcage_sensitivities(count: int, shape: Sequence[int]) -> np.ndarray:
     """Birdcage coil sensitivities ``(count, H, W)`` (complex64) normalised so that
     ``sum_c |S_c|^2 = 1`` at every pixel."""

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdmri.data.coils import coil_settings
+from kdmri.data.coils import coil_settings, compress_coils, compression_settings
 from kdmri.data.dicom import series_files
 from kdmri.data.sensitivity import maps_settings
 from kdmri.data.sources import Source, as_float32, fit_size, plan_sources
@@ -63,7 +63,8 @@ _FILE_KEYS = ("path", "glob", "split_dirs", "split_fractions", "seed")
 FORMAT_KEYS = {
     "demo": (*_COMMON_KEYS, "seed", "subjects", "voxel_mm", "orientations", "contrast", "noise",
              "simulated_coils", "sensitivity_maps"),
-    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps"),
+    "fastmri": (*_COMMON_KEYS, *_FILE_KEYS, "target_key", "source", "sensitivity_maps",
+                "coil_compression"),
     "nifti": (*_COMMON_KEYS, *_FILE_KEYS, "axis", "frames", "frame_list"),
     "kdmri_h5": (*_COMMON_KEYS, *_FILE_KEYS, "target_key"),
     "dicom": (*_COMMON_KEYS, *_FILE_KEYS),
@@ -128,7 +129,9 @@ def _read_files(cfg: dict, load: Callable[[Path, dict], Iterator[tuple[str, np.n
                 raise KdmriError(
                     f"{source.path}: {_coils(slices.shape)}, but {first[0]} is "
                     f"{_coils((0, *first[1]))}; every file of a dataset must have the same "
-                    "number of coils (move the others to a dataset of their own)"
+                    "number of coils (set coil_compression: {coils: N} to compress each "
+                    "multi-coil file to N virtual coils, or move the others to a dataset of "
+                    "their own)"
                 )
             elif slices.shape[1:] != first[1]:
                 raise KdmriError(
@@ -201,7 +204,8 @@ def _load_fastmri_kspace(path: Path, cfg: dict) -> Iterator[tuple[str, np.ndarra
                 "(fastMRI's train and val files); reconstruct this file with 'kdmri apply'"
             )
         if dataset.ndim == 4:
-            yield "", _multicoil_images(dataset, path, key, cfg["size"] or DEFAULT_SIZE["fastmri"])
+            images = _multicoil_images(dataset, path, key, cfg["size"] or DEFAULT_SIZE["fastmri"])
+            yield "", _compressed(images, cfg, path)
             return
         if dataset.ndim != 3:
             raise KdmriError(
@@ -239,6 +243,23 @@ def _multicoil_images(dataset, path: Path, key: str, size: int | tuple[int, int]
             raise KdmriError(f"{path}: key {key!r} contains NaN or infinite values (slice {index})")
         slices.append(fit_size(ifft2c(data), size))
     return np.stack(slices)
+
+
+def _compressed(images: np.ndarray, cfg: dict, path: Path) -> np.ndarray:
+    """A multi-coil volume's coil images as the dataset keeps them: compressed to
+    ``coil_compression.coils`` virtual coils where set (:func:`kdmri.data.coils
+    .compress_coils`; a file with fewer coils is refused naming it), else as read."""
+    settings = compression_settings(cfg)
+    if settings is None:
+        return images
+    if images.shape[1] < settings["coils"]:
+        raise KdmriError(
+            f"{path}: {images.shape[1]} coils, fewer than coil_compression.coils "
+            f"{settings['coils']}; compress every file to at most its fewest coils, or move "
+            "this file to a dataset of its own"
+        )
+    virtual, _ = compress_coils(images, settings["coils"])
+    return virtual
 
 
 def fastmri_layout(path: Path) -> tuple[tuple[int, ...] | None, list[str]]:
