@@ -5,7 +5,6 @@ declaration, not the family's name."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from kdmri import export
 from kdmri.config import fill_defaults, schema, validate
 from kdmri.errors import KdmriError
-from kdmri.models import MODEL_FAMILIES, build_model, family_of
+from kdmri.models import MODEL_FAMILIES, build_model, family_of, family_options
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A small network of each built-in family (the python family builds a user's class).
@@ -162,9 +161,8 @@ def test_the_schema_allows_each_family_exactly_its_constructors_options(name):
     """The schema is read without torch (the Snakefile validates a study on every
     invocation), so it lists each family's options itself; here they are compared with
     the class's constructor arguments, so the two cannot drift apart."""
-    params = set(inspect.signature(MODEL_FAMILIES[name].cls.__init__).parameters) - {"self"}
     # target and kwargs pass here to be refused as "an option of family python only"
-    assert _schema_options(name) == params | {"family", "target", "kwargs"}
+    assert _schema_options(name) == family_options(name) | {"family", "target", "kwargs"}
 
 
 @pytest.mark.parametrize("name", sorted(FOREIGN))
@@ -172,7 +170,7 @@ def test_an_option_of_another_family_is_refused_before_any_job_naming_the_key(na
     """The schema holds every family's options together; each network may use only its own
     family's, said at validation with the key, not when a job first builds the network."""
     option = FOREIGN[name]
-    assert option not in inspect.signature(MODEL_FAMILIES[name].cls.__init__).parameters
+    assert option not in family_options(name)
     task = MODEL_FAMILIES[name].tasks[0]
     validate({"tasks": {task: {"teacher": {"family": name}}}})
     with pytest.raises(KdmriError, match=rf"unknown key 'tasks.{task}.teacher.{option}'; "
