@@ -179,12 +179,10 @@ def _single_coil(dataset: dict) -> bool:
     """Whether a dataset is known before any job runs to give single-coil data: any but the
     demo with ``simulated_coils`` and fastmri with ``source: kspace``, and the latter where
     its first file's ``kspace`` has 3 dims (slices x H x W)."""
-    if is_multicoil(dataset):
-        return False
-    if dataset["format"] == "fastmri" and is_complex(dataset):
+    if dataset["format"] == "fastmri" and is_complex(dataset):  # one read of the first file
         found = fastmri_kspace_shape(dataset)
         return found is not None and len(found[1]) == 3
-    return True
+    return not is_multicoil(dataset)
 
 
 def _check_coil_net(where: str, net: dict, name: str, dataset: dict, at: str,
